@@ -1,0 +1,63 @@
+import torch
+
+from trainable.augment import augment_batch, crop_flip, cutout
+
+
+def batch(n=16, size=8):
+    # Every pixel value encodes its own (row, col), so crops can be traced back.
+    rows = torch.arange(size).view(1, 1, size, 1).expand(n, 3, size, size)
+    cols = torch.arange(size).view(1, 1, 1, size).expand(n, 3, size, size)
+    return (rows * size + cols).to(torch.uint8).contiguous()
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_shapes_and_dtypes():
+    images = batch()
+    mean, std = torch.full((1, 3, 1, 1), 10.0), torch.full((1, 3, 1, 1), 5.0)
+    out = augment_batch(images, mean, std, crop_padding=2, flip=True, cutout_size=3, generator=gen(0))
+    assert out.shape == images.shape and out.dtype == torch.float32 and out.device == images.device
+    assert crop_flip(images, 2, True, gen(0)).dtype == torch.uint8
+
+
+def test_same_seed_same_batch():
+    images = batch()
+    a = crop_flip(images, 3, True, gen(7))
+    b = crop_flip(images, 3, True, gen(7))
+    c = crop_flip(images, 3, True, gen(8))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_flip_really_mirrors():
+    images = torch.randint(0, 255, (64, 3, 8, 8), dtype=torch.uint8)
+    out = crop_flip(images, 0, True, gen(1))
+    mirrored = torch.flip(images, dims=[3])
+    flipped = [torch.equal(o, m) for o, m in zip(out, mirrored)]
+    kept = [torch.equal(o, i) for o, i in zip(out, images)]
+    assert all(f or k for f, k in zip(flipped, kept))
+    assert 10 < sum(flipped) < 54  # about half of 64
+
+
+def test_crop_stays_inside_the_padded_image():
+    size, pad = 8, 2
+    images = batch(200, size)
+    out = crop_flip(images, pad, False, gen(3))
+    padded = torch.nn.functional.pad(images.float(), (pad, pad, pad, pad), mode="reflect")
+    shifts = set()
+    for original, cropped in zip(padded, out.float()):
+        matches = [(dy, dx) for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)
+                   if torch.equal(original[:, dy:dy + size, dx:dx + size], cropped)]
+        assert matches, "crop is not a window of the reflect-padded image"
+        shifts.add(matches[0])
+    assert len(shifts) == (2 * pad + 1) ** 2  # every offset occurs
+
+
+def test_cutout_zeroes_a_square_at_most():
+    x = torch.ones(32, 3, 16, 16)
+    out = cutout(x, 4, gen(0))
+    zeroed = (out == 0).all(dim=1).sum(dim=(1, 2))
+    assert (zeroed <= 16).all() and (zeroed > 0).all()
+    assert torch.equal(cutout(x, 0, gen(0)), x)

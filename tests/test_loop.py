@@ -1,0 +1,87 @@
+import json
+
+import pytest
+import torch
+
+from trainable.data import to_device
+from trainable.loop import Trainer, lr_factor
+from trainable.train import main, train_to_folder
+
+
+def test_schedule_warms_up_then_anneals_to_zero():
+    factors = [lr_factor(s, 10, 100) for s in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[9:], factors[10:]))
+    assert factors[-1] < 1e-3
+
+
+def test_short_run_learns_well_above_chance(synthetic, tiny_config):
+    data = to_device(synthetic, "cpu", val_fraction=0.25)
+    trainer = Trainer({**tiny_config, "epochs": 3}, data)
+    history = list(trainer.epochs())
+    assert [m["epoch"] for m in history] == [1, 2, 3]
+    assert history[-1]["val_acc"] > 0.5  # chance is 0.1
+    assert set(history[0]) >= {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
+                                "epoch_seconds", "images_per_second", "params"}
+
+
+def test_resume_continues_exactly(synthetic, tiny_config):
+    data = to_device(synthetic, "cpu", val_fraction=0.25)
+    cfg = {**tiny_config, "cutout": 4, "dropout": 0.2}  # dropout and cutout exercise every RNG
+    straight = Trainer(cfg, data)
+    list(straight.epochs())
+
+    first = Trainer(cfg, data)
+    first.run_epoch()
+    state = first.state_dict()
+    torch.manual_seed(1234)  # disturb the global RNG: the checkpoint must restore it
+    resumed = Trainer(cfg, data)
+    resumed.load_state_dict(state)
+    list(resumed.epochs())
+    assert resumed.epoch == straight.epoch == 2
+    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_nan_loss_ends_the_run_as_diverged(synthetic, tiny_config):
+    data = to_device(synthetic, "cpu", val_fraction=0.25)
+    trainer = Trainer({**tiny_config, "epochs": 5, "optimizer": "sgd", "lr": 1e12}, data)
+    history = list(trainer.epochs())
+    assert history[-1]["status"] == "diverged" and trainer.status == "diverged"
+    assert len(history) <= 2
+
+
+def test_train_cli_writes_metrics_and_checkpoint(tmp_path, tiny_config, cli):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(tiny_config))
+    out = tmp_path / "run"
+    code, stdout, _ = cli(main, ["--config", cfg, "--epochs", 1, "--dataset", "synthetic", "--out", out])
+    assert code == 0 and "epoch   1/1" in stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["epochs"]) == 1 and 0 <= metrics["test_acc"] <= 1
+    assert (out / "checkpoint.pt").is_file()
+    # Resuming a finished run trains nothing more; a second run into the same folder is refused.
+    result = train_to_folder(tiny_config | {"epochs": 2}, "synthetic", None, out, resume=True)
+    assert [m["epoch"] for m in result["epochs"]] == [1, 2]
+    code, _, err = cli(main, ["--config", cfg, "--dataset", "synthetic", "--out", out])
+    assert code == 2 and "--resume" in err
+
+
+@pytest.mark.parametrize("case", ["missing_dir", "no_train_test", "bad_json", "unknown_key"])
+def test_train_cli_bad_input(tmp_path, tiny_config, cli, case):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(tiny_config))
+    args = ["--config", cfg, "--dataset", "imagefolder", "--out", tmp_path / "out"]
+    if case == "missing_dir":
+        args += ["--data-dir", tmp_path / "nowhere"]
+    elif case == "no_train_test":
+        (tmp_path / "empty").mkdir()
+        args += ["--data-dir", tmp_path / "empty"]
+    elif case == "bad_json":
+        cfg.write_text("{blocks: [1, 1]")
+    else:
+        cfg.write_text(json.dumps({**tiny_config, "depth": 3}))
+    code, _, err = cli(main, args)
+    assert code == 2
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

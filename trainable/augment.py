@@ -1,0 +1,88 @@
+"""Batched augmentation on the training device: crop, flip, normalise, cutout.
+
+Per-image CPU transforms (PIL, a DataLoader) starve a GPU on 32x32 images, and more so when
+several trials share one card. Here a whole batch is augmented with a handful of tensor ops:
+
+- random crop from a reflect-padded image and horizontal flip are one gather: each output
+  pixel reads the input pixel at a shifted, reflected (and, if flipped, mirrored) index, so
+  no padded copy is ever made and the data stays uint8 until the crop is done;
+- normalisation happens after the crop, on the smaller tensor;
+- cutout zeroes a per-image square of the normalised batch (zero is the mean colour).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
+    # Reflect padding without repeating the edge: -1 -> 1, size -> size - 2.
+    index = index.abs()
+    return torch.where(index >= size, 2 * (size - 1) - index, index)
+
+
+def crop_flip(
+    images: torch.Tensor, crop_padding: int, flip: bool, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Random crop of `images` (B, C, H, W) from a reflect-padded copy, and a random mirror.
+
+    Returns a tensor of the same shape and dtype on the same device.
+    """
+    batch, channels, height, width = images.shape
+    device = images.device
+    rows = torch.arange(height, device=device).expand(batch, height)
+    cols = torch.arange(width, device=device).expand(batch, width)
+    if crop_padding > 0:
+        pad = min(crop_padding, height - 1, width - 1)  # reflect needs pad < size
+        dy = torch.randint(-pad, pad + 1, (batch, 1), device=device, generator=generator)
+        dx = torch.randint(-pad, pad + 1, (batch, 1), device=device, generator=generator)
+        rows = _reflect(rows + dy, height)
+        cols = _reflect(cols + dx, width)
+    if flip:
+        mirrored = torch.rand(batch, 1, device=device, generator=generator) < 0.5
+        cols = torch.where(mirrored, width - 1 - cols, cols)
+    if crop_padding <= 0 and not flip:
+        return images
+    b = torch.arange(batch, device=device).view(batch, 1, 1, 1)
+    c = torch.arange(channels, device=device).view(1, channels, 1, 1)
+    return images[b, c, rows.view(batch, 1, height, 1), cols.view(batch, 1, 1, width)]
+
+
+def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, C, H, W) to float32, minus the channel mean, over the channel std (0..255 units)."""
+    return (images.float() - mean) / std
+
+
+def cutout(images: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Zero a `size` x `size` square per image, centred anywhere (it may hang off the edge)."""
+    if size <= 0:
+        return images
+    batch, _, height, width = images.shape
+    device = images.device
+    cy = torch.randint(0, height, (batch, 1, 1), device=device, generator=generator)
+    cx = torch.randint(0, width, (batch, 1, 1), device=device, generator=generator)
+    ys = torch.arange(height, device=device).view(1, height, 1)
+    xs = torch.arange(width, device=device).view(1, 1, width)
+    top, left = cy - size // 2, cx - size // 2
+    inside = (ys >= top) & (ys < top + size) & (xs >= left) & (xs < left + size)
+    return images.masked_fill(inside.unsqueeze(1), 0.0)
+
+
+def augment_batch(
+    images: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    *,
+    crop_padding: int = 4,
+    flip: bool = True,
+    cutout_size: int = 0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """uint8 batch in, normalised float32 batch out: crop + flip, normalise, cutout.
+
+    >>> x = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+    >>> augment_batch(x, torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)).shape
+    torch.Size([2, 3, 8, 8])
+    """
+    out = normalize(crop_flip(images, crop_padding, flip, generator), mean, std)
+    return cutout(out, cutout_size, generator)

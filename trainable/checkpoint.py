@@ -1,0 +1,46 @@
+"""Atomic file writes: a kill at any moment leaves the old file or the new one, never a torn one."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def _atomic(path: Path, write: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)  # atomic on POSIX within one filesystem
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """torch.save `state` to `path` through a temp file and a rename."""
+    _atomic(Path(path), lambda handle: torch.save(state, handle))
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint written by `save_checkpoint` onto the CPU."""
+    return torch.load(Path(path), map_location="cpu", weights_only=False)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write JSON atomically (indented, keys in insertion order)."""
+    text = json.dumps(data, indent=2, default=str) + "\n"
+    _atomic(Path(path), lambda handle: handle.write(text.encode()))
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write a text file atomically."""
+    _atomic(Path(path), lambda handle: handle.write(text.encode()))

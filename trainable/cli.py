@@ -1,0 +1,52 @@
+"""What every command line of the project shares: one-line errors and exit code 2.
+
+A user's mistake (a bad flag, a missing folder, a config that cannot be built) ends the
+program with a single `error: ...` line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, NoReturn, Sequence
+
+from trainable.errors import UserError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a one-line error instead of usage + error."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def fail(message: str) -> NoReturn:
+    """Print one `error:` line and exit 2."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def run_main(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> None:
+    """Run a command's `main`, turning a UserError into `error: ...` and exit 2."""
+    try:
+        code = main(argv)
+    except UserError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130)
+    raise SystemExit(code or 0)
+
+
+def read_json(path: str | Path, what: str = "file") -> Any:
+    """Read a JSON file, raising UserError with the path when it is missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{what} {path} is not valid JSON: {exc}") from None

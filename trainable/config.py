@@ -1,0 +1,123 @@
+"""The config dict: the one currency passed between search, training and retrain.
+
+Every key is defined here, with its default and the reason for it. Everything else in
+the project passes configs along untouched and calls `validate_config` at its edge.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from trainable.errors import ConfigError
+
+MAX_STAGES = 4
+MIN_STAGES = 2
+
+DEFAULTS: dict[str, Any] = {
+    # --- architecture (seed: BasicBlocks [3,5,3] x [64,128,256], 4,918,602 params) ---
+    "blocks": [3, 5, 3],  # BasicBlocks per stage; stride 2 at the first block of stages 2+
+    "widths": [64, 128, 256],  # channels per stage
+    "kernel_size": 3,  # F: conv kernel inside blocks; 5x5 costs ~2.8x the params of 3x3
+    "skip_kernel_size": 1,  # K: projection shortcut kernel, used only when the shape changes
+    "stem_width": None,  # None means widths[0]
+    "dropout": 0.0,  # before the linear head
+    # --- optimisation (seed: AdamW, warm-up then cosine) ---
+    "optimizer": "adamw",  # adamw | sgd (sgd always uses Nesterov momentum)
+    "lr": 2e-3,  # peak learning rate, reached at the end of warm-up
+    "weight_decay": 5e-2,  # AdamW decoupled decay; for sgd pick 5e-4-ish
+    "momentum": 0.9,  # sgd momentum (AdamW uses it as beta1)
+    "warmup_epochs": 2,  # linear warm-up, then cosine to zero over the rest of `epochs`
+    "epochs": 50,  # the horizon the cosine schedule spans
+    "batch_size": 128,
+    "label_smoothing": 0.0,
+    # --- augmentation, done per batch on the training device ---
+    "crop_padding": 4,  # random crop from a reflect-padded image; 0 disables
+    "flip": True,  # random horizontal flip
+    "cutout": 0,  # side of a square zeroed per image (0 disables); 8-16 px helps long runs
+    "seed": 0,  # weights, shuffling, augmentation
+}
+
+OPTIMIZERS = ("adamw", "sgd")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
+
+
+def _positive_int_list(config: dict, key: str) -> list[int]:
+    value = config[key]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ConfigError(f"config key '{key}' must be a non-empty list of integers, got {value!r}")
+    for item in value:
+        if not _is_int(item) or item <= 0:
+            raise ConfigError(f"config key '{key}' must hold positive integers, got {list(value)!r}")
+    return list(value)
+
+
+def validate_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Check a config and return it completed with defaults (a new dict).
+
+    >>> validate_config({"blocks": [1, 1], "widths": [8, 16]})["kernel_size"]
+    3
+    """
+    if not isinstance(config, dict):
+        raise ConfigError(f"a config must be a JSON object, got {type(config).__name__}")
+    unknown = sorted(set(config) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(unknown)}; known keys: {', '.join(DEFAULTS)}"
+        )
+    cfg = {**DEFAULTS, **config}
+
+    blocks = _positive_int_list(cfg, "blocks")
+    widths = _positive_int_list(cfg, "widths")
+    if len(blocks) != len(widths):
+        raise ConfigError(
+            f"'blocks' and 'widths' must have the same length (one per stage), got {len(blocks)} and {len(widths)}"
+        )
+    if not MIN_STAGES <= len(blocks) <= MAX_STAGES:
+        raise ConfigError(f"a model has {MIN_STAGES} to {MAX_STAGES} stages, got {len(blocks)}")
+    cfg["blocks"], cfg["widths"] = blocks, widths
+
+    for key in ("kernel_size", "skip_kernel_size"):
+        if not _is_int(cfg[key]) or cfg[key] <= 0 or cfg[key] % 2 == 0:
+            raise ConfigError(f"'{key}' must be a positive odd integer, got {cfg[key]!r}")
+    if cfg["stem_width"] is not None and (not _is_int(cfg["stem_width"]) or cfg["stem_width"] <= 0):
+        raise ConfigError(f"'stem_width' must be a positive integer or null, got {cfg['stem_width']!r}")
+    if not _is_number(cfg["dropout"]) or not 0 <= cfg["dropout"] < 1:
+        raise ConfigError(f"'dropout' must be in [0, 1), got {cfg['dropout']!r}")
+
+    if cfg["optimizer"] not in OPTIMIZERS:
+        raise ConfigError(f"'optimizer' must be one of {', '.join(OPTIMIZERS)}, got {cfg['optimizer']!r}")
+    for key in ("lr",):
+        if not _is_number(cfg[key]) or cfg[key] <= 0:
+            raise ConfigError(f"'{key}' must be a positive number, got {cfg[key]!r}")
+    for key in ("weight_decay", "warmup_epochs"):
+        if not _is_number(cfg[key]) or cfg[key] < 0:
+            raise ConfigError(f"'{key}' must be a number >= 0, got {cfg[key]!r}")
+    if not _is_number(cfg["momentum"]) or not 0 <= cfg["momentum"] < 1:
+        raise ConfigError(f"'momentum' must be in [0, 1), got {cfg['momentum']!r}")
+    if not _is_number(cfg["label_smoothing"]) or not 0 <= cfg["label_smoothing"] < 1:
+        raise ConfigError(f"'label_smoothing' must be in [0, 1), got {cfg['label_smoothing']!r}")
+    for key in ("epochs", "batch_size"):
+        if not _is_int(cfg[key]) or cfg[key] <= 0:
+            raise ConfigError(f"'{key}' must be a positive integer, got {cfg[key]!r}")
+    for key in ("crop_padding", "cutout", "seed"):
+        if not _is_int(cfg[key]) or cfg[key] < 0:
+            raise ConfigError(f"'{key}' must be an integer >= 0, got {cfg[key]!r}")
+    if not isinstance(cfg["flip"], bool):
+        raise ConfigError(f"'flip' must be true or false, got {cfg['flip']!r}")
+    return cfg
+
+
+ARCHITECTURE_KEYS = ("blocks", "widths", "kernel_size", "skip_kernel_size", "stem_width", "dropout")
+
+
+def architecture_of(config: dict[str, Any]) -> dict[str, Any]:
+    """The keys that decide the model's shape (and so its parameter count)."""
+    return {key: config.get(key, DEFAULTS[key]) for key in ARCHITECTURE_KEYS}

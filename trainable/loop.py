@@ -1,0 +1,218 @@
+"""The training loop: one config, data resident on the device, metrics once per epoch.
+
+Speed decisions are made for the GPU and the same code runs on the CPU:
+- batches are drawn by a device `randperm` and augmented on the device (`trainable.augment`);
+- bf16 autocast, channels_last and cudnn.benchmark on CUDA; fused AdamW/SGD on CUDA;
+- loss and correct counts accumulate as device tensors and are read once per epoch, so no
+  step waits on a host sync;
+- the learning rate is a pure function of the global step (linear warm-up, then cosine to
+  zero over the whole `epochs` horizon), so a run stopped early by a scheduler followed the
+  same schedule prefix as one that runs to the end, and resuming needs only the step count.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from trainable.augment import augment_batch, normalize
+from trainable.config import validate_config
+from trainable.data import DeviceData
+from trainable.model import build_model, count_params
+
+EVAL_BATCH = 1024  # big batches under inference_mode: evaluation is a small part of an epoch
+
+
+def default_device() -> torch.device:
+    """CUDA when present (Ray points each trial at its GPU), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Multiplier of the peak lr at `step`: linear warm-up, then cosine annealing to zero."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class Trainer:
+    """Trains one config on `DeviceData`.
+
+    >>> from trainable.data import make_synthetic, to_device
+    >>> data = to_device(make_synthetic(200, 50), "cpu")
+    >>> trainer = Trainer({"blocks": [1, 1], "widths": [8, 16], "epochs": 1}, data)
+    >>> [m["epoch"] for m in trainer.epochs()]
+    [1]
+    """
+
+    def __init__(self, config: dict[str, Any], data: DeviceData, compile_model: bool = False):
+        self.config = cfg = validate_config(config)
+        self.data = data
+        self.device = data.device
+        self.on_cuda = self.device.type == "cuda"
+        torch.manual_seed(cfg["seed"])
+        self.params = count_params(cfg, data.num_classes)
+        self.model = build_model(cfg, data.num_classes).to(self.device)
+        if self.on_cuda:
+            torch.backends.cudnn.benchmark = True
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.forward = self.model
+        if compile_model:
+            self.forward = torch.compile(self.model)
+        self.optimizer = self._make_optimizer()
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg["seed"])
+        n_train = len(data.train_x)
+        self.batch_size = min(cfg["batch_size"], n_train)
+        # Drop the last partial batch: a batch of 1 breaks BatchNorm, and equal batches keep
+        # the per-step schedule identical across epochs.
+        self.steps_per_epoch = max(1, n_train // self.batch_size)
+        self.total_steps = self.steps_per_epoch * cfg["epochs"]
+        self.warmup_steps = int(round(cfg["warmup_epochs"] * self.steps_per_epoch))
+        self.epoch = 0
+        self.step = 0
+        self.status = "ok"
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.config
+        # Fused kernels on CUDA: one launch per step for all parameters.
+        fused = {"fused": True} if self.on_cuda else {}
+        decay = [p for p in self.model.parameters() if p.ndim > 1]
+        no_decay = [p for p in self.model.parameters() if p.ndim <= 1]  # BN and biases
+        groups = [
+            {"params": decay, "weight_decay": cfg["weight_decay"]},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        if cfg["optimizer"] == "sgd":
+            return torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"] or 0.0,
+                                   nesterov=cfg["momentum"] > 0, **fused)
+        return torch.optim.AdamW(groups, lr=cfg["lr"], betas=(cfg["momentum"], 0.999), **fused)
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.on_cuda)
+
+    def _logits(self, images: torch.Tensor) -> torch.Tensor:
+        try:
+            return self.forward(self._prepare(images))
+        except Exception as exc:  # torch.compile can fail on odd toolchains: run eager instead
+            if self.forward is self.model:
+                raise
+            warnings.warn(f"torch.compile failed ({type(exc).__name__}: {exc}); training without it")
+            self.forward = self.model
+            return self.model(self._prepare(images))
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        if self.on_cuda:
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def train_epoch(self) -> dict[str, float]:
+        """One pass over the training split; returns loss and accuracy (one host sync)."""
+        cfg, data = self.config, self.data
+        self.model.train()
+        order = torch.randperm(len(data.train_x), device=self.device, generator=self.generator)
+        total_loss = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        seen = 0
+        for index in range(self.steps_per_epoch):
+            batch = order[index * self.batch_size:(index + 1) * self.batch_size]
+            images = augment_batch(
+                data.train_x[batch], data.mean, data.std, crop_padding=cfg["crop_padding"],
+                flip=cfg["flip"], cutout_size=cfg["cutout"], generator=self.generator,
+            )
+            labels = data.train_y[batch]
+            lr = cfg["lr"] * lr_factor(self.step, self.warmup_steps, self.total_steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            with self._autocast():
+                logits = self._logits(images)
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg["label_smoothing"])
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total_loss += loss.detach() * len(batch)
+            correct += (logits.argmax(1) == labels).sum()
+            seen += len(batch)
+            self.step += 1
+        return {"train_loss": total_loss.item() / seen, "train_acc": correct.item() / seen}
+
+    @torch.inference_mode()
+    def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """Loss and accuracy on uint8 images (no augmentation), in big batches."""
+        self.model.eval()
+        total_loss = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        for start in range(0, len(images), EVAL_BATCH):
+            x = normalize(images[start:start + EVAL_BATCH].to(self.device), self.data.mean, self.data.std)
+            y = labels[start:start + EVAL_BATCH].to(self.device)
+            with self._autocast():
+                logits = self._logits(x).float()
+            total_loss += F.cross_entropy(logits, y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
+        return {"loss": total_loss.item() / len(images), "acc": correct.item() / len(images)}
+
+    def run_epoch(self) -> dict[str, Any]:
+        """Train one epoch, evaluate on val, and return the epoch's metrics."""
+        if self.on_cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        train = self.train_epoch()  # its .item() calls synchronize the device
+        seconds = time.perf_counter() - start
+        self.epoch += 1
+        metrics: dict[str, Any] = {
+            "epoch": self.epoch,
+            "train_loss": train["train_loss"],
+            "train_acc": train["train_acc"],
+            "val_loss": None,
+            "val_acc": None,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "epoch_seconds": seconds,
+            "images_per_second": self.steps_per_epoch * self.batch_size / max(seconds, 1e-9),
+            "params": self.params,
+            "status": "ok",
+        }
+        if not math.isfinite(train["train_loss"]):
+            # A NaN/inf loss never recovers; stop now instead of burning the rest of the budget.
+            self.status = metrics["status"] = "diverged"
+            metrics["val_acc"] = 1.0 / self.data.num_classes  # chance: a finite, honest floor
+            return metrics
+        if self.data.val_x is not None:
+            val = self.evaluate(self.data.val_x, self.data.val_y)
+            metrics["val_loss"], metrics["val_acc"] = val["loss"], val["acc"]
+        return metrics
+
+    def epochs(self) -> Iterator[dict[str, Any]]:
+        """Yield each remaining epoch's metrics until the horizon or divergence."""
+        while self.epoch < self.config["epochs"] and self.status == "ok":
+            yield self.run_epoch()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: weights, optimizer, step, epoch, RNG states."""
+        state = {
+            "config": self.config,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "status": self.status,
+            "generator": self.generator.get_state(),
+            "cpu_rng": torch.get_rng_state(),
+        }
+        if self.on_cuda:
+            state["cuda_rng"] = torch.cuda.get_rng_state()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state_dict()`'s output (model, optimizer, schedule position, RNGs)."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.step, self.status = state["epoch"], state["step"], state["status"]
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["cpu_rng"])
+        if self.on_cuda and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"])
