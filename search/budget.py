@@ -1,0 +1,143 @@
+"""The parameter budget, enforced in the searcher before any trial exists.
+
+`BudgetedOptunaSearch` is Ray Tune's `OptunaSearch` with one change to `suggest`: each
+config Optuna proposes is counted exactly (meta device, no weights). One at or over the
+budget never becomes a Ray trial: it is told to Optuna as an infeasible, pruned trial whose
+constraint value is the number of parameters over, so TPE learns where the budget lies,
+and Optuna is asked again. Trials that end before the horizon (stopped by ASHA, or diverged)
+are told to Optuna as pruned, not complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from typing import Any
+
+import optuna
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per study created is noise here
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+from search.space import SpaceFn
+from trainable.config import DEFAULTS, validate_config
+from trainable.errors import ConfigError, UserError
+from trainable.model import count_params
+
+logger = logging.getLogger(__name__)
+
+CONSTRAINT = "params_over_budget"
+# Consecutive rejections after which the search gives up: the space has (almost) nothing
+# under the budget, and asking further would spin forever.
+MAX_REJECTIONS_IN_A_ROW = 2000
+
+
+def over_budget(params: int, budget: int) -> int:
+    """Constraint value: > 0 when `params` is not strictly below `budget` (Optuna: <= 0 is feasible)."""
+    return params - budget + 1
+
+
+def complete_config(raw: dict[str, Any], fixed: dict[str, Any]) -> dict[str, Any]:
+    """Keep the config keys of a space's output (dropping Optuna's helper params) and add `fixed`."""
+    return {**{k: v for k, v in raw.items() if k in DEFAULTS}, **fixed}
+
+
+def check_space_fits(space: SpaceFn, budget: int, num_classes: int, fixed: dict[str, Any],
+                     draws: int = 64, seed: int = 0) -> int:
+    """Raise UserError, before anything starts, if no config the space draws fits the budget.
+
+    Draws up to `draws` configs with Optuna's RandomSampler and returns the parameter count
+    of the first that fits. A space whose every draw is over (e.g. --param-budget 1000) is
+    reported with the smallest count seen.
+    """
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    smallest = None
+    for _ in range(draws):
+        trial = study.ask()
+        try:
+            config = validate_config(complete_config(space(trial), fixed))
+        except ConfigError as exc:
+            raise UserError(f"the search space produced a bad config: {exc}") from None
+        params = count_params(config, num_classes)
+        study.tell(trial, state=TrialState.PRUNED)
+        if params < budget:
+            return params
+        smallest = params if smallest is None else min(smallest, params)
+    raise UserError(
+        f"no config in the search space fits under --param-budget {budget:,} "
+        f"(the smallest of {draws} drawn has {smallest:,} params); raise the budget or shrink the space"
+    )
+
+
+class BudgetedOptunaSearch(OptunaSearch):
+    """OptunaSearch that never launches a config at or over `budget` trainable parameters."""
+
+    def __init__(
+        self,
+        space: SpaceFn,
+        budget: int,
+        num_classes: int,
+        fixed: dict[str, Any],
+        horizon: int,
+        **kwargs: Any,
+    ):
+        super().__init__(space=space, **kwargs)
+        self.budget = budget
+        self.num_classes = num_classes
+        self.fixed = fixed
+        self.horizon = horizon
+        self.rejected = 0
+        self.exhausted = False
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        for _ in range(MAX_REJECTIONS_IN_A_ROW):
+            config = validate_config(complete_config(super().suggest(trial_id), self.fixed))
+            params = count_params(config, self.num_classes)
+            ot_trial = self._ot_trials[trial_id]
+            ot_trial.set_constraint(CONSTRAINT, over_budget(params, self.budget))
+            ot_trial.set_user_attr("params", params)
+            if params < self.budget:
+                ot_trial.set_user_attr("ray_trial_id", trial_id)
+                return config
+            # Over the budget: infeasible (constraint > 0) and pruned, which TPE learns from;
+            # a FAIL state would teach it nothing. Then ask Optuna for another config.
+            ot_trial.set_user_attr("rejected", "over_budget")
+            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+            del self._ot_trials[trial_id]
+            self.rejected += 1
+        logger.warning("%d configs in a row were over the budget; ending the search", MAX_REJECTIONS_IN_A_ROW)
+        self.exhausted = True
+        return self.FINISHED
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        ot_trial = self._ot_trials[trial_id]
+        if result and not error:
+            status = result.get("status", "ok")
+            finished = result.get("epoch", 0) >= self.horizon and status == "ok"
+            ot_trial.set_user_attr("status", "completed" if finished else ("diverged" if status == "diverged" else "stopped"))
+            if not finished:
+                # Stopped by ASHA (or diverged, or cut by the time budget): Optuna keeps the
+                # intermediate values reported each epoch and ranks it as pruned.
+                self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+                self._completed_trials.add(trial_id)
+                return
+        elif error:
+            ot_trial.set_user_attr("status", "errored")
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+    # Ray pickles the searcher's __dict__ with plain pickle. A user's space (a function from a
+    # file, a YAML spec) may not pickle that way and is rebuilt on resume, so it stays out.
+    def save(self, checkpoint_path: str) -> None:
+        state = {k: v for k, v in self.__dict__.items() if k != "_space"}
+        with open(checkpoint_path, "wb") as handle:
+            pickle.dump(state, handle)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as handle:
+            state = pickle.load(handle)
+        if not isinstance(state, dict):
+            raise UserError(f"searcher state {checkpoint_path} is not from this tool")
+        self.__dict__.update(state)

@@ -1,0 +1,141 @@
+"""Search spaces: Optuna define-by-run functions that turn a trial into a config dict.
+
+A space is any function `space(trial) -> dict` that calls `trial.suggest_*` and returns a
+config for `trainable` (keys from `trainable.config.DEFAULTS`; the search fills in
+`epochs` and `seed`). The default space below follows the ranges in the known CIFAR-10
+recipes under 5M parameters; `--space FILE` replaces it with a Python file (defining
+`space(trial)` and optionally `WARM_START`, a dict of Optuna param values) or a YAML file
+(config keys mapped to constants or distributions, see `YamlSpace`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+
+from trainable.errors import UserError
+
+SpaceFn = Callable[[optuna.Trial], dict[str, Any]]
+
+
+def round_to(value: float, multiple: int = 8) -> int:
+    """Nearest positive multiple of `multiple` (channel counts that suit tensor cores)."""
+    return max(multiple, int(round(value / multiple)) * multiple)
+
+
+def default_space(trial: optuna.Trial) -> dict[str, Any]:
+    """The built-in space: architecture and training hyperparameters of the ResNet family.
+
+    Widths are a first-stage width times a growth factor per stage, rounded to multiples of
+    8; depth, width and kernels are searched freely and the budget check rejects what is
+    over the cap (a 5x5 kernel or a 3x3 shortcut rarely fits, so they appear as options).
+    """
+    n_stages = trial.suggest_int("n_stages", 3, 4)
+    blocks = [trial.suggest_int(f"blocks_{i}", 1, 6) for i in range(n_stages)]
+    base = trial.suggest_int("width_base", 32, 96, step=8)
+    growth = trial.suggest_float("width_growth", 1.5, 2.5)
+    config: dict[str, Any] = {
+        "blocks": blocks,
+        "widths": [round_to(base * growth**i) for i in range(n_stages)],
+        "kernel_size": trial.suggest_categorical("kernel_size", [3, 5]),
+        "skip_kernel_size": trial.suggest_categorical("skip_kernel_size", [1, 3]),
+        "dropout": trial.suggest_float("dropout", 0.0, 0.3),
+        "optimizer": trial.suggest_categorical("optimizer", ["adamw", "sgd"]),
+    }
+    # The two optimizers live on different lr and weight-decay scales, so each gets its own
+    # (conditional) parameters rather than one range that fits neither.
+    if config["optimizer"] == "sgd":
+        config["lr"] = trial.suggest_float("sgd_lr", 0.01, 0.2, log=True)
+        config["weight_decay"] = trial.suggest_float("sgd_weight_decay", 1e-4, 1e-3, log=True)
+        config["momentum"] = trial.suggest_float("sgd_momentum", 0.8, 0.95)
+    else:
+        config["lr"] = trial.suggest_float("adamw_lr", 5e-4, 5e-3, log=True)
+        config["weight_decay"] = trial.suggest_float("adamw_weight_decay", 5e-4, 5e-2, log=True)
+    config["warmup_epochs"] = trial.suggest_int("warmup_epochs", 0, 5)
+    config["batch_size"] = trial.suggest_categorical("batch_size", [64, 128, 256])
+    config["label_smoothing"] = trial.suggest_float("label_smoothing", 0.0, 0.2)
+    config["cutout"] = trial.suggest_categorical("cutout", [0, 8, 12, 16])
+    return config
+
+
+# The seed's configuration in the default space's terms: [3,5,3] x [64,128,256], F=3, K=1,
+# AdamW with warm-up and cosine (4,918,602 params). It is the first trial of every search.
+WARM_START: dict[str, Any] = {
+    "n_stages": 3, "blocks_0": 3, "blocks_1": 5, "blocks_2": 3, "width_base": 64, "width_growth": 2.0,
+    "kernel_size": 3, "skip_kernel_size": 1, "dropout": 0.0, "optimizer": "adamw", "adamw_lr": 2e-3,
+    "adamw_weight_decay": 5e-2, "warmup_epochs": 2, "batch_size": 128, "label_smoothing": 0.0, "cutout": 0,
+}
+
+
+# ----------------------------------------------------------------------------- YAML spaces
+def _suggest(trial: optuna.Trial, name: str, spec: Any) -> Any:
+    if isinstance(spec, list):
+        return [_suggest(trial, f"{name}_{i}", item) for i, item in enumerate(spec)]
+    if not isinstance(spec, dict):
+        return spec  # a constant
+    log = bool(spec.get("log", False))
+    if "int" in spec:
+        low, high = spec["int"]
+        return trial.suggest_int(name, int(low), int(high), step=int(spec.get("step", 1)), log=log)
+    if "float" in spec:
+        low, high = spec["float"]
+        return trial.suggest_float(name, float(low), float(high), log=log)
+    if "choice" in spec:
+        choices = spec["choice"]
+        # Optuna's categorical takes scalars only: lists (e.g. whole `blocks`) travel as JSON.
+        encoded = [json.dumps(c) if isinstance(c, (list, dict)) else c for c in choices]
+        picked = trial.suggest_categorical(name, encoded)
+        return json.loads(picked) if isinstance(picked, str) and picked[:1] in "[{" else picked
+    raise UserError(f"space entry {name!r}: a distribution is {{int: [lo, hi]}}, {{float: [lo, hi]}} or {{choice: [...]}}")
+
+
+class YamlSpace:
+    """A define-by-run space from a mapping of config keys to constants or distributions.
+
+    A class rather than a closure so that Ray can pickle it with the experiment. Example::
+
+        blocks: [{int: [1, 6]}, {int: [1, 6]}, {int: [1, 6]}]
+        widths: {choice: [[64, 128, 256], [48, 96, 192]]}
+        lr: {float: [0.0005, 0.005], log: true}
+        optimizer: adamw
+    """
+
+    def __init__(self, spec: dict[str, Any]):
+        if not isinstance(spec, dict) or not spec:
+            raise UserError("a YAML space must map config keys to constants or distributions")
+        self.spec = spec
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        return {key: _suggest(trial, key, value) for key, value in self.spec.items()}
+
+
+def load_space(path: str | Path) -> tuple[SpaceFn, dict[str, Any] | None]:
+    """Load a user space from a .py file (`space(trial)`, optional `WARM_START`) or a .yaml file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"space file {path} does not exist")
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            spec = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise UserError(f"space file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        return YamlSpace(spec), None
+    if path.suffix != ".py":
+        raise UserError(f"space file {path} must end in .py, .yaml or .yml")
+    module_spec = importlib.util.spec_from_file_location(f"user_space_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        raise UserError(f"space file {path} has a syntax error at line {exc.lineno}: {exc.msg}") from None
+    except Exception as exc:
+        raise UserError(f"space file {path} failed to load: {type(exc).__name__}: {exc}") from None
+    if not callable(getattr(module, "space", None)):
+        raise UserError(f"space file {path} must define a function space(trial) -> dict")
+    return module.space, getattr(module, "WARM_START", None)
