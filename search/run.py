@@ -186,6 +186,7 @@ def run_search(s: SearchSettings) -> SearchOutcome:
     fixed = {"epochs": s.max_epochs, "seed": s.seed}
     check_space_fits(space, s.param_budget, dataset.num_classes, fixed, seed=s.seed)
 
+    gpus = None if s.address else check_gpus(s)  # before starting anything
     started_ray = False
     if not ray.is_initialized():
         ray.init(address=s.address, num_cpus=None if s.address else s.cpus or os.cpu_count(),
@@ -193,7 +194,7 @@ def run_search(s: SearchSettings) -> SearchOutcome:
                  include_dashboard=False, configure_logging=False, log_to_driver=s.verbose > 1)
         started_ray = True
     try:
-        gpus = check_gpus(s)
+        gpus = check_gpus(s) if gpus is None else gpus
         gpus_per_trial = s.gpus_per_trial if gpus > 0 else 0
         cpus = int(ray.cluster_resources().get("CPU", 1))
         if gpus > 0:
