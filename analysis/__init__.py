@@ -1,0 +1,1 @@
+"""Trial tables, plots and reports from an experiment folder; no Ray runtime needed."""

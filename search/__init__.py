@@ -1,0 +1,1 @@
+"""Budgeted architecture and hyperparameter search with Ray Tune, Optuna and ASHA."""

@@ -1,0 +1,1 @@
+"""The training core in plain PyTorch: model, data, augmentation, loop, checkpoints. No Ray."""

@@ -1,0 +1,1 @@
+"""Speed and search-efficiency measurements; `python -m benchmarks.run --help`."""
