@@ -159,6 +159,26 @@ def read_trials(folder: str | Path) -> list[dict[str, Any]]:
         return list(csv.DictReader(handle))
 
 
+def config_from_row(row: dict[str, str]) -> dict[str, Any]:
+    """Rebuild a trial's config from its trials.csv row (cells typed by the config defaults)."""
+    config: dict[str, Any] = {"epochs": int(row["horizon"])}
+    for key in CONFIG_COLUMNS:
+        cell, default = row.get(key, ""), DEFAULTS[key]
+        if cell in ("", None):
+            config[key] = None if default is None else default
+        elif isinstance(default, list):
+            config[key] = json.loads(cell)
+        elif isinstance(default, bool):
+            config[key] = cell == "True"
+        elif isinstance(default, int) or default is None:
+            config[key] = int(float(cell))
+        elif isinstance(default, float):
+            config[key] = float(cell)
+        else:
+            config[key] = cell
+    return config
+
+
 def read_best(folder: str | Path) -> dict[str, Any] | None:
     path = Path(folder) / BEST
     return json.loads(path.read_text()) if path.is_file() else None

@@ -21,6 +21,24 @@ def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
     return torch.where(index >= size, 2 * (size - 1) - index, index)
 
 
+def shift_mirror(
+    images: torch.Tensor, dy: torch.Tensor | int, dx: torch.Tensor | int, mirrored: torch.Tensor | bool
+) -> torch.Tensor:
+    """Shift each image by (dy, dx) pixels over a reflect-padded border and mirror where asked.
+
+    `dy`, `dx` and `mirrored` are ints/bools for the whole batch or (B, 1) tensors per image.
+    One gather: no padded copy is made and the dtype is kept.
+    """
+    batch, channels, height, width = images.shape
+    device = images.device
+    rows = _reflect(torch.arange(height, device=device).expand(batch, height) + dy, height)
+    cols = _reflect(torch.arange(width, device=device).expand(batch, width) + dx, width)
+    cols = torch.where(torch.as_tensor(mirrored, device=device), width - 1 - cols, cols)
+    b = torch.arange(batch, device=device).view(batch, 1, 1, 1)
+    c = torch.arange(channels, device=device).view(1, channels, 1, 1)
+    return images[b, c, rows.view(batch, 1, height, 1), cols.view(batch, 1, 1, width)]
+
+
 def crop_flip(
     images: torch.Tensor, crop_padding: int, flip: bool, generator: torch.Generator | None = None
 ) -> torch.Tensor:
@@ -28,24 +46,24 @@ def crop_flip(
 
     Returns a tensor of the same shape and dtype on the same device.
     """
-    batch, channels, height, width = images.shape
+    if crop_padding <= 0 and not flip:
+        return images
+    batch, _, height, width = images.shape
     device = images.device
-    rows = torch.arange(height, device=device).expand(batch, height)
-    cols = torch.arange(width, device=device).expand(batch, width)
+    dy = dx = 0
+    mirrored = False
     if crop_padding > 0:
         pad = min(crop_padding, height - 1, width - 1)  # reflect needs pad < size
         dy = torch.randint(-pad, pad + 1, (batch, 1), device=device, generator=generator)
         dx = torch.randint(-pad, pad + 1, (batch, 1), device=device, generator=generator)
-        rows = _reflect(rows + dy, height)
-        cols = _reflect(cols + dx, width)
     if flip:
         mirrored = torch.rand(batch, 1, device=device, generator=generator) < 0.5
-        cols = torch.where(mirrored, width - 1 - cols, cols)
-    if crop_padding <= 0 and not flip:
-        return images
-    b = torch.arange(batch, device=device).view(batch, 1, 1, 1)
-    c = torch.arange(channels, device=device).view(1, channels, 1, 1)
-    return images[b, c, rows.view(batch, 1, height, 1), cols.view(batch, 1, 1, width)]
+    return shift_mirror(images, dy, dx, mirrored)
+
+
+# Test-time augmentation: the image and its mirror, each also shifted one pixel both ways
+# along the diagonal; logits are averaged over the six views.
+TTA_VIEWS = [(dy, dx, mirror) for mirror in (False, True) for dy, dx in ((0, 0), (1, 1), (-1, -1))]
 
 
 def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import torch
 import torch.nn.functional as F
 
-from trainable.augment import augment_batch, normalize
+from trainable.augment import TTA_VIEWS, augment_batch, normalize, shift_mirror
 from trainable.config import validate_config
 from trainable.data import DeviceData
 from trainable.model import build_model, count_params
@@ -31,6 +31,35 @@ EVAL_BATCH = 1024  # big batches under inference_mode: evaluation is a small par
 def default_device() -> torch.device:
     """CUDA when present (Ray points each trial at its GPU), else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    tta: bool = False,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """Float32 logits of uint8 images (N, 3, H, W), in big batches, optionally averaged over TTA views."""
+    device = device or mean.device
+    model.eval()
+    on_cuda = device.type == "cuda"
+    views = TTA_VIEWS if tta else [(0, 0, False)]
+    out = []
+    for start in range(0, len(images), EVAL_BATCH):
+        batch = images[start:start + EVAL_BATCH].to(device)
+        total = None
+        for dy, dx, mirror in views:
+            x = normalize(shift_mirror(batch, dy, dx, mirror), mean, std)
+            if on_cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_cuda):
+                logits = model(x).float()
+            total = logits if total is None else total + logits
+        out.append(total / len(views))
+    return torch.cat(out) if out else torch.zeros(0)
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -51,7 +80,8 @@ class Trainer:
     [1]
     """
 
-    def __init__(self, config: dict[str, Any], data: DeviceData, compile_model: bool = False):
+    def __init__(self, config: dict[str, Any], data: DeviceData, compile_model: bool = False,
+                 ema_decay: float | None = None):
         self.config = cfg = validate_config(config)
         self.data = data
         self.device = data.device
@@ -66,6 +96,11 @@ class Trainer:
         if compile_model:
             self.forward = torch.compile(self.model)
         self.optimizer = self._make_optimizer()
+        # An exponential moving average of the weights (and BN buffers), updated every step.
+        self.ema = None
+        if ema_decay:
+            self.ema = torch.optim.swa_utils.AveragedModel(
+                self.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(ema_decay), use_buffers=True)
         self.generator = torch.Generator(device=self.device).manual_seed(cfg["seed"])
         n_train = len(data.train_x)
         self.batch_size = min(cfg["batch_size"], n_train)
@@ -135,26 +170,22 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             total_loss += loss.detach() * len(batch)
             correct += (logits.argmax(1) == labels).sum()
             seen += len(batch)
             self.step += 1
         return {"train_loss": total_loss.item() / seen, "train_acc": correct.item() / seen}
 
-    @torch.inference_mode()
-    def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        """Loss and accuracy on uint8 images (no augmentation), in big batches."""
-        self.model.eval()
-        total_loss = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.int64)
-        for start in range(0, len(images), EVAL_BATCH):
-            x = normalize(images[start:start + EVAL_BATCH].to(self.device), self.data.mean, self.data.std)
-            y = labels[start:start + EVAL_BATCH].to(self.device)
-            with self._autocast():
-                logits = self._logits(x).float()
-            total_loss += F.cross_entropy(logits, y, reduction="sum")
-            correct += (logits.argmax(1) == y).sum()
-        return {"loss": total_loss.item() / len(images), "acc": correct.item() / len(images)}
+    def evaluate(self, images: torch.Tensor, labels: torch.Tensor, tta: bool = False,
+                 use_ema: bool = False) -> dict[str, float]:
+        """Loss and accuracy on uint8 images (no training augmentation), in big batches."""
+        model = self.ema.module if use_ema and self.ema is not None else self.model
+        logits = predict_logits(model, images, self.data.mean, self.data.std, tta, self.device)
+        labels = labels.to(self.device)
+        loss = F.cross_entropy(logits, labels).item() if len(labels) else float("nan")
+        return {"loss": loss, "acc": (logits.argmax(1) == labels).float().mean().item()}
 
     def run_epoch(self) -> dict[str, Any]:
         """Train one epoch, evaluate on val, and return the epoch's metrics."""
@@ -205,6 +236,8 @@ class Trainer:
         }
         if self.on_cuda:
             state["cuda_rng"] = torch.cuda.get_rng_state()
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -216,3 +249,5 @@ class Trainer:
         torch.set_rng_state(state["cpu_rng"])
         if self.on_cuda and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"])
+        if self.ema is not None and "ema" in state:
+            self.ema.load_state_dict(state["ema"])

@@ -1,0 +1,155 @@
+"""Label unlabeled images with a retrained model and write a submission CSV.
+
+    python -m search.predict runs/NAME/final --input cifar_test_nolabel.pkl --out submission.csv --tta
+
+The input is the course's pickle (a dict with b'data', uint8 N x 32 x 32 x 3 in
+height-width-channel order, and b'ids'), a folder of images, or a .npy array N x H x W x 3.
+The CSV has the header `ID,Labels` and one row per image in the input's order; labels are
+class indices in the training set's class order (CIFAR-10: airplane=0 ... truck=9).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import pickle
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from trainable.checkpoint import load_checkpoint, write_text
+from trainable.cli import ArgumentParser, read_json, run_main
+from trainable.errors import UserError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def images_from_hwc(array: Any, what: str, size: Sequence[int] | None = None) -> torch.Tensor:
+    """Check a uint8 N x H x W x 3 array and make it N x 3 x H x W by transposing axes.
+
+    A reshape to (-1, 3, H, W) would keep the bytes in place and scramble every image.
+    """
+    if not isinstance(array, np.ndarray):
+        raise UserError(f"{what} must be a numpy array, got {type(array).__name__}")
+    if array.dtype != np.uint8:
+        raise UserError(f"{what} must be uint8 pixels, got dtype {array.dtype}")
+    if array.ndim != 4 or array.shape[-1] != 3:
+        raise UserError(f"{what} must have shape N x H x W x 3 (height-width-channel), got {array.shape}")
+    if size is not None and tuple(array.shape[1:3]) != tuple(size):
+        raise UserError(f"{what} holds {array.shape[1]}x{array.shape[2]} images; the model was trained on "
+                        f"{size[0]}x{size[1]}")
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(0, 3, 1, 2)))
+
+
+def read_input(path: Path, size: Sequence[int] | None = None) -> tuple[torch.Tensor, list[Any]]:
+    """Images (N, 3, H, W) uint8 and their ids from a pickle, a .npy file or an image folder."""
+    if path.is_dir():
+        from PIL import Image
+
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise UserError(f"{path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        arrays = []
+        for file in files:
+            with Image.open(file) as image:
+                arrays.append(np.asarray(image.convert("RGB"), dtype=np.uint8))
+        if len({a.shape for a in arrays}) > 1:
+            raise UserError(f"images in {path} have mixed sizes; resize them to one size first")
+        ids = [int(f.stem) if f.stem.isdigit() else f.stem for f in files]
+        return images_from_hwc(np.stack(arrays), f"images in {path}", size), ids
+    if not path.is_file():
+        raise UserError(f"input {path} does not exist")
+    if path.suffix == ".npy":
+        try:
+            array = np.load(path, allow_pickle=False)
+        except ValueError as exc:
+            raise UserError(f"{path} is not a plain .npy array: {exc}") from None
+        return images_from_hwc(array, str(path), size), list(range(len(array)))
+    try:
+        with open(path, "rb") as handle:
+            data = pickle.load(handle, encoding="bytes")
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as exc:
+        raise UserError(f"{path} is not a readable pickle: {type(exc).__name__}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must hold a dict with keys b'data' and b'ids', got {type(data).__name__}")
+    missing = [key for key in (b"data", b"ids") if key not in data]
+    if missing:
+        raise UserError(f"{path} has no key {' or '.join(repr(k) for k in missing)} (expected b'data' and b'ids')")
+    images = images_from_hwc(data[b"data"], f"{path}[b'data']", size)
+    ids = [int(i) if isinstance(i, (np.integer, int)) else i for i in list(data[b"ids"])]
+    if len(ids) != len(images):
+        raise UserError(f"{path} has {len(images)} images but {len(ids)} ids")
+    return images, ids
+
+
+def load_model(folder: Path, use_ema: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The retrained model in `folder` (config.json, model.json, weights.pt) on the best device."""
+    from trainable.loop import default_device
+    from trainable.model import build_model
+
+    for name in ("config.json", "model.json"):
+        if not (folder / name).is_file():
+            raise UserError(f"{folder} is not a retrained model folder (no {name}); run search.retrain first")
+    weights = folder / ("weights_ema.pt" if use_ema else "weights.pt")
+    if not weights.is_file():
+        hint = "retrain with --ema" if use_ema else "the retrain did not finish; rerun it with --resume"
+        raise UserError(f"{folder} has no {weights.name} ({hint})")
+    config = read_json(folder / "config.json", "config file")
+    info = read_json(folder / "model.json", "model file")
+    model = build_model(config, info["num_classes"])
+    try:
+        model.load_state_dict(load_checkpoint(weights))
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        raise UserError(f"{weights} does not fit the config in {folder / 'config.json'}: {str(exc)[:200]}") from None
+    device = default_device()
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model, info
+
+
+def predict_labels(folder: Path, images: torch.Tensor, tta: bool = False, use_ema: bool = False) -> torch.Tensor:
+    """Class indices for uint8 images (N, 3, H, W) from the model in `folder`."""
+    from trainable.loop import predict_logits
+
+    model, info = load_model(folder, use_ema)
+    device = next(model.parameters()).device
+    mean = torch.tensor(info["mean"], device=device).view(1, -1, 1, 1)
+    std = torch.tensor(info["std"], device=device).view(1, -1, 1, 1)
+    return predict_logits(model, images, mean, std, tta, device).argmax(1).cpu()
+
+
+def write_submission(path: Path, ids: Sequence[Any], labels: Sequence[int]) -> None:
+    """`ID,Labels` CSV, one row per id in the given order, written atomically."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["ID", "Labels"])
+    writer.writerows(zip(ids, (int(label) for label in labels)))
+    write_text(path, buffer.getvalue())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = ArgumentParser(prog="python -m search.predict", description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", help="a retrained model folder (runs/NAME/final)")
+    parser.add_argument("--input", required=True, help="pickle with b'data' and b'ids', a .npy array, or an image folder")
+    parser.add_argument("--out", default="submission.csv", help="CSV to write (default submission.csv)")
+    parser.add_argument("--tta", action="store_true", help="average over flips and 1-px shifts")
+    parser.add_argument("--ema", action="store_true", help="use the EMA weights (retrained with --ema)")
+    parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    args = parser.parse_args(argv)
+    folder, out = Path(args.model), Path(args.out)
+    if out.exists() and not args.force:
+        raise UserError(f"{out} exists; pass --force to overwrite it or choose another --out")
+    info = read_json(folder / "model.json", "model file") if (folder / "model.json").is_file() else {}
+    images, ids = read_input(Path(args.input), info.get("image_size"))
+    labels = predict_labels(folder, images, tta=args.tta, use_ema=args.ema)
+    write_submission(out, ids, labels.tolist())
+    counts = np.bincount(labels.numpy(), minlength=info.get("num_classes", 0))
+    print(f"wrote {out}: {len(ids)} rows; predictions per class {counts.tolist()}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
