@@ -43,30 +43,52 @@ def complete_config(raw: dict[str, Any], fixed: dict[str, Any]) -> dict[str, Any
     return {**{k: v for k, v in raw.items() if k in DEFAULTS}, **fixed}
 
 
+class LowestSampler(optuna.samplers.BaseSampler):
+    """Samples the low end of every distribution (smallest number, or first non-numeric choice).
+
+    In a space where bigger values mean bigger models (the usual case) its one trial is the
+    smallest model the space can make: the probe that tells a tight budget from an
+    impossible one, which random draws cannot (the smallest corner is rarely drawn).
+    """
+
+    def infer_relative_search_space(self, study, trial):
+        return {}
+
+    def sample_relative(self, study, trial, search_space):
+        return {}
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        if isinstance(param_distribution, optuna.distributions.CategoricalDistribution):
+            choices = param_distribution.choices
+            numeric = [c for c in choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
+            return min(numeric) if len(numeric) == len(choices) else choices[0]
+        return param_distribution.low
+
+
 def check_space_fits(space: SpaceFn, budget: int, num_classes: int, fixed: dict[str, Any],
                      draws: int = 64, seed: int = 0) -> int:
-    """Raise UserError, before anything starts, if no config the space draws fits the budget.
+    """Raise UserError, before anything starts, if no config of the space fits the budget.
 
-    Draws up to `draws` configs with Optuna's RandomSampler and returns the parameter count
-    of the first that fits. A space whose every draw is over (e.g. --param-budget 1000) is
-    reported with the smallest count seen.
+    Tries the space's smallest corner (`LowestSampler`), then up to `draws` configs from
+    Optuna's RandomSampler, and returns the parameter count of the first that fits. A space
+    where none fits (e.g. --param-budget 1000) is reported with the smallest count seen.
     """
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    samplers = [LowestSampler()] + [optuna.samplers.RandomSampler(seed=seed)] * draws
     smallest = None
-    for _ in range(draws):
+    for sampler in samplers:
+        study = optuna.create_study(sampler=sampler)
         trial = study.ask()
         try:
             config = validate_config(complete_config(space(trial), fixed))
         except ConfigError as exc:
             raise UserError(f"the search space produced a bad config: {exc}") from None
         params = count_params(config, num_classes)
-        study.tell(trial, state=TrialState.PRUNED)
         if params < budget:
             return params
         smallest = params if smallest is None else min(smallest, params)
     raise UserError(
         f"no config in the search space fits under --param-budget {budget:,} "
-        f"(the smallest of {draws} drawn has {smallest:,} params); raise the budget or shrink the space"
+        f"(the smallest found has {smallest:,} params); raise the budget or shrink the space"
     )
 
 

@@ -149,7 +149,8 @@ def prepare_folder(s: SearchSettings) -> SearchSettings:
     if s.resume:
         if not (folder / SETTINGS).is_file():
             raise UserError(f"nothing to resume: {folder} is not an experiment of this tool (no {SETTINGS})")
-        saved = SearchSettings(**read_json(folder / SETTINGS, "settings file"))
+        known = set(SearchSettings.__dataclass_fields__)
+        saved = SearchSettings(**{k: v for k, v in read_json(folder / SETTINGS, "settings file").items() if k in known})
         changed = [k for k in SEARCH_DEFINING if k in s.extra.get("given", ()) and getattr(s, k) != getattr(saved, k)]
         if changed:
             flags = ", ".join("--" + k.replace("_", "-") for k in changed)
@@ -204,7 +205,8 @@ def run_search(s: SearchSettings) -> SearchOutcome:
         folder = s.folder
         folder.mkdir(parents=True, exist_ok=True)
         if not s.resume:
-            write_json(folder / SETTINGS, {k: v for k, v in asdict(s).items() if k != "extra"})
+            saved = {k: v for k, v in asdict(s).items() if k not in ("extra", "resume")}
+            write_json(folder / SETTINGS, {**saved, "gpus": gpus, "gpu_share": gpus_per_trial})
         data_spec = {
             "dataset": s.dataset, "data_dir": str(Path(s.data_dir).resolve()) if s.data_dir else None,
             "val_fraction": s.val_fraction, "split_seed": s.seed, "subset": s.subset,

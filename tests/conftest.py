@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import csv
+
 import pytest
 
 # Tests never write into the user's cache.
@@ -37,3 +39,59 @@ def cli(capsys):
         return exit_info.value.code, captured.out, captured.err
 
     return run
+
+
+# ----------------------------------------------------------------------------- searches
+TINY_SPACE = '''
+def space(trial):
+    n = trial.suggest_int("n_stages", 2, 3)
+    return {
+        "blocks": [trial.suggest_int(f"blocks_{i}", 1, 2) for i in range(n)],
+        "widths": [trial.suggest_int("width", 4, 32, step=4) * 2**i for i in range(n)],
+        "lr": trial.suggest_float("lr", 1e-3, 1e-2, log=True),
+        "batch_size": 64, "warmup_epochs": 0,
+    }
+'''
+BUDGET = 20_000  # rejects most of TINY_SPACE (widths up to 32/64/128)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One Ray session for the whole test run (ray.init costs about 6 s)."""
+    import ray
+
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def space_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("space") / "tiny_space.py"
+    path.write_text(TINY_SPACE)
+    return path
+
+
+def settings(tmp, space_file, **overrides):
+    """SearchSettings of a tiny CPU search over TINY_SPACE on synthetic data."""
+    from search.run import SearchSettings
+
+    base = dict(name="exp", storage=str(tmp), gpus=0, trials=6, max_epochs=3, grace_epochs=1, reduction_factor=2,
+                param_budget=BUDGET, space=str(space_file), dataset="synthetic", subset=400, verbose=0)
+    return SearchSettings(**{**base, **overrides})
+
+
+@pytest.fixture(scope="session")
+def finished_search(ray_session, space_file, tmp_path_factory):
+    from search.run import run_search
+
+    tmp = tmp_path_factory.mktemp("runs")
+    return run_search(settings(tmp, space_file, trials=8))
+
+
+def rows_of(folder):
+    """trials.csv as a list of dicts."""
+    with open(folder / "trials.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+

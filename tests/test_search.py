@@ -11,57 +11,14 @@ import time
 import optuna
 import pytest
 
+import analysis
+
+from conftest import BUDGET, rows_of, settings
 from search.budget import BudgetedOptunaSearch, check_space_fits, over_budget
-from search.run import SearchSettings, main, run_search
+from search.run import main, run_search
 from search.space import WARM_START, YamlSpace, default_space, load_space
 from trainable.errors import UserError
 from trainable.model import count_params
-
-TINY_SPACE = '''
-def space(trial):
-    n = trial.suggest_int("n_stages", 2, 3)
-    return {
-        "blocks": [trial.suggest_int(f"blocks_{i}", 1, 2) for i in range(n)],
-        "widths": [trial.suggest_int("width", 4, 32, step=4) * 2**i for i in range(n)],
-        "lr": trial.suggest_float("lr", 1e-3, 1e-2, log=True),
-        "batch_size": 64, "warmup_epochs": 0,
-    }
-'''
-BUDGET = 20_000  # rejects most of TINY_SPACE (widths up to 32/64/128)
-
-
-@pytest.fixture(scope="session")
-def ray_session():
-    import ray
-
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="session")
-def space_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("space") / "tiny_space.py"
-    path.write_text(TINY_SPACE)
-    return path
-
-
-def settings(tmp, space_file, **overrides):
-    base = dict(name="exp", storage=str(tmp), gpus=0, trials=6, max_epochs=3, grace_epochs=1, reduction_factor=2,
-                param_budget=BUDGET, space=str(space_file), dataset="synthetic", subset=400, verbose=0)
-    return SearchSettings(**{**base, **overrides})
-
-
-@pytest.fixture(scope="session")
-def finished_search(ray_session, space_file, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("runs")
-    return run_search(settings(tmp, space_file, trials=8))
-
-
-def rows_of(folder):
-    with open(folder / "trials.csv", newline="") as handle:
-        return list(csv.DictReader(handle))
-
 
 def test_search_writes_the_experiment(finished_search):
     folder = finished_search.folder
@@ -185,6 +142,8 @@ def test_resume_after_interrupt_keeps_finished_trials(ray_session, space_file, t
                 break
         time.sleep(0.5)
     assert proc.poll() is None, "the search ended before it could be interrupted:\n" + proc.stdout.read()
+    running = analysis.load(folder)  # a live experiment loads, mid-write, without Ray
+    assert len(running) >= 2 and set(running["status"]) <= {"completed", "stopped", "running"}
     os.killpg(proc.pid, signal.SIGINT)
     proc.wait(timeout=120)
     interrupted = rows_of(folder)

@@ -1,0 +1,128 @@
+"""Plots and a report of an experiment: PNGs, report.md and a self-contained report.html.
+
+    python -m analysis.report runs/NAME --out runs/NAME/report
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from analysis import plots
+from analysis.table import narrow, to_markdown
+from analysis.trials import STATUSES, load_experiment, rejected_count, settings_of
+from trainable.checkpoint import write_text
+from trainable.cli import ArgumentParser, run_main
+
+
+def optuna_importances(folder: Path) -> tuple[dict[str, float] | None, str]:
+    """optuna.importance over the study's completed trials, or (None, why not)."""
+    import optuna
+
+    db = folder / "optuna.db"
+    if not db.is_file():
+        return None, "no optuna.db in the experiment"
+    try:
+        name = optuna.get_all_study_summaries(storage=f"sqlite:///{db}")[0].study_name
+        study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
+        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if len(complete) < 2:
+            return None, f"{len(complete)} trial(s) ran to the end; importances need at least 2"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return optuna.importance.get_param_importances(study), ""
+    except Exception as exc:  # too few distinct values, a locked database, ...
+        return None, f"importances unavailable: {type(exc).__name__}: {exc}"
+
+
+def asha_milestones(settings: dict[str, Any]) -> list[int]:
+    """The rung epochs: grace x reduction_factor^k up to the horizon, and the horizon."""
+    grace, factor, horizon = (int(settings.get(k, d)) for k, d in
+                              (("grace_epochs", 1), ("reduction_factor", 3), ("max_epochs", 1)))
+    out, milestone = [], grace
+    while milestone < horizon:
+        out.append(milestone)
+        milestone *= factor
+    return out + [horizon]
+
+
+def totals(table: pd.DataFrame, curves: pd.DataFrame, folder: Path) -> dict[str, Any]:
+    """Trials by status, budget rejections, wall time and GPU-hours of the search."""
+    counts = table["status"].value_counts().to_dict()
+    started = (curves["timestamp"] - curves["time_total_s"]).min() if len(curves) else None
+    wall = float(curves["timestamp"].max() - started) if started is not None else 0.0
+    return {
+        "trials": len(table),
+        **{status: int(counts.get(status, 0)) for status in STATUSES},
+        "rejected_for_budget": rejected_count(folder),
+        "wall_hours": wall / 3600,
+        "gpu_hours": float(table["gpu_seconds"].sum()) / 3600,
+    }
+
+
+def make_report(path: str | Path, out: str | Path) -> dict[str, Path]:
+    """Write every plot, report.md and report.html into `out`; return the files written."""
+    folder, out = Path(path), Path(out)
+    settings = settings_of(folder)
+    table, curves = load_experiment(folder)
+    importances, note = optuna_importances(folder)
+    best_id = table.iloc[0]["trial_id"]
+    files = {
+        "Learning curves": plots.learning_curves(table, curves, out / "learning_curves.png"),
+        "Params against val_acc": plots.params_vs_accuracy(table, int(settings.get("param_budget", 5_000_000)),
+                                                           out / "params_vs_val_acc.png"),
+        "Hyperparameter importance": plots.importance(importances, out / "importance.png", note),
+        "val_acc against each hyperparameter": plots.hyperparameters(table, out / "hyperparameters.png"),
+        "ASHA rungs": plots.rungs(table, asha_milestones(settings), out / "asha_rungs.png"),
+        "Best trial": plots.best_trial(curves, best_id, out / "best_trial.png"),
+    }
+    sums = totals(table, curves, folder)
+    top = narrow(table.head(10))
+    total_lines = [
+        f"trials: {sums['trials']} ({', '.join(f'{sums[s]} {s}' for s in STATUSES)})",
+        f"configs rejected for the parameter budget: {sums['rejected_for_budget'] if sums['rejected_for_budget'] is not None else 'unknown'}",
+        f"wall time: {sums['wall_hours']:.2f} h; GPU-hours: {sums['gpu_hours']:.2f}",
+        f"budget: fewer than {int(settings.get('param_budget', 0)):,} trainable params; "
+        f"ASHA over {settings.get('max_epochs')} epochs (grace {settings.get('grace_epochs')}, "
+        f"reduction factor {settings.get('reduction_factor')})",
+    ]
+    title = f"Search report: {folder.name}"
+    md = [f"# {title}", "", *[f"- {line}" for line in total_lines], "", "## Top 10 trials", "", to_markdown(top), ""]
+    for caption, file in files.items():
+        md += [f"## {caption}", "", f"![{caption}]({file.name})", ""]
+    if note:
+        md += [f"Importance: {note}", ""]
+    write_text(out / "report.md", "\n".join(md))
+
+    body = [f"<h1>{html.escape(title)}</h1>", "<ul>", *[f"<li>{html.escape(line)}</li>" for line in total_lines],
+            "</ul>", "<h2>Top 10 trials</h2>", top.to_html(index=False, border=0)]
+    for caption, file in files.items():
+        data = base64.b64encode(file.read_bytes()).decode()
+        body += [f"<h2>{html.escape(caption)}</h2>",
+                 f'<img alt="{html.escape(caption)}" data-file="{file.name}" src="data:image/png;base64,{data}">']
+    page = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>" + html.escape(title) + "</title><style>"
+            "body{font-family:sans-serif;max-width:1100px;margin:2em auto}img{max-width:100%}"
+            "table{border-collapse:collapse}td,th{padding:2px 8px;border-bottom:1px solid #ddd}</style></head><body>"
+            + "\n".join(body) + "</body></html>\n")
+    write_text(out / "report.html", page)
+    return {**{k: v for k, v in files.items()}, "report.md": out / "report.md", "report.html": out / "report.html"}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = ArgumentParser(prog="python -m analysis.report", description="Write plots and a report of an experiment.")
+    parser.add_argument("experiment", help="experiment folder (runs/NAME)")
+    parser.add_argument("--out", help="folder for the PNGs, report.md and report.html (default EXPERIMENT/report)")
+    args = parser.parse_args(argv)
+    out = Path(args.out) if args.out else Path(args.experiment) / "report"
+    files = make_report(args.experiment, out)
+    print(f"wrote {len(files) - 2} plots, {files['report.md']} and {files['report.html']}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
