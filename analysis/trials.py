@@ -76,13 +76,15 @@ def _trial_folders(folder: Path) -> list[Path]:
                                                                  or (p / "params.json").exists()))
 
 
-def _status(driver: dict[str, str] | None, history: list[dict[str, Any]], horizon: int, errored: bool) -> str:
-    if errored:
-        return "errored"
+def _status(driver: dict[str, str] | None, history: list[dict[str, Any]], horizon: int, error_file: bool) -> str:
+    # The driver's word (trials.csv) wins: a trial whose node died has an error.txt, but if
+    # Ray restarted it from its checkpoint and it finished, it is not an errored trial.
     if history and history[-1].get("status") == "diverged":
         return "diverged"
     if driver and driver.get("status") in ("completed", "stopped", "errored", "diverged"):
         return driver["status"]
+    if error_file:
+        return "errored"
     if history and history[-1].get("epoch", 0) >= horizon:
         return "completed"
     return "running"
@@ -107,18 +109,18 @@ def load_experiment(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             continue
         trial_id = history[-1]["trial_id"] if history and "trial_id" in history[-1] else trial_dir.name.split("_")[-1]
         error_file = trial_dir / "error.txt"
-        errored = error_file.is_file() or (driver.get(trial_id, {}).get("status") == "errored")
+        status = _status(driver.get(trial_id), history, horizon, error_file.is_file())
         error = None
-        if errored:
+        if status == "errored":
             text = error_file.read_text(errors="replace").strip() if error_file.is_file() else ""
-            error = (text.splitlines()[-1] if text else driver.get(trial_id, {}).get("error")) or "error"
+            error = driver.get(trial_id, {}).get("error") or (text.splitlines()[-1] if text else "error")
         val = [(m.get("val_acc"), m.get("epoch")) for m in history if m.get("val_acc") is not None]
         best = max(val, key=lambda pair: pair[0]) if val else (None, None)
         last = history[-1] if history else {}
         wall = float(last.get("time_total_s", 0.0))
         row = {
             "trial_id": trial_id,
-            "status": _status(driver.get(trial_id), history, horizon, errored),
+            "status": status,
             "error": error,
             "params": last.get("params"),
             **{key: config.get(key) for key in ("blocks", "widths", "kernel_size", "skip_kernel_size",

@@ -139,16 +139,37 @@ class BudgetedOptunaSearch(OptunaSearch):
         if result and not error:
             status = result.get("status", "ok")
             finished = result.get("epoch", 0) >= self.horizon and status == "ok"
-            ot_trial.set_user_attr("status", "completed" if finished else ("diverged" if status == "diverged" else "stopped"))
+            try:
+                ot_trial.set_user_attr("status", "completed" if finished else
+                                       ("diverged" if status == "diverged" else "stopped"))
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass
             if not finished:
                 # Stopped by ASHA (or diverged, or cut by the time budget): Optuna keeps the
                 # intermediate values reported each epoch and ranks it as pruned.
-                self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+                self._tell(ot_trial, state=TrialState.PRUNED)
                 self._completed_trials.add(trial_id)
                 return
         elif error:
-            ot_trial.set_user_attr("status", "errored")
-        super().on_trial_complete(trial_id, result=result, error=error)
+            try:
+                ot_trial.set_user_attr("status", "errored")
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass
+        super().on_trial_complete(trial_id, result=result, error=error)  # it logs a failed tell
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # see _tell
+
+    def _tell(self, ot_trial: optuna.Trial, **kwargs: Any) -> None:
+        # After a driver was killed, optuna.db (written at once) can be ahead of the searcher
+        # state Ray restored (a snapshot): a trial it thinks open may already be told.
+        try:
+            self._ot_study.tell(ot_trial, **kwargs)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            logger.info("trial %s was already finished in the Optuna study", ot_trial.number)
 
     # Ray pickles the searcher's __dict__ with plain pickle. A user's space (a function from a
     # file, a YAML spec) may not pickle that way and is rebuilt on resume, so it stays out.
@@ -163,3 +184,9 @@ class BudgetedOptunaSearch(OptunaSearch):
         if not isinstance(state, dict):
             raise UserError(f"searcher state {checkpoint_path} is not from this tool")
         self.__dict__.update(state)
+        # A driver killed between asking Optuna and Ray's next snapshot leaves trials RUNNING
+        # in optuna.db that no Ray trial will ever report to: close them as failed.
+        known = {t.number for t in self._ot_trials.values()}
+        for trial in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial.number not in known:
+                self._ot_study.tell(trial.number, state=TrialState.FAIL)

@@ -18,6 +18,8 @@ import csv
 import io
 import json
 import platform
+import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,7 @@ CONFIG_COLUMNS = [key for key in DEFAULTS if key != "epochs"]
 COLUMNS = (
     ["trial_id", "status", "params"] + CONFIG_COLUMNS
     + ["epochs_trained", "best_val_acc", "best_epoch", "last_val_acc", "horizon",
-       "wall_seconds", "gpu_seconds", "error", "versions"]
+       "wall_seconds", "gpu_seconds", "restarts", "error", "versions"]
 )
 
 
@@ -48,9 +50,61 @@ def library_versions() -> str:
     return f"python {platform.python_version()}; torch {torch.__version__}; ray {ray.__version__}; optuna {optuna.__version__}"
 
 
+# Ray writes its experiment snapshot to a staging folder and copies it here in the
+# background, so the snapshot on disk can name a checkpoint a few seconds older than its
+# file time. Checkpoints are pruned only behind that margin (see prune_checkpoints).
+SNAPSHOT_MARGIN_S = 30.0
+
+
+def prune_checkpoints(folder: str | Path, final: bool = False, margin_s: float = SNAPSHOT_MARGIN_S) -> int:
+    """Delete trial checkpoints that no saved experiment snapshot can still refer to.
+
+    Ray's own rotation (CheckpointConfig.num_to_keep) can delete the checkpoint that the
+    last snapshot on disk names; a driver killed then leaves a trial that cannot be
+    restored. Here, for each trial, the newest checkpoint written at least `margin_s`
+    before the latest snapshot's file time is one the snapshot is sure to have seen; it
+    and the one before it are kept with everything newer, older ones go. With `final`
+    (the search ended and Ray wrote its last snapshot) only each trial's newest is kept.
+    Returns how many checkpoints were deleted.
+    """
+    folder = Path(folder)
+    snapshots = [p.stat().st_mtime for p in folder.glob("experiment_state-*.json")]
+    if not snapshots:
+        return 0
+    horizon = max(snapshots) - margin_s
+    deleted = 0
+    for trial_dir in folder.glob("trial_*"):
+        checkpoints = sorted(trial_dir.glob("checkpoint_*"))
+        if final:
+            old = checkpoints[:-1]
+        else:
+            seen = [c for c in checkpoints if c.stat().st_mtime < horizon]
+            old = seen[:-2]
+        for checkpoint in old:
+            shutil.rmtree(checkpoint, ignore_errors=True)
+            deleted += 1
+    return deleted
+
+
 def _cell(value: Any) -> Any:
     # Lists (blocks, widths) are kept readable and parseable in one CSV cell.
     return json.dumps(value) if isinstance(value, (list, dict)) else value
+
+
+def _error_line(trial: Any, error: Any = None) -> str:
+    """The exception line of a failed trial (its last traceback line), for the table."""
+    texts = [str(error) if error else ""]
+    for attribute in ("error_file", "local_path"):
+        path = getattr(trial, attribute, None)
+        if path:
+            path = Path(path) if attribute == "error_file" else Path(path) / "error.txt"
+            if path.is_file():
+                texts.append(path.read_text(errors="replace"))
+    for text in texts:
+        lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+        if lines:
+            return lines[-1][:300]
+    return "unknown error"
 
 
 class TrialTable(Callback):
@@ -63,6 +117,8 @@ class TrialTable(Callback):
         self.rows: dict[str, dict[str, Any]] = {}
         self.best_results: dict[str, dict[str, Any]] = {}
         self.versions = library_versions()
+        self.prune = True  # off when Ray keeps its state at a URI (its own rotation applies)
+        self._last_prune = 0.0
 
     # --- Ray Tune callback hooks -------------------------------------------------------
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -84,6 +140,9 @@ class TrialTable(Callback):
         if result.get("status") == "diverged":
             row["status"] = "diverged"
         self.write()
+        if self.prune and time.monotonic() - self._last_prune > 10:
+            self._last_prune = time.monotonic()
+            prune_checkpoints(self.folder)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         row = self._row(trial)
@@ -94,9 +153,14 @@ class TrialTable(Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         row = self._row(trial)
         row["status"] = "errored"
-        error = trial.get_error() if hasattr(trial, "get_error") else None
-        message = str(error).strip().splitlines()[-1] if error else "unknown error"
-        row["error"] = message[:300]
+        row["error"] = _error_line(trial, info.get("error"))
+        self.write()
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        # Its worker died (a node was lost, say); Ray restarts it from its last checkpoint.
+        row = self._row(trial)
+        row["restarts"] = int(row.get("restarts") or 0) + 1
+        row["status"] = "running"
         self.write()
 
     def get_state(self) -> dict[str, Any]:
@@ -113,7 +177,7 @@ class TrialTable(Callback):
     def _row(self, trial: Any) -> dict[str, Any]:
         if trial.trial_id not in self.rows:
             config = trial.config
-            row = {"trial_id": trial.trial_id, "horizon": self.horizon, "versions": self.versions}
+            row = {"trial_id": trial.trial_id, "horizon": self.horizon, "versions": self.versions, "restarts": 0}
             row.update({key: _cell(config.get(key)) for key in CONFIG_COLUMNS})
             self.rows[trial.trial_id] = row
             self.rows[trial.trial_id]["_config"] = dict(config)

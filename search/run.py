@@ -16,11 +16,15 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 # Ray snapshots the experiment whenever a trial has checkpointed num_to_keep times; that is
 # what makes --resume exact, so its warning about snapshot frequency is only noise here.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# Snapshot the experiment at most every 2 s (Ray's "auto" waits 10 s or more): a killed
+# driver then loses at most the last seconds of bookkeeping, never a finished trial older
+# than that. A snapshot is a small JSON and pickle per trial; cheap next to an epoch.
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
 
 from trainable.cli import ArgumentParser, read_json, run_main
 from trainable.data import DATASETS, load_dataset
@@ -162,10 +166,12 @@ def prepare_folder(s: SearchSettings) -> SearchSettings:
     return s
 
 
-def run_search(s: SearchSettings) -> SearchOutcome:
+def run_search(s: SearchSettings, trial_fn: Callable[..., None] | None = None) -> SearchOutcome:
     """Run (or resume) a search to the end and return its outcome; the CLI only prints it.
 
-    Uses the Ray session already initialised by the caller if there is one.
+    Uses the Ray session already initialised by the caller if there is one. `trial_fn`
+    replaces `search.trial.run_trial` (same signature); the fault tests use it to make a
+    trial fail the way a GPU would.
     """
     import optuna
     import ray
@@ -173,12 +179,16 @@ def run_search(s: SearchSettings) -> SearchOutcome:
     from ray.tune.schedulers import ASHAScheduler
 
     from search.budget import BudgetedOptunaSearch, check_space_fits
-    from search.experiment import OPTUNA_DB, SETTINGS, TrialTable, count_statuses, read_best, read_trials, summary
+    from search.experiment import (OPTUNA_DB, SETTINGS, TrialTable, count_statuses, prune_checkpoints, read_best,
+                                   read_trials, summary)
     from search.space import WARM_START, default_space, load_space
     from search.trial import run_trial
     from trainable.checkpoint import write_json
 
     check_settings(s)
+    if not s.address and os.environ.get("RAY_ADDRESS"):
+        # Ray itself would connect there anyway (e.g. on a node started with `ray start`).
+        s = SearchSettings(**{**asdict(s), "address": os.environ["RAY_ADDRESS"]})
     s = prepare_folder(s)
     space, warm = (load_space(s.space) if s.space else (default_space, WARM_START))
     if s.data_dir and not Path(s.data_dir).exists():
@@ -213,7 +223,7 @@ def run_search(s: SearchSettings) -> SearchOutcome:
             "threads": s.cpus_per_trial, "compile": s.compile,
         }
         trainable = tune.with_resources(
-            tune.with_parameters(run_trial, data_spec=data_spec), {"cpu": s.cpus_per_trial, "gpu": gpus_per_trial}
+            tune.with_parameters(trial_fn or run_trial, data_spec=data_spec), {"cpu": s.cpus_per_trial, "gpu": gpus_per_trial}
         )
         storage_path = s.storage if "://" in s.storage else str(Path(s.storage).resolve())
         start = time.time()
@@ -221,10 +231,13 @@ def run_search(s: SearchSettings) -> SearchOutcome:
             tuner = tune.Tuner.restore(str(folder) if "://" not in s.storage else f"{s.storage}/{s.name}",
                                        trainable=trainable, resume_unfinished=True)
         else:
+            remote = "://" in s.storage
+            table = TrialTable(folder, gpus_per_trial, s.max_epochs)
+            table.prune = not remote
             searcher = BudgetedOptunaSearch(
                 space=space, budget=s.param_budget, num_classes=dataset.num_classes, fixed=fixed,
                 horizon=s.max_epochs, metric="val_acc", mode="max",
-                points_to_evaluate=[warm] if (s.warm_start and warm) else None,
+                points_to_evaluate=(warm if isinstance(warm, list) else [warm]) if (s.warm_start and warm) else None,
                 sampler=optuna.samplers.TPESampler(seed=s.seed),
                 study_name=s.name, storage=optuna.storages.RDBStorage(f"sqlite:///{folder / OPTUNA_DB}"),
             )
@@ -240,13 +253,17 @@ def run_search(s: SearchSettings) -> SearchOutcome:
                 ),
                 run_config=tune.RunConfig(
                     name=s.name, storage_path=storage_path, verbose=s.verbose,
-                    callbacks=[TrialTable(folder, gpus_per_trial, s.max_epochs)],
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                    callbacks=[table],
+                    # On a filesystem, TrialTable prunes checkpoints behind Ray's snapshots
+                    # (prune_checkpoints says why); at a URI, Ray's rotation keeps 2.
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2 if remote else None),
                     failure_config=tune.FailureConfig(max_failures=s.max_failures),
                 ),
             )
         tuner.fit()
         wall = time.time() - start
+        if "://" not in s.storage:
+            prune_checkpoints(folder, final=True)
     finally:
         if started_ray:
             ray.shutdown()

@@ -4,7 +4,8 @@ A space is any function `space(trial) -> dict` that calls `trial.suggest_*` and 
 config for `trainable` (keys from `trainable.config.DEFAULTS`; the search fills in
 `epochs` and `seed`). The default space below follows the ranges in the known CIFAR-10
 recipes under 5M parameters; `--space FILE` replaces it with a Python file (defining
-`space(trial)` and optionally `WARM_START`, a dict of Optuna param values) or a YAML file
+`space(trial)` and optionally `WARM_START`, a dict of Optuna param values or a list of
+such dicts, run first in that order) or a YAML file
 (config keys mapped to constants or distributions, see `YamlSpace`).
 """
 
@@ -113,7 +114,7 @@ class YamlSpace:
         return {key: _suggest(trial, key, value) for key, value in self.spec.items()}
 
 
-def load_space(path: str | Path) -> tuple[SpaceFn, dict[str, Any] | None]:
+def load_space(path: str | Path) -> tuple[SpaceFn, dict[str, Any] | list[dict[str, Any]] | None]:
     """Load a user space from a .py file (`space(trial)`, optional `WARM_START`) or a .yaml file."""
     path = Path(path)
     if not path.is_file():

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
@@ -36,16 +37,23 @@ def run_trial(config: dict[str, Any], data_spec: dict[str, Any]) -> None:
         data_spec["dataset"], data_spec.get("data_dir"), device, data_spec["val_fraction"],
         data_spec["split_seed"], data_spec.get("subset"), download=False,
     )
-    trainer = Trainer(config, data, compile_model=bool(data_spec.get("compile", False)))
+    trainer = None
+    out_of_memory = None
     try:
+        trainer = Trainer(config, data, compile_model=bool(data_spec.get("compile", False)))
         checkpoint = tune.get_checkpoint()
         if checkpoint:
             with checkpoint.as_directory() as folder:
                 trainer.load_state_dict(load_checkpoint(Path(folder) / STATE_FILE))
+        node = ray.get_runtime_context().get_node_id()  # which machine ran each epoch
         for metrics in trainer.epochs():
             with tempfile.TemporaryDirectory() as folder:
                 save_checkpoint(Path(folder) / STATE_FILE, trainer.state_dict())
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+                tune.report({**metrics, "node_id": node}, checkpoint=tune.Checkpoint.from_directory(folder))
+    except torch.cuda.OutOfMemoryError as exc:
+        # Keep only the text: the traceback's frames would pin this trial's tensors on the GPU.
+        out_of_memory = (f"CUDA out of memory (batch_size {config.get('batch_size')}, widths {config.get('widths')}): "
+                         + str(exc).splitlines()[0])
     finally:
         # The actor is reused for the next trial: drop this one's tensors so GPU memory
         # does not creep up from trial to trial.
@@ -53,3 +61,9 @@ def run_trial(config: dict[str, Any], data_spec: dict[str, Any]) -> None:
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    if out_of_memory:
+        raise TrialOutOfMemory(out_of_memory)
+
+
+class TrialOutOfMemory(RuntimeError):
+    """A trial did not fit in GPU memory; the search marks it errored and goes on."""

@@ -56,13 +56,26 @@ BUDGET = 20_000  # rejects most of TINY_SPACE (widths up to 32/64/128)
 
 
 @pytest.fixture(scope="session")
-def ray_session():
-    """One Ray session for the whole test run (ray.init costs about 6 s)."""
+def ray_cluster():
+    """One Ray cluster for the whole test run: a head with no CPUs and two 1-CPU worker nodes,
+    all on this machine (ray.cluster_utils.Cluster), so trials really spread over nodes."""
     import ray
+    from ray.cluster_utils import Cluster
 
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    yield
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "num_gpus": 0})
+    for _ in range(2):
+        cluster.add_node(num_cpus=1, num_gpus=0)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, configure_logging=False, log_to_driver=False)
+    yield cluster
     ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_session(ray_cluster):
+    """The shared Ray session (a connected driver)."""
+    return ray_cluster
 
 
 @pytest.fixture(scope="session")

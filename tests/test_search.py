@@ -125,7 +125,8 @@ def test_existing_name_is_not_overwritten(finished_search, cli):
 
 
 def test_resume_after_interrupt_keeps_finished_trials(ray_session, space_file, tmp_path):
-    args = [sys.executable, "-m", "search.run", "--gpus", "0", "--cpus", "2", "--dataset", "synthetic",
+    # The driver is a separate process on the test cluster: interrupting it leaves the cluster up.
+    args = [sys.executable, "-m", "search.run", "--gpus", "0", "--address", ray_session.address, "--dataset", "synthetic",
             "--subset", "400", "--trials", "6", "--max-epochs", "3", "--grace-epochs", "1",
             "--reduction-factor", "2", "--param-budget", str(BUDGET), "--space", str(space_file),
             "--storage", str(tmp_path), "--name", "cut", "--verbose", "0"]

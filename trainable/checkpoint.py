@@ -8,8 +8,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 
 def _atomic(path: Path, write: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -28,11 +26,15 @@ def _atomic(path: Path, write: Any) -> None:
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """torch.save `state` to `path` through a temp file and a rename."""
+    import torch  # here, not at the top: JSON and CSV writers should not pay for importing torch
+
     _atomic(Path(path), lambda handle: torch.save(state, handle))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint written by `save_checkpoint` onto the CPU."""
+    import torch
+
     return torch.load(Path(path), map_location="cpu", weights_only=False)
 
 
