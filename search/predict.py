@@ -110,14 +110,15 @@ def load_model(folder: Path, use_ema: bool = False) -> tuple[torch.nn.Module, di
     return model, info
 
 
-def predict_labels(folder: Path, images: torch.Tensor, tta: bool = False, use_ema: bool = False) -> torch.Tensor:
-    """Class indices for uint8 images (N, 3, H, W) from the model in `folder`."""
+def predict_labels(folder: Path, images: torch.Tensor, tta: bool = False, use_ema: bool = False,
+                   loaded: tuple[torch.nn.Module, dict[str, Any]] | None = None) -> torch.Tensor:
+    """Class indices for uint8 images (N, 3, H, W) from the model in `folder` (or `loaded`)."""
     from trainable.loop import predict_logits
 
-    model, info = load_model(folder, use_ema)
+    model, info = loaded or load_model(folder, use_ema)
     device = next(model.parameters()).device
-    mean = torch.tensor(info["mean"], device=device).view(1, -1, 1, 1)
-    std = torch.tensor(info["std"], device=device).view(1, -1, 1, 1)
+    mean = torch.tensor(info["mean"], device=device, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(info["std"], device=device, dtype=torch.float32).view(1, -1, 1, 1)
     return predict_logits(model, images, mean, std, tta, device).argmax(1).cpu()
 
 
@@ -142,9 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     folder, out = Path(args.model), Path(args.out)
     if out.exists() and not args.force:
         raise UserError(f"{out} exists; pass --force to overwrite it or choose another --out")
-    info = read_json(folder / "model.json", "model file") if (folder / "model.json").is_file() else {}
+    model, info = load_model(folder, args.ema)  # a bad model folder is reported before reading the input
     images, ids = read_input(Path(args.input), info.get("image_size"))
-    labels = predict_labels(folder, images, tta=args.tta, use_ema=args.ema)
+    labels = predict_labels(folder, images, tta=args.tta, loaded=(model, info))
     write_submission(out, ids, labels.tolist())
     counts = np.bincount(labels.numpy(), minlength=info.get("num_classes", 0))
     print(f"wrote {out}: {len(ids)} rows; predictions per class {counts.tolist()}")

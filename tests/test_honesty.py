@@ -1,0 +1,82 @@
+"""The test split is never read before the final evaluation: not by a search, not by a retrain."""
+
+import json
+
+import pytest
+
+import search.retrain
+import trainable.data
+from search.retrain import main as retrain_main
+from trainable.data import Dataset, make_synthetic, prepare_data
+from trainable.loop import Trainer
+
+
+class WatchedDataset(Dataset):
+    """A Dataset that writes 'test' into a log whenever its test images or labels are read."""
+
+    def __init__(self, base: Dataset, log: list):
+        self._log = log
+        super().__init__(base.train_images, base.train_labels, base.test_images, base.test_labels, base.classes)
+
+    @property
+    def test_images(self):
+        self._log.append("test")
+        return self._test_images
+
+    @test_images.setter
+    def test_images(self, value):
+        self._test_images = value
+
+    @property
+    def test_labels(self):
+        self._log.append("test")
+        return self._test_labels
+
+    @test_labels.setter
+    def test_labels(self, value):
+        self._test_labels = value
+
+
+@pytest.fixture
+def watched(monkeypatch):
+    log: list = []
+    base = make_synthetic(n_train=300, n_test=100)
+
+    def load(name, data_dir=None, download=True):
+        return WatchedDataset(base, log)
+
+    monkeypatch.setattr(trainable.data, "load_dataset", load)
+    monkeypatch.setattr(search.retrain, "load_dataset", load)
+    trainable.data._PREPARED.clear()
+    yield log
+    trainable.data._PREPARED.clear()
+
+
+def test_a_search_trial_never_reads_the_test_split(watched, tiny_config):
+    # Exactly what search.trial.run_trial does with its data: prepare it, train, validate.
+    data = prepare_data("synthetic", None, "cpu", val_fraction=0.2, split_seed=0)
+    assert not hasattr(data, "test_x") and not hasattr(data, "test_labels")
+    list(Trainer({**tiny_config, "epochs": 2}, data).epochs())
+    assert watched == [], "a search trial read the test split"
+
+
+def test_a_retrain_reads_the_test_split_only_after_its_last_epoch(watched, tmp_path, cli):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"blocks": [1, 1], "widths": [8, 16], "batch_size": 64, "warmup_epochs": 0}))
+    original = Trainer.run_epoch
+
+    def logged_epoch(self):
+        metrics = original(self)
+        watched.append(f"epoch {metrics['epoch']}")
+        return metrics
+
+    Trainer.run_epoch = logged_epoch
+    try:
+        code, _, _ = cli(retrain_main, ["--config", cfg, "--dataset", "synthetic", "--epochs", 3, "--out",
+                                        tmp_path / "final"])
+    finally:
+        Trainer.run_epoch = original
+    assert code == 0
+    first_test = watched.index("test")
+    assert watched[:first_test] == ["epoch 1", "epoch 2", "epoch 3"], watched
+    assert all(event == "test" for event in watched[first_test:])
