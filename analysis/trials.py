@@ -27,7 +27,7 @@ COLUMNS = (["trial_id", "status", "error", "params", "blocks", "widths", "kernel
               "gpu_seconds"])
 STATUSES = ("completed", "stopped", "errored", "diverged", "running")
 CURVE_COLUMNS = ["trial_id", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds",
-                 "time_total_s", "timestamp"]
+                 "time_total_s", "timestamp", "wall_time", "node_id"]
 
 
 def settings_of(folder: str | Path) -> dict[str, Any]:

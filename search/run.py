@@ -32,7 +32,9 @@ from trainable.errors import UserError
 
 # Flags that define what is searched: a --resume that changes one would mix two searches.
 SEARCH_DEFINING = ("param_budget", "space", "max_epochs", "grace_epochs", "reduction_factor", "dataset",
-                   "data_dir", "val_fraction", "subset", "seed", "warm_start")
+                   "data_dir", "val_fraction", "subset", "seed", "warm_start", "sampler", "scheduler")
+SAMPLERS = ("tpe", "random")
+SCHEDULERS = ("asha", "fifo")
 
 # Why 0.25 GPU per trial by default: a 5M-param ResNet at batch 128 in bf16 needs under
 # 2 GB and leaves most of an 80 GB card idle, so four trials share one GPU.
@@ -57,6 +59,8 @@ class SearchSettings:
     param_budget: int = 5_000_000
     space: str | None = None
     warm_start: bool = True
+    sampler: str = "tpe"  # random: the baseline the benchmarks compare against
+    scheduler: str = "asha"  # fifo: every trial runs to --max-epochs
     seed: int = 0
     time_budget: str | None = None
     dataset: str = "cifar10"
@@ -117,6 +121,10 @@ def check_settings(s: SearchSettings) -> None:
         raise UserError(f"--gpus-per-trial must be a fraction in (0, 1] or a whole number, got {s.gpus_per_trial}")
     if not 0 < s.val_fraction < 1:
         raise UserError(f"--val-fraction must be in (0, 1): the search ranks trials on val, got {s.val_fraction}")
+    if s.sampler not in SAMPLERS:
+        raise UserError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {s.sampler!r}")
+    if s.scheduler not in SCHEDULERS:
+        raise UserError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {s.scheduler!r}")
     if s.dataset not in DATASETS:
         raise UserError(f"unknown --dataset {s.dataset!r}; choose one of {', '.join(DATASETS)}")
     if s.subset is not None and s.subset <= 0:
@@ -176,7 +184,7 @@ def run_search(s: SearchSettings, trial_fn: Callable[..., None] | None = None) -
     import optuna
     import ray
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from search.budget import BudgetedOptunaSearch, check_space_fits
     from search.experiment import (OPTUNA_DB, SETTINGS, TrialTable, count_statuses, prune_checkpoints, read_best,
@@ -238,15 +246,17 @@ def run_search(s: SearchSettings, trial_fn: Callable[..., None] | None = None) -
                 space=space, budget=s.param_budget, num_classes=dataset.num_classes, fixed=fixed,
                 horizon=s.max_epochs, metric="val_acc", mode="max",
                 points_to_evaluate=(warm if isinstance(warm, list) else [warm]) if (s.warm_start and warm) else None,
-                sampler=optuna.samplers.TPESampler(seed=s.seed),
+                sampler=(optuna.samplers.TPESampler(seed=s.seed) if s.sampler == "tpe"
+                         else optuna.samplers.RandomSampler(seed=s.seed)),
                 study_name=s.name, storage=optuna.storages.RDBStorage(f"sqlite:///{folder / OPTUNA_DB}"),
             )
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
                     metric="val_acc", mode="max", search_alg=searcher, num_samples=s.trials,
-                    scheduler=ASHAScheduler(max_t=s.max_epochs, grace_period=s.grace_epochs,
-                                            reduction_factor=s.reduction_factor),
+                    scheduler=(ASHAScheduler(max_t=s.max_epochs, grace_period=s.grace_epochs,
+                                             reduction_factor=s.reduction_factor) if s.scheduler == "asha"
+                               else FIFOScheduler()),
                     max_concurrent_trials=concurrent, reuse_actors=True,
                     trial_dirname_creator=trial_dirname,
                     time_budget_s=parse_duration(s.time_budget) if s.time_budget else None,
@@ -296,10 +306,12 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--space", help="a .py file defining space(trial) -> config, or a .yaml space (default: built-in)")
     g.add_argument("--no-warm-start", dest="warm_start", action="store_false", default=None,
                    help="do not run the seed's configuration as the first trial")
+    g.add_argument("--sampler", choices=SAMPLERS, help=f"Optuna sampler (default {d.sampler}; random is a baseline)")
     g = p.add_argument_group("early stopping (ASHA on val_acc)")
     g.add_argument("--max-epochs", type=int, help=f"epochs of a trial run to the end; the cosine horizon (default {d.max_epochs})")
     g.add_argument("--grace-epochs", type=int, help=f"epochs before ASHA may stop a trial (default {d.grace_epochs})")
     g.add_argument("--reduction-factor", type=int, help=f"ASHA keeps 1 in this many at each rung (default {d.reduction_factor})")
+    g.add_argument("--scheduler", choices=SCHEDULERS, help=f"trial scheduler (default {d.scheduler}; fifo runs every trial to the end)")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", help=f"one of {', '.join(DATASETS)} (default {d.dataset})")
     g.add_argument("--data-dir", help="CIFAR-10 download folder, or ImageFolder root with train/ and test/")

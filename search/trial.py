@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,8 @@ def run_trial(config: dict[str, Any], data_spec: dict[str, Any]) -> None:
         for metrics in trainer.epochs():
             with tempfile.TemporaryDirectory() as folder:
                 save_checkpoint(Path(folder) / STATE_FILE, trainer.state_dict())
-                tune.report({**metrics, "node_id": node}, checkpoint=tune.Checkpoint.from_directory(folder))
+                tune.report({**metrics, "node_id": node, "wall_time": time.time()},
+                            checkpoint=tune.Checkpoint.from_directory(folder))
     except torch.cuda.OutOfMemoryError as exc:
         # Keep only the text: the traceback's frames would pin this trial's tensors on the GPU.
         out_of_memory = (f"CUDA out of memory (batch_size {config.get('batch_size')}, widths {config.get('widths')}): "
