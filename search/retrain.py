@@ -16,13 +16,14 @@ import statistics
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from trainable.checkpoint import load_checkpoint, save_checkpoint, write_json, write_text
+from trainable.checkpoint import save_checkpoint, write_json, write_text
 from trainable.cli import ArgumentParser, read_json, run_main
 from trainable.config import validate_config
 from trainable.data import DATASETS, load_dataset, to_device
 from trainable.errors import UserError
 from trainable.loop import Trainer, default_device
 from trainable.model import count_params, layer_summary
+from trainable.train import format_epoch, train_with_checkpoints
 
 # Long training with the learning rate decayed fully matters most for these models: one
 # published run went 91.3 -> 94.1 at its first decay and reached 95.0 only near epoch 180;
@@ -83,19 +84,7 @@ def train_seed(
     data = to_device(dataset, default_device(), val_fraction=0.0, split_seed=config["seed"],
                      subset=data_args.get("subset"))
     trainer = Trainer(config, data, compile_model=data_args.get("compile", False), ema_decay=ema_decay)
-    checkpoint = out / "checkpoint.pt"
-    history: list[dict[str, Any]] = []
-    if resume and checkpoint.is_file():
-        state = load_checkpoint(checkpoint)
-        trainer.load_state_dict(state)
-        history = state["history"]
-    for metrics in trainer.epochs():
-        history.append(metrics)
-        state = trainer.state_dict()
-        state["history"] = history
-        save_checkpoint(checkpoint, state)
-        if on_epoch:
-            on_epoch(metrics)
+    history = train_with_checkpoints(trainer, out / "checkpoint.pt", resume, on_epoch)
     # The one and only look at the test set.
     final = {"test_acc": trainer.evaluate(dataset.test_images, dataset.test_labels)["acc"],
              "test_acc_tta": trainer.evaluate(dataset.test_images, dataset.test_labels, tta=True)["acc"]}
@@ -215,8 +204,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parallel = args.seeds > 1 and torch.cuda.device_count() > 1
     print(f"retraining {params:,}-param config for {args.epochs} epochs x {args.seeds} seed(s) on "
           f"{data_args['dataset']} (train + val) -> {out}" + (" in parallel as Ray tasks" if parallel else ""))
-    from trainable.train import format_epoch
-
     result = retrain(config, data_args, out, seeds=args.seeds, ema_decay=args.ema_decay if args.ema else None,
                      resume=args.resume, parallel=parallel,
                      on_epoch=lambda m: print(format_epoch(m, args.epochs), flush=True))

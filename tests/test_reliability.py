@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import analysis
-from conftest import rows_of, settings
+from conftest import check_resumed, rows_of, settings
 from search.run import run_search
 from search.trial import run_trial
 
@@ -155,13 +155,7 @@ def test_a_killed_driver_resumes_and_its_files_stay_readable(ray_session, tmp_pa
     assert len(study.trials) >= 2
 
     run_search(settings(tmp_path, space, name="killed", resume=True, trials=6, subset=600))
-    rows = rows_of(folder)
-    ids = [r["trial_id"] for r in rows]
-    assert len(ids) == len(set(ids)) == 6
-    assert all(r["status"] in ("completed", "stopped") for r in rows)
-    after = {r["trial_id"]: r for r in rows}
-    for trial_id, row in finished_before.items():
-        assert after[trial_id]["best_val_acc"] == row["best_val_acc"]
+    check_resumed(folder, finished_before, trials=6)
     study = optuna.load_study(study_name="killed", storage=f"sqlite:///{folder / 'optuna.db'}")
     states = [t.state for t in study.trials]
     assert optuna.trial.TrialState.RUNNING not in states

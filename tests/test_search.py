@@ -13,7 +13,7 @@ import pytest
 
 import analysis
 
-from conftest import BUDGET, rows_of, settings
+from conftest import BUDGET, check_resumed, rows_of, settings
 from search.budget import BudgetedOptunaSearch, check_space_fits, over_budget
 from search.run import main, run_search
 from search.space import WARM_START, YamlSpace, default_space, load_space
@@ -151,14 +151,7 @@ def test_resume_after_interrupt_keeps_finished_trials(ray_session, space_file, t
     assert len({r["trial_id"] for r in interrupted if r["status"] in ("completed", "stopped")}) < 6
 
     outcome = run_search(settings(tmp_path, space_file, name="cut", resume=True, trials=6))
-    rows = rows_of(folder)
-    ids = [r["trial_id"] for r in rows]
-    assert len(ids) == len(set(ids)) == 6
-    assert all(r["status"] in ("completed", "stopped") for r in rows)
-    after = {r["trial_id"]: r for r in rows}
-    for trial_id, row in finished_before.items():
-        assert after[trial_id]["best_val_acc"] == row["best_val_acc"]
-        assert after[trial_id]["epochs_trained"] == row["epochs_trained"]
+    check_resumed(folder, finished_before, trials=6)
     study = optuna.load_study(study_name="cut", storage=f"sqlite:///{folder / 'optuna.db'}")
     launched = [t for t in study.trials if "ray_trial_id" in t.user_attrs]
     assert len(launched) == 6

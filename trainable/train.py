@@ -32,6 +32,29 @@ def format_epoch(m: dict[str, Any], total: int) -> str:
     return line + ("  DIVERGED" if m["status"] == "diverged" else "")
 
 
+def train_with_checkpoints(
+    trainer: Trainer,
+    path: Path,
+    resume: bool = False,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run `trainer` to its horizon, saving a checkpoint (with the history) after every epoch.
+
+    With `resume` and a checkpoint at `path`, it continues from there. Returns every epoch's metrics.
+    """
+    history: list[dict[str, Any]] = []
+    if resume and path.is_file():
+        state = load_checkpoint(path)
+        trainer.load_state_dict(state)
+        history = state.get("history", [])
+    for metrics in trainer.epochs():
+        history.append(metrics)
+        save_checkpoint(path, {**trainer.state_dict(), "history": history})
+        if on_epoch:
+            on_epoch(metrics)
+    return history
+
+
 def train_to_folder(
     config: dict[str, Any],
     dataset: str,
@@ -57,18 +80,7 @@ def train_to_folder(
     loaded = load_dataset(dataset, data_dir)
     data = to_device(loaded, device or default_device(), val_fraction, split_seed, subset)
     trainer = Trainer(cfg, data, compile_model=compile_model)
-    history: list[dict[str, Any]] = []
-    if resume:
-        state = load_checkpoint(ckpt_path)
-        trainer.load_state_dict(state)
-        history = state.get("history", [])
-    for metrics in trainer.epochs():
-        history.append(metrics)
-        state = trainer.state_dict()
-        state["history"] = history
-        save_checkpoint(ckpt_path, state)
-        if on_epoch:
-            on_epoch(metrics)
+    history = train_with_checkpoints(trainer, ckpt_path, resume, on_epoch)
     test = trainer.evaluate(loaded.test_images, loaded.test_labels)  # once, at the end, never for selection
     result = {
         "config": cfg,
