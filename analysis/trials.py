@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from trainable.config import DEFAULTS, config_from_cells
 from trainable.errors import UserError
 
 HYPERPARAMS = ["optimizer", "lr", "weight_decay", "momentum", "warmup_epochs", "batch_size", "label_smoothing",
@@ -90,6 +91,34 @@ def _status(driver: dict[str, str] | None, history: list[dict[str, Any]], horizo
     return "running"
 
 
+def _number(cell: str | None) -> float | None:
+    return float(cell) if cell not in (None, "") else None
+
+
+def _catch_up(row: dict[str, Any], driver: dict[str, str] | None) -> None:
+    """Ray writes result.json lazily; trials.csv is written at every report. Take the newer."""
+    if not driver or int(_number(driver.get("epochs_trained")) or 0) <= row["epochs_trained"]:
+        return
+    row["epochs_trained"] = int(_number(driver["epochs_trained"]))
+    row["best_val_acc"] = _number(driver.get("best_val_acc"))
+    row["best_epoch"] = int(_number(driver["best_epoch"])) if driver.get("best_epoch") else None
+    row["last_val_acc"] = _number(driver.get("last_val_acc"))
+    row["params"] = int(_number(driver["params"])) if driver.get("params") else row["params"]
+    row["wall_seconds"] = _number(driver.get("wall_seconds")) or row["wall_seconds"]
+
+
+def _row_from_driver(driver: dict[str, str], horizon: int, gpu_share: float) -> dict[str, Any]:
+    """A trial known to trials.csv whose folder Ray has not written yet."""
+    config = config_from_cells({key: driver.get(key, "") for key in DEFAULTS if key != "epochs"})
+    row = {key: config.get(key) for key in COLUMNS if key in config}
+    row.update(trial_id=driver["trial_id"], status=driver["status"], error=driver.get("error") or None,
+               params=None, epochs_trained=0, best_val_acc=None, best_epoch=None, last_val_acc=None,
+               horizon=horizon, wall_seconds=0.0)
+    _catch_up(row, driver)
+    row["gpu_seconds"] = row["wall_seconds"] * gpu_share
+    return row
+
+
 def load_experiment(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(trial table, per-epoch curves) of an experiment; UserError if it has no finished epoch."""
     folder = Path(path)
@@ -134,10 +163,13 @@ def load_experiment(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             "wall_seconds": wall,
             "gpu_seconds": wall * gpu_share,
         }
+        _catch_up(row, driver.get(trial_id))
         rows.append(row)
         for m in history:
             curves.append({"trial_id": trial_id, "status": row["status"],
                            **{key: m.get(key) for key in CURVE_COLUMNS if key != "trial_id"}})
+    seen = {row["trial_id"] for row in rows}
+    rows += [_row_from_driver(r, horizon, gpu_share) for trial_id, r in driver.items() if trial_id not in seen]
     table = pd.DataFrame(rows, columns=COLUMNS)
     if table.empty or table["epochs_trained"].max() == 0:
         raise UserError(f"{folder} has no finished epoch yet; wait for the first trials to report")

@@ -26,7 +26,7 @@ from typing import Any
 from ray.tune import Callback
 
 from trainable.checkpoint import write_json, write_text
-from trainable.config import DEFAULTS
+from trainable.config import DEFAULTS, config_from_cells
 
 SETTINGS = "settings.json"
 TRIALS = "trials.csv"
@@ -224,23 +224,8 @@ def read_trials(folder: str | Path) -> list[dict[str, Any]]:
 
 
 def config_from_row(row: dict[str, str]) -> dict[str, Any]:
-    """Rebuild a trial's config from its trials.csv row (cells typed by the config defaults)."""
-    config: dict[str, Any] = {"epochs": int(row["horizon"])}
-    for key in CONFIG_COLUMNS:
-        cell, default = row.get(key, ""), DEFAULTS[key]
-        if cell in ("", None):
-            config[key] = None if default is None else default
-        elif isinstance(default, list):
-            config[key] = json.loads(cell)
-        elif isinstance(default, bool):
-            config[key] = cell == "True"
-        elif isinstance(default, int) or default is None:
-            config[key] = int(float(cell))
-        elif isinstance(default, float):
-            config[key] = float(cell)
-        else:
-            config[key] = cell
-    return config
+    """Rebuild a trial's config from its trials.csv row."""
+    return {**config_from_cells({k: row.get(k, "") for k in CONFIG_COLUMNS}), "epochs": int(row["horizon"])}
 
 
 def read_best(folder: str | Path) -> dict[str, Any] | None:

@@ -74,7 +74,11 @@ def test_corrupted_trial_folder_is_skipped_with_a_warning(finished_search, tmp_p
     (broken / "params.json").write_text('{"blocks": [1, ')
     with pytest.warns(UserWarning, match=broken.name):
         df = analysis.load(copy)
-    assert len(df) == 7
+    assert len(df) == 8  # the driver's trials.csv still knows the trial
+    (copy / "trials.csv").unlink()
+    with pytest.warns(UserWarning, match=broken.name):
+        df = analysis.load(copy)
+    assert len(df) == 7 and set(df["status"]) <= set(STATUSES)
 
 
 @pytest.mark.parametrize("case", ["not_an_experiment", "no_epoch_yet"])
@@ -89,3 +93,20 @@ def test_bad_experiment_paths(tmp_path, cli, case):
         code, _, err = cli(main, [folder])
         assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
     assert not (folder / "report").exists()
+
+
+def test_a_live_experiment_with_lagging_result_files_loads(finished_search, tmp_path):
+    # Ray writes result.json lazily while trials.csv is rewritten at every report.
+    copy = tmp_path / "live"
+    shutil.copytree(finished_search.folder, copy)
+    trials = sorted(copy.glob("trial_*"))
+    (trials[0] / "result.json").write_text("")
+    shutil.rmtree(trials[1])
+    df = analysis.load(copy).set_index("trial_id")
+    original = analysis.load(finished_search.folder).set_index("trial_id")
+    assert len(df) == len(original) == 8
+    for trial in trials[:2]:
+        trial_id = trial.name.split("_")[-1]
+        assert df.loc[trial_id, "epochs_trained"] == original.loc[trial_id, "epochs_trained"]
+        assert df.loc[trial_id, "best_val_acc"] == pytest.approx(original.loc[trial_id, "best_val_acc"])
+        assert df.loc[trial_id, "blocks"] == original.loc[trial_id, "blocks"]

@@ -6,6 +6,7 @@ the project passes configs along untouched and calls `validate_config` at its ed
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -113,6 +114,32 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(cfg["flip"], bool):
         raise ConfigError(f"'flip' must be true or false, got {cfg['flip']!r}")
     return cfg
+
+
+def config_from_cells(cells: dict[str, str]) -> dict[str, Any]:
+    """A config from text cells (a CSV row), each typed by its key's default.
+
+    Lists are JSON, booleans True/False, an empty cell is the default.
+
+    >>> config_from_cells({"blocks": "[1, 1]", "flip": "False", "lr": "0.01", "stem_width": ""})
+    {'blocks': [1, 1], 'flip': False, 'lr': 0.01, 'stem_width': None}
+    """
+    config: dict[str, Any] = {}
+    for key, cell in cells.items():
+        default = DEFAULTS[key]
+        if cell in ("", None):
+            config[key] = default
+        elif isinstance(default, list):
+            config[key] = json.loads(cell)
+        elif isinstance(default, bool):
+            config[key] = cell == "True"
+        elif isinstance(default, int) or default is None:
+            config[key] = int(float(cell))
+        elif isinstance(default, float):
+            config[key] = float(cell)
+        else:
+            config[key] = cell
+    return config
 
 
 ARCHITECTURE_KEYS = ("blocks", "widths", "kernel_size", "skip_kernel_size", "stem_width", "dropout")
