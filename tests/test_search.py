@@ -156,3 +156,14 @@ def test_resume_after_interrupt_keeps_finished_trials(ray_session, space_file, t
     launched = [t for t in study.trials if "ray_trial_id" in t.user_attrs]
     assert len(launched) == 6
     assert outcome.counts.get("completed", 0) + outcome.counts.get("stopped", 0) == 6
+
+
+def test_time_budget_ends_the_search_gracefully(ray_session, space_file, tmp_path):
+    start = time.time()
+    outcome = run_search(settings(tmp_path, space_file, name="deadline", trials=50, max_epochs=3,
+                                  time_budget="8s"))
+    assert time.time() - start < 60
+    rows = rows_of(outcome.folder)
+    assert 0 < len(rows) < 50  # it stopped early, keeping what finished
+    assert all(r["status"] in ("completed", "stopped") for r in rows)
+    assert (outcome.folder / "best.json").is_file() and "search finished" in outcome.summary
