@@ -70,6 +70,39 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+class WeightAverage:
+    """An exponential moving average of a model's weights and BatchNorm statistics.
+
+    Not torch.optim.swa_utils.AveragedModel: its update reads a device counter on the host
+    every step (a sync per batch on a GPU). Here the decay comes from the host's step count
+    and one foreach lerp updates every float tensor. The decay warms up as (1 + step) /
+    (10 + step): with a fixed 0.999 a short run's average stays close to the random start
+    (measured: 5 epochs of 78 steps on CIFAR-10 gave chance accuracy).
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        import copy
+
+        self.decay = decay
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    def _floats(self, model: torch.nn.Module) -> list[torch.Tensor]:
+        return [t for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()]
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        torch._foreach_lerp_(self._floats(self.module), [t.detach() for t in self._floats(model)], 1 - decay)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.module.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state)
+
+
 class Trainer:
     """Trains one config on `DeviceData`.
 
@@ -97,10 +130,7 @@ class Trainer:
             self.forward = torch.compile(self.model)
         self.optimizer = self._make_optimizer()
         # An exponential moving average of the weights (and BN buffers), updated every step.
-        self.ema = None
-        if ema_decay:
-            self.ema = torch.optim.swa_utils.AveragedModel(
-                self.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+        self.ema = WeightAverage(self.model, ema_decay) if ema_decay else None
         self.generator = torch.Generator(device=self.device).manual_seed(cfg["seed"])
         n_train = len(data.train_x)
         self.batch_size = min(cfg["batch_size"], n_train)
@@ -171,7 +201,7 @@ class Trainer:
             loss.backward()
             self.optimizer.step()
             if self.ema is not None:
-                self.ema.update_parameters(self.model)
+                self.ema.update(self.model, self.step)
             total_loss += loss.detach() * len(batch)
             correct += (logits.argmax(1) == labels).sum()
             seen += len(batch)
