@@ -11,6 +11,7 @@ are told to Optuna as pruned, not complete.
 from __future__ import annotations
 
 import logging
+import math
 import pickle
 from typing import Any
 
@@ -66,30 +67,40 @@ class LowestSampler(optuna.samplers.BaseSampler):
 
 
 def check_space_fits(space: SpaceFn, budget: int, num_classes: int, fixed: dict[str, Any],
-                     draws: int = 64, seed: int = 0) -> int:
+                     draws: int = 64, seed: int = 0) -> float:
     """Raise UserError, before anything starts, if no config of the space fits the budget.
 
-    Tries the space's smallest corner (`LowestSampler`), then up to `draws` configs from
-    Optuna's RandomSampler, and returns the parameter count of the first that fits. A space
-    where none fits (e.g. --param-budget 1000) is reported with the smallest count seen.
+    Tries the space's smallest corner (`LowestSampler`) and `draws` configs from Optuna's
+    RandomSampler. Returns the share of the random draws under the budget (what
+    `startup_trials` needs). A space where none fits (e.g. --param-budget 1000) is reported
+    with the smallest count seen.
     """
     samplers = [LowestSampler()] + [optuna.samplers.RandomSampler(seed=seed)] * draws
-    smallest = None
+    counts = []
     for sampler in samplers:
-        study = optuna.create_study(sampler=sampler)
-        trial = study.ask()
+        trial = optuna.create_study(sampler=sampler).ask()
         try:
             config = validate_config(complete_config(space(trial), fixed))
         except ConfigError as exc:
             raise UserError(f"the search space produced a bad config: {exc}") from None
-        params = count_params(config, num_classes)
-        if params < budget:
-            return params
-        smallest = params if smallest is None else min(smallest, params)
-    raise UserError(
-        f"no config in the search space fits under --param-budget {budget:,} "
-        f"(the smallest found has {smallest:,} params); raise the budget or shrink the space"
-    )
+        counts.append(count_params(config, num_classes))
+    if min(counts) >= budget:
+        raise UserError(
+            f"no config in the search space fits under --param-budget {budget:,} "
+            f"(the smallest found has {min(counts):,} params); raise the budget or shrink the space"
+        )
+    return sum(count < budget for count in counts[1:]) / draws
+
+
+def startup_trials(feasible_share: float, launched: int = 10) -> int:
+    """TPE's n_startup_trials so that about `launched` random configs actually run.
+
+    Rejected configs are Optuna trials too (pruned, infeasible) and count toward TPE's
+    random start-up; under a tight budget they would use it up before any trial ran (a
+    CPU search at 500,000 params launched only AdamW configs that way). Capped at 100:
+    past that, TPE's model of the infeasible region is what finds the feasible one.
+    """
+    return min(100, math.ceil(launched / max(feasible_share, 0.02)))
 
 
 class BudgetedOptunaSearch(OptunaSearch):

@@ -186,7 +186,7 @@ def run_search(s: SearchSettings, trial_fn: Callable[..., None] | None = None) -
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from search.budget import BudgetedOptunaSearch, check_space_fits
+    from search.budget import BudgetedOptunaSearch, check_space_fits, startup_trials
     from search.experiment import (OPTUNA_DB, SETTINGS, TrialTable, count_statuses, prune_checkpoints, read_best,
                                    read_trials, summary)
     from search.space import WARM_START, default_space, load_space
@@ -203,7 +203,7 @@ def run_search(s: SearchSettings, trial_fn: Callable[..., None] | None = None) -
         raise UserError(f"--data-dir {s.data_dir} does not exist")
     dataset = load_dataset(s.dataset, s.data_dir, download=True)  # fails here, not in every trial
     fixed = {"epochs": s.max_epochs, "seed": s.seed}
-    check_space_fits(space, s.param_budget, dataset.num_classes, fixed, seed=s.seed)
+    feasible = check_space_fits(space, s.param_budget, dataset.num_classes, fixed, seed=s.seed)
 
     gpus = None if s.address else check_gpus(s)  # before starting anything
     started_ray = False
@@ -246,7 +246,8 @@ def run_search(s: SearchSettings, trial_fn: Callable[..., None] | None = None) -
                 space=space, budget=s.param_budget, num_classes=dataset.num_classes, fixed=fixed,
                 horizon=s.max_epochs, metric="val_acc", mode="max",
                 points_to_evaluate=(warm if isinstance(warm, list) else [warm]) if (s.warm_start and warm) else None,
-                sampler=(optuna.samplers.TPESampler(seed=s.seed) if s.sampler == "tpe"
+                sampler=(optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=startup_trials(feasible))
+                         if s.sampler == "tpe"
                          else optuna.samplers.RandomSampler(seed=s.seed)),
                 study_name=s.name, storage=optuna.storages.RDBStorage(f"sqlite:///{folder / OPTUNA_DB}"),
             )

@@ -14,7 +14,7 @@ import pytest
 import analysis
 
 from conftest import BUDGET, check_resumed, rows_of, settings
-from search.budget import BudgetedOptunaSearch, check_space_fits, over_budget
+from search.budget import BudgetedOptunaSearch, check_space_fits, over_budget, startup_trials
 from search.run import main, run_search
 from search.space import WARM_START, YamlSpace, default_space, load_space
 from trainable.errors import UserError
@@ -70,7 +70,10 @@ def test_impossible_budget_exits_2_before_any_trial(tmp_path, space_file, cli):
 def test_budget_check_counts_before_launch():
     assert over_budget(4_999_999, 5_000_000) <= 0 < over_budget(5_000_000, 5_000_000)
     fixed = {"epochs": 1, "seed": 0}
-    assert check_space_fits(default_space, 5_000_000, 10, fixed) < 5_000_000
+    share = check_space_fits(default_space, 5_000_000, 10, fixed)
+    assert 0 < share < 1  # part of the default space is over 5M
+    assert startup_trials(share) >= 10 and startup_trials(1.0) == 10
+    assert check_space_fits(default_space, 200_000, 10, fixed) >= 0  # only the smallest corner may fit
     with pytest.raises(UserError, match="no config"):
         check_space_fits(default_space, 10_000, 10, fixed)
 
