@@ -156,6 +156,19 @@ class TrialTable(Callback):
         row["error"] = _error_line(trial, info.get("error"))
         self.write()
 
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        # A deadline (--time-budget) stops running trials without a per-trial callback:
+        # settle their rows from Ray's final statuses.
+        for trial in trials:
+            row = self.rows.get(trial.trial_id)
+            if row is None or row.get("status") != "running":
+                continue
+            if trial.status == "TERMINATED":
+                row["status"] = "completed" if (row.get("epochs_trained") or 0) >= self.horizon else "stopped"
+            elif trial.status == "ERROR":
+                row["status"], row["error"] = "errored", _error_line(trial)
+        self.write()
+
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         # Its worker died (a node was lost, say); Ray restarts it from its last checkpoint.
         row = self._row(trial)
