@@ -164,8 +164,8 @@ def test_resume_after_interrupt_keeps_finished_trials(ray_session, space_file, t
 def test_time_budget_ends_the_search_gracefully(ray_session, space_file, tmp_path):
     start = time.time()
     outcome = run_search(settings(tmp_path, space_file, name="deadline", trials=50, max_epochs=3,
-                                  time_budget="8s"))
-    assert time.time() - start < 60
+                                  time_budget="25s"))  # cold workers take ~10 s to start here
+    assert time.time() - start < 90
     rows = rows_of(outcome.folder)
     assert 0 < len(rows) < 50  # it stopped early, keeping what finished
     assert all(r["status"] in ("completed", "stopped") for r in rows)
