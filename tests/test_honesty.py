@@ -42,7 +42,7 @@ def watched(monkeypatch):
     log: list = []
     base = make_synthetic(n_train=300, n_test=100)
 
-    def load(name, data_dir=None, download=True):
+    def load(name, data_dir=None, download=False):  # the real signature; nothing is fetched
         return WatchedDataset(base, log)
 
     monkeypatch.setattr(trainable.data, "load_dataset", load)
