@@ -11,30 +11,28 @@ from trainable.data import Dataset, make_synthetic, prepare_data
 from trainable.loop import Trainer
 
 
+def _watched(name: str) -> property:
+    """A property that writes 'test' into the dataset's log whenever `name` is read."""
+
+    def read(self):
+        self._log.append("test")
+        return self.__dict__[name]
+
+    def write(self, value):
+        self.__dict__[name] = value
+
+    return property(read, write)
+
+
 class WatchedDataset(Dataset):
     """A Dataset that writes 'test' into a log whenever its test images or labels are read."""
+
+    test_images = _watched("test_images")
+    test_labels = _watched("test_labels")
 
     def __init__(self, base: Dataset, log: list):
         self._log = log
         super().__init__(base.train_images, base.train_labels, base.test_images, base.test_labels, base.classes)
-
-    @property
-    def test_images(self):
-        self._log.append("test")
-        return self._test_images
-
-    @test_images.setter
-    def test_images(self, value):
-        self._test_images = value
-
-    @property
-    def test_labels(self):
-        self._log.append("test")
-        return self._test_labels
-
-    @test_labels.setter
-    def test_labels(self, value):
-        self._test_labels = value
 
 
 @pytest.fixture

@@ -1,6 +1,5 @@
 """End-to-end searches on CPU: tiny models, synthetic data, one shared Ray session."""
 
-import csv
 import json
 import os
 import signal
