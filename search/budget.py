@@ -1,38 +1,21 @@
-"""The parameter budget, enforced in the searcher before any trial exists.
+"""The parameter budget: the pieces `search.searcher` and the driver use before any trial exists.
 
-`BudgetedOptunaSearch` is Ray Tune's `OptunaSearch` with one change to `suggest`: each
-config Optuna proposes is counted exactly (meta device, no weights). One at or over the
-budget never becomes a Ray trial: it is told to Optuna as an infeasible, pruned trial whose
-constraint value is the number of parameters over, so TPE learns where the budget lies,
-and Optuna is asked again. Trials that end before the horizon (stopped by ASHA, or diverged)
-are told to Optuna as pruned, not complete.
+Each config Optuna proposes is counted exactly (meta device, no weights) by the searcher;
+this module holds the constraint value, the probe that refuses an impossible budget before
+Ray starts, and the size of TPE's random start-up under a budget.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import pickle
 from typing import Any
 
 import optuna
-
-optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per study created is noise here
-from optuna.trial import TrialState
-from ray.tune.search.optuna import OptunaSearch
 
 from search.space import SpaceFn
 from trainable.config import DEFAULTS, validate_config
 from trainable.errors import ConfigError, UserError
 from trainable.model import count_params
-
-logger = logging.getLogger(__name__)
-
-CONSTRAINT = "params_over_budget"
-# Consecutive rejections after which the search gives up: the space has (almost) nothing
-# under the budget, and asking further would spin forever.
-MAX_REJECTIONS_IN_A_ROW = 2000
-
 
 def over_budget(params: int, budget: int) -> int:
     """Constraint value: > 0 when `params` is not strictly below `budget` (Optuna: <= 0 is feasible)."""
@@ -101,103 +84,3 @@ def startup_trials(feasible_share: float, launched: int = 10) -> int:
     past that, TPE's model of the infeasible region is what finds the feasible one.
     """
     return min(100, math.ceil(launched / max(feasible_share, 0.02)))
-
-
-class BudgetedOptunaSearch(OptunaSearch):
-    """OptunaSearch that never launches a config at or over `budget` trainable parameters."""
-
-    def __init__(
-        self,
-        space: SpaceFn,
-        budget: int,
-        num_classes: int,
-        fixed: dict[str, Any],
-        horizon: int,
-        **kwargs: Any,
-    ):
-        super().__init__(space=space, **kwargs)
-        self.budget = budget
-        self.num_classes = num_classes
-        self.fixed = fixed
-        self.horizon = horizon
-        self.rejected = 0
-        self.exhausted = False
-
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        for _ in range(MAX_REJECTIONS_IN_A_ROW):
-            config = validate_config(complete_config(super().suggest(trial_id), self.fixed))
-            params = count_params(config, self.num_classes)
-            ot_trial = self._ot_trials[trial_id]
-            ot_trial.set_constraint(CONSTRAINT, over_budget(params, self.budget))
-            ot_trial.set_user_attr("params", params)
-            if params < self.budget:
-                ot_trial.set_user_attr("ray_trial_id", trial_id)
-                return config
-            # Over the budget: infeasible (constraint > 0) and pruned, which TPE learns from;
-            # a FAIL state would teach it nothing. Then ask Optuna for another config.
-            ot_trial.set_user_attr("rejected", "over_budget")
-            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
-            del self._ot_trials[trial_id]
-            self.rejected += 1
-        logger.warning("%d configs in a row were over the budget; ending the search", MAX_REJECTIONS_IN_A_ROW)
-        self.exhausted = True
-        return self.FINISHED
-
-    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-            return
-        ot_trial = self._ot_trials[trial_id]
-        if result and not error:
-            status = result.get("status", "ok")
-            finished = result.get("epoch", 0) >= self.horizon and status == "ok"
-            try:
-                ot_trial.set_user_attr("status", "completed" if finished else
-                                       ("diverged" if status == "diverged" else "stopped"))
-            except optuna.exceptions.UpdateFinishedTrialError:
-                pass
-            if not finished:
-                # Stopped by ASHA (or diverged, or cut by the time budget): Optuna keeps the
-                # intermediate values reported each epoch and ranks it as pruned.
-                self._tell(ot_trial, state=TrialState.PRUNED)
-                self._completed_trials.add(trial_id)
-                return
-        elif error:
-            try:
-                ot_trial.set_user_attr("status", "errored")
-            except optuna.exceptions.UpdateFinishedTrialError:
-                pass
-        super().on_trial_complete(trial_id, result=result, error=error)  # it logs a failed tell
-
-    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        try:
-            super().on_trial_result(trial_id, result)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass  # see _tell
-
-    def _tell(self, ot_trial: optuna.Trial, **kwargs: Any) -> None:
-        # After a driver was killed, optuna.db (written at once) can be ahead of the searcher
-        # state Ray restored (a snapshot): a trial it thinks open may already be told.
-        try:
-            self._ot_study.tell(ot_trial, **kwargs)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            logger.info("trial %s was already finished in the Optuna study", ot_trial.number)
-
-    # Ray pickles the searcher's __dict__ with plain pickle. A user's space (a function from a
-    # file, a YAML spec) may not pickle that way and is rebuilt on resume, so it stays out.
-    def save(self, checkpoint_path: str) -> None:
-        state = {k: v for k, v in self.__dict__.items() if k != "_space"}
-        with open(checkpoint_path, "wb") as handle:
-            pickle.dump(state, handle)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as handle:
-            state = pickle.load(handle)
-        if not isinstance(state, dict):
-            raise UserError(f"searcher state {checkpoint_path} is not from this tool")
-        self.__dict__.update(state)
-        # A driver killed between asking Optuna and Ray's next snapshot leaves trials RUNNING
-        # in optuna.db that no Ray trial will ever report to: close them as failed.
-        known = {t.number for t in self._ot_trials.values()}
-        for trial in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if trial.number not in known:
-                self._ot_study.tell(trial.number, state=TrialState.FAIL)

@@ -34,17 +34,15 @@ DEFAULT_EMA_DECAY = 0.999
 
 def config_from_experiment(folder: Path, trial: str | None) -> dict[str, Any]:
     """The config of `trial` (or of best.json) in a search experiment folder."""
-    from search.experiment import BEST, read_best, read_trials
+    from search.records import BEST, SETTINGS, config_from_row, read_best, read_trials
 
-    if not (folder / "settings.json").is_file():
+    if not (folder / SETTINGS).is_file():
         raise UserError(f"{folder} is not an experiment of this tool (no settings.json)")
     if trial is None:
         best = read_best(folder)
         if best is None:
             raise UserError(f"{folder} has no finished trial yet (no {BEST}); let the search run longer")
         return best["config"]
-    from search.experiment import config_from_row
-
     for row in read_trials(folder):
         if row["trial_id"] == trial:
             return config_from_row(row)

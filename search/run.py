@@ -14,31 +14,32 @@ import os
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
-
-# Ray snapshots the experiment whenever a trial has checkpointed num_to_keep times; that is
-# what makes --resume exact, so its warning about snapshot frequency is only noise here.
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-# Snapshot the experiment at most every 2 s (Ray's "auto" waits 10 s or more): a killed
-# driver then loses at most the last seconds of bookkeeping, never a finished trial older
-# than that. A snapshot is a small JSON and pickle per trial; cheap next to an epoch.
-os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+from typing import Any, Callable, Iterator, Sequence
 
 from trainable.cli import ArgumentParser, read_json, run_main
-from trainable.data import DATASETS, load_dataset
+from trainable.data import DATASETS, DataSpec, TrainArrays
 from trainable.errors import UserError
 
 # Flags that define what is searched: a --resume that changes one would mix two searches.
 SEARCH_DEFINING = ("param_budget", "space", "max_epochs", "grace_epochs", "reduction_factor", "dataset",
                    "data_dir", "val_fraction", "subset", "seed", "warm_start", "sampler", "scheduler")
+# Flags a --resume takes anew when given (the resources and the time it may run).
+RESUMABLE = ("gpus", "cpus", "gpus_per_trial", "cpus_per_trial", "address", "time_budget", "max_failures",
+             "compile", "checkpoint_every", "verbose")
 SAMPLERS = ("tpe", "random")
 SCHEDULERS = ("asha", "fifo")
 
 # Why 0.25 GPU per trial by default: a 5M-param ResNet at batch 128 in bf16 needs under
 # 2 GB and leaves most of an 80 GB card idle, so four trials share one GPU.
 DEFAULT_GPUS_PER_TRIAL = 0.25
+# Why a checkpoint every 2 epochs: a 5M-param checkpoint with AdamW state is about 60 MB,
+# written with an fsync and then copied by Ray; measured on this project's CPU box at
+# 0.25 s (benchmark 3), that is 5-10% of a 3-5 s GPU epoch when done every epoch and
+# under 5% every second one. A trial restarted after losing its node redoes at most 2.
+DEFAULT_CHECKPOINT_EVERY = 2
 
 
 @dataclass
@@ -54,7 +55,7 @@ class SearchSettings:
     address: str | None = None
     trials: int = 50
     max_epochs: int = 20
-    grace_epochs: int = 2
+    grace_epochs: int | None = None  # None: min(2, max_epochs)
     reduction_factor: int = 3
     param_budget: int = 5_000_000
     space: str | None = None
@@ -68,18 +69,41 @@ class SearchSettings:
     val_fraction: float = 0.1
     subset: int | None = None
     compile: bool = False
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY
     max_failures: int = 2
     resume: bool = False
     verbose: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def remote(self) -> bool:
+        """Ray keeps its state at a URI other than a local file:// one."""
+        return "://" in self.storage and not self.storage.startswith("file://")
+
+    @property
     def folder(self) -> Path:
-        # Ray may keep its state at a URI (s3://, gs://); this tool's own files need a
-        # filesystem path, so with a URI they stay in ./runs/NAME on the driver.
-        if "://" in self.storage:
+        """This tool's files: the storage folder on this machine, or ./runs/NAME for a remote URI."""
+        if self.storage.startswith("file://"):
+            return Path(self.storage[len("file://"):]).resolve() / self.name
+        if self.remote:
             return Path("runs").resolve() / self.name
         return Path(self.storage).resolve() / self.name
+
+    @property
+    def ray_storage(self) -> str:
+        """Where Ray keeps its folders: beside this tool's files, or under the URI."""
+        if self.remote:
+            return f"{self.storage.rstrip('/')}/{self.name}"
+        return str(self.folder)
+
+    @property
+    def grace(self) -> int:
+        return self.grace_epochs if self.grace_epochs is not None else min(2, self.max_epochs)
+
+    @property
+    def data_spec(self) -> DataSpec:
+        data_dir = str(Path(self.data_dir).resolve()) if self.data_dir else None
+        return DataSpec(self.dataset, data_dir, self.val_fraction, self.seed, self.subset)
 
 
 @dataclass
@@ -90,6 +114,7 @@ class SearchOutcome:
     best: dict[str, Any] | None
     wall_seconds: float
     summary: str
+    complete: bool  # every requested trial ended (or the time budget was used up)
 
 
 def parse_duration(text: str) -> float:
@@ -106,10 +131,11 @@ def parse_duration(text: str) -> float:
 
 def check_settings(s: SearchSettings) -> None:
     """Refuse bad flags before anything is started or written."""
-    for flag in ("trials", "max_epochs", "grace_epochs", "param_budget", "cpus_per_trial"):
+    for flag in ("trials", "max_epochs", "grace", "param_budget", "cpus_per_trial", "checkpoint_every"):
         if getattr(s, flag) <= 0:
-            raise UserError(f"--{flag.replace('_', '-')} must be positive, got {getattr(s, flag)}")
-    if s.grace_epochs > s.max_epochs:
+            name = "grace_epochs" if flag == "grace" else flag
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(s, flag)}")
+    if s.grace_epochs is not None and s.grace_epochs > s.max_epochs:
         raise UserError(f"--grace-epochs ({s.grace_epochs}) cannot exceed --max-epochs ({s.max_epochs})")
     if s.reduction_factor < 2:
         raise UserError(f"--reduction-factor must be at least 2, got {s.reduction_factor}")
@@ -154,8 +180,8 @@ def check_gpus(s: SearchSettings) -> int:
 
 
 def prepare_folder(s: SearchSettings) -> SearchSettings:
-    """Create the experiment folder for a new search, or load the saved settings to resume one."""
-    from search.experiment import SETTINGS
+    """Check that a new search's folder is free, or load the saved settings to resume one."""
+    from search.records import SETTINGS
 
     folder = s.folder
     if s.resume:
@@ -163,127 +189,178 @@ def prepare_folder(s: SearchSettings) -> SearchSettings:
             raise UserError(f"nothing to resume: {folder} is not an experiment of this tool (no {SETTINGS})")
         known = set(SearchSettings.__dataclass_fields__)
         saved = SearchSettings(**{k: v for k, v in read_json(folder / SETTINGS, "settings file").items() if k in known})
-        changed = [k for k in SEARCH_DEFINING if k in s.extra.get("given", ()) and getattr(s, k) != getattr(saved, k)]
+        given = s.extra.get("given")
+        changed = [k for k in SEARCH_DEFINING
+                   if (given is None or k in given) and k != "grace_epochs" and getattr(s, k) != getattr(saved, k)]
+        if s.grace_epochs is not None and s.grace != saved.grace:
+            changed.append("grace_epochs")
         if changed:
             flags = ", ".join("--" + k.replace("_", "-") for k in changed)
             raise UserError(f"--resume cannot change what is searched ({flags} differ from {folder / SETTINGS})")
-        keep = {k: getattr(s, k) for k in ("gpus", "cpus", "address", "verbose", "resume", "time_budget")}
-        return SearchSettings(**{**asdict(saved), **keep, "extra": s.extra})
+        # Resources and the time budget are this run's, counted from now; the rest is saved.
+        fresh = {k: getattr(s, k) for k in RESUMABLE if given is None or k in given}
+        return replace(saved, **fresh, trials=s.trials if given is None or "trials" in given else saved.trials,
+                       resume=True, extra=s.extra)
     if folder.exists() and any(folder.iterdir()):
         raise UserError(f"experiment {folder} already exists; pass --resume to continue it, or choose another --name")
     return s
 
 
-def run_search(s: SearchSettings, trial_fn: Callable[..., None] | None = None) -> SearchOutcome:
-    """Run (or resume) a search to the end and return its outcome; the CLI only prints it.
+@dataclass
+class Resources:
+    """What this driver run may use: GPUs, the share of each trial, and how many run at once."""
 
-    Uses the Ray session already initialised by the caller if there is one. `trial_fn`
-    replaces `search.trial.run_trial` (same signature); the fault tests use it to make a
-    trial fail the way a GPU would.
-    """
-    import optuna
+    gpus: int
+    gpus_per_trial: float
+    concurrent: int
+
+
+@contextmanager
+def ray_session(s: SearchSettings) -> Iterator[None]:
+    """Use the caller's Ray session if there is one; otherwise start one and stop it after."""
     import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    ray.init(address=s.address, num_cpus=None if s.address else s.cpus or os.cpu_count(),
+             num_gpus=None if s.address else s.gpus, include_dashboard=False, configure_logging=False,
+             log_to_driver=s.verbose > 1)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def plan_resources(s: SearchSettings) -> Resources:
+    """GPUs and concurrency from the resources of this run (recomputed at every --resume)."""
+    import ray
+
+    gpus = check_gpus(s)
+    gpus_per_trial = s.gpus_per_trial if gpus > 0 else 0.0
+    if gpus > 0:
+        concurrent = max(1, int(gpus / gpus_per_trial))
+    else:
+        concurrent = max(1, int(ray.cluster_resources().get("CPU", 1)) // s.cpus_per_trial)
+    return Resources(gpus, gpus_per_trial, concurrent)
+
+
+def load_search_data(s: SearchSettings) -> tuple[TrainArrays, int]:
+    """Load the dataset once, on the driver: (training arrays for the trials, number of classes)."""
+    if s.data_dir and not Path(s.data_dir).exists():
+        raise UserError(f"--data-dir {s.data_dir} does not exist")
+    dataset = s.data_spec.load(download=True)  # fails here, once, not in every trial
+    return TrainArrays.of(dataset), dataset.num_classes
+
+
+def build_searcher(s: SearchSettings, num_classes: int) -> "BudgetedOptunaSearch":
+    """The searcher over this experiment's Optuna study: created, or reloaded to resume."""
+    import optuna
+
+    from search.budget import check_space_fits, startup_trials
+    from search.records import OPTUNA_DB, read_trials
+    from search.searcher import BudgetedOptunaSearch
+    from search.space import WARM_START, default_space, load_space
+
+    space, warm = (load_space(s.space) if s.space else (default_space, WARM_START))
+    fixed = {"epochs": s.max_epochs, "seed": s.seed}
+    feasible = check_space_fits(space, s.param_budget, num_classes, fixed, seed=s.seed)
+    sampler = (optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=startup_trials(feasible))
+               if s.sampler == "tpe" else optuna.samplers.RandomSampler(seed=s.seed))
+    s.folder.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{s.folder / OPTUNA_DB}")
+    study = optuna.create_study(study_name=s.name, storage=storage, sampler=sampler, direction="maximize",
+                                load_if_exists=True)
+    searcher = BudgetedOptunaSearch(study, storage, space, s.param_budget, num_classes, fixed, s.max_epochs)
+    if s.resume:
+        queued = searcher.continue_interrupted(read_trials(s.folder))
+        if queued:
+            print(f"resuming {s.name}: {queued} interrupted trial(s) continue from their last checkpoint", flush=True)
+    elif s.warm_start and warm:
+        for params in warm if isinstance(warm, list) else [warm]:
+            study.enqueue_trial(params)
+    return searcher
+
+
+def build_tuner(s: SearchSettings, searcher: Any, trainable: Any, resources: Resources, remaining: int,
+                table: Any) -> Any:
+    """One Ray Tune experiment (a `run-*` folder) for what is left of the search."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from search.budget import BudgetedOptunaSearch, check_space_fits, startup_trials
-    from search.experiment import (OPTUNA_DB, SETTINGS, TrialTable, count_statuses, prune_checkpoints, read_best,
-                                   read_trials, summary)
-    from search.space import WARM_START, default_space, load_space
-    from search.trial import run_trial
+    return tune.Tuner(
+        tune.with_resources(trainable, {"cpu": s.cpus_per_trial, "gpu": resources.gpus_per_trial}),
+        tune_config=tune.TuneConfig(
+            metric="val_acc", mode="max", search_alg=searcher, num_samples=remaining,
+            scheduler=(ASHAScheduler(max_t=s.max_epochs, grace_period=s.grace, reduction_factor=s.reduction_factor)
+                       if s.scheduler == "asha" else FIFOScheduler()),
+            max_concurrent_trials=resources.concurrent, reuse_actors=True,
+            trial_dirname_creator=trial_dirname,
+            time_budget_s=parse_duration(s.time_budget) if s.time_budget else None,
+        ),
+        run_config=tune.RunConfig(
+            name=time.strftime("run-%Y%m%d-%H%M%S"), storage_path=s.ray_storage, verbose=s.verbose,
+            callbacks=[table],
+            # Two per trial: trials.csv names the newest, and the one before stays until a
+            # newer one is on record, so a driver killed at any moment finds one to continue.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            failure_config=tune.FailureConfig(max_failures=s.max_failures),
+        ),
+    )
+
+
+def run_search(s: SearchSettings, trial_fn: Callable[..., None] | None = None) -> SearchOutcome:
+    """Run (or resume) a search to the end and return its outcome; the CLI only prints it.
+
+    Steps: settings -> data -> searcher -> tuner -> summary. Every driver run is a fresh Ray
+    Tune experiment; what a resume carries on from is this tool's own files (settings.json,
+    optuna.db, trials.csv with each trial's last checkpoint, history.csv), so it works
+    wherever the previous driver stopped. `trial_fn` replaces `search.trial.run_trial` (same
+    signature); the fault tests use it to make a trial fail the way a GPU would.
+    """
+    import optuna
+    from ray import tune
+
+    from search.experiment import TrialTable, summary
+    from search.records import ENDED, OPTUNA_DB, SETTINGS, count_statuses, read_best, read_trials, rejected_count
+    from search.trial import TrialOptions, run_trial
     from trainable.checkpoint import write_json
 
     check_settings(s)
     if not s.address and os.environ.get("RAY_ADDRESS"):
         # Ray itself would connect there anyway (e.g. on a node started with `ray start`).
-        s = SearchSettings(**{**asdict(s), "address": os.environ["RAY_ADDRESS"]})
+        s = replace(s, address=os.environ["RAY_ADDRESS"])
     s = prepare_folder(s)
-    space, warm = (load_space(s.space) if s.space else (default_space, WARM_START))
-    if s.data_dir and not Path(s.data_dir).exists():
-        raise UserError(f"--data-dir {s.data_dir} does not exist")
-    dataset = load_dataset(s.dataset, s.data_dir, download=True)  # fails here, not in every trial
-    fixed = {"epochs": s.max_epochs, "seed": s.seed}
-    feasible = check_space_fits(space, s.param_budget, dataset.num_classes, fixed, seed=s.seed)
-
-    gpus = None if s.address else check_gpus(s)  # before starting anything
-    started_ray = False
-    if not ray.is_initialized():
-        ray.init(address=s.address, num_cpus=None if s.address else s.cpus or os.cpu_count(),
-                 num_gpus=None if s.address else (s.gpus if s.gpus is not None else None),
-                 include_dashboard=False, configure_logging=False, log_to_driver=s.verbose > 1)
-        started_ray = True
-    try:
-        gpus = check_gpus(s) if gpus is None else gpus
-        gpus_per_trial = s.gpus_per_trial if gpus > 0 else 0
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        if gpus > 0:
-            concurrent = max(1, int(gpus / gpus_per_trial))
-        else:
-            concurrent = max(1, cpus // s.cpus_per_trial)
-        folder = s.folder
-        folder.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per study is noise in a search
+    data, num_classes = load_search_data(s)
+    if s.address is None:
+        check_gpus(s)  # refuse --gpus 64 before starting anything
+    with ray_session(s):
+        resources = plan_resources(s)
+        searcher = build_searcher(s, num_classes)
         if not s.resume:
             saved = {k: v for k, v in asdict(s).items() if k not in ("extra", "resume")}
-            write_json(folder / SETTINGS, {**saved, "gpus": gpus, "gpu_share": gpus_per_trial})
-        data_spec = {
-            "dataset": s.dataset, "data_dir": str(Path(s.data_dir).resolve()) if s.data_dir else None,
-            "val_fraction": s.val_fraction, "split_seed": s.seed, "subset": s.subset,
-            "threads": s.cpus_per_trial, "compile": s.compile,
-        }
-        trainable = tune.with_resources(
-            tune.with_parameters(trial_fn or run_trial, data_spec=data_spec), {"cpu": s.cpus_per_trial, "gpu": gpus_per_trial}
-        )
-        storage_path = s.storage if "://" in s.storage else str(Path(s.storage).resolve())
+            write_json(s.folder / SETTINGS, {**saved, "grace_epochs": s.grace, "gpus": resources.gpus,
+                                             "gpu_share": resources.gpus_per_trial})
+        ended = sum(r["status"] in {e.value for e in ENDED} for r in read_trials(s.folder))
+        remaining = max(0, s.trials - ended)
+        options = TrialOptions(threads=s.cpus_per_trial, compile=s.compile, checkpoint_every=s.checkpoint_every,
+                               gpu_share=resources.gpus_per_trial)
+        trainable = tune.with_parameters(trial_fn or run_trial, data=data, spec=s.data_spec, options=options)
+        table = TrialTable(s.folder, resources.gpus_per_trial, s.max_epochs)
         start = time.time()
-        if s.resume:
-            tuner = tune.Tuner.restore(str(folder) if "://" not in s.storage else f"{s.storage}/{s.name}",
-                                       trainable=trainable, resume_unfinished=True)
-        else:
-            remote = "://" in s.storage
-            table = TrialTable(folder, gpus_per_trial, s.max_epochs)
-            table.prune = not remote
-            searcher = BudgetedOptunaSearch(
-                space=space, budget=s.param_budget, num_classes=dataset.num_classes, fixed=fixed,
-                horizon=s.max_epochs, metric="val_acc", mode="max",
-                points_to_evaluate=(warm if isinstance(warm, list) else [warm]) if (s.warm_start and warm) else None,
-                sampler=(optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=startup_trials(feasible))
-                         if s.sampler == "tpe"
-                         else optuna.samplers.RandomSampler(seed=s.seed)),
-                study_name=s.name, storage=optuna.storages.RDBStorage(f"sqlite:///{folder / OPTUNA_DB}"),
-            )
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(
-                    metric="val_acc", mode="max", search_alg=searcher, num_samples=s.trials,
-                    scheduler=(ASHAScheduler(max_t=s.max_epochs, grace_period=s.grace_epochs,
-                                             reduction_factor=s.reduction_factor) if s.scheduler == "asha"
-                               else FIFOScheduler()),
-                    max_concurrent_trials=concurrent, reuse_actors=True,
-                    trial_dirname_creator=trial_dirname,
-                    time_budget_s=parse_duration(s.time_budget) if s.time_budget else None,
-                ),
-                run_config=tune.RunConfig(
-                    name=s.name, storage_path=storage_path, verbose=s.verbose,
-                    callbacks=[table],
-                    # On a filesystem, TrialTable prunes checkpoints behind Ray's snapshots
-                    # (prune_checkpoints says why); at a URI, Ray's rotation keeps 2.
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2 if remote else None),
-                    failure_config=tune.FailureConfig(max_failures=s.max_failures),
-                ),
-            )
-        tuner.fit()
+        if remaining:
+            build_tuner(s, searcher, trainable, resources, remaining, table).fit()
         wall = time.time() - start
-        if "://" not in s.storage:
-            prune_checkpoints(folder, final=True)
-    finally:
-        if started_ray:
-            ray.shutdown()
+        searcher.settle(read_trials(s.folder))
 
-    study = optuna.load_study(study_name=s.name, storage=f"sqlite:///{folder / OPTUNA_DB}")
-    rejected = sum(1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get("rejected"))
-    rows, best = read_trials(folder), read_best(folder)
-    text = summary(folder, rows, best, rejected, wall, gpus_per_trial > 0)
-    return SearchOutcome(folder, count_statuses(rows), rejected, best, wall, text)
+    rows, best = read_trials(s.folder), read_best(s.folder)
+    counts = count_statuses(rows)
+    ended = sum(counts.get(e.value, 0) for e in ENDED)
+    deadline_hit = bool(s.time_budget) and wall >= parse_duration(s.time_budget) * 0.95
+    rejected = rejected_count(s.folder) or 0
+    text = summary(s.folder, rows, best, rejected, wall, resources.gpus_per_trial > 0, s.trials, deadline_hit)
+    return SearchOutcome(s.folder, counts, rejected, best, wall, text, ended >= s.trials or deadline_hit)
 
 
 def trial_dirname(trial: Any) -> str:
@@ -297,8 +374,8 @@ def build_parser() -> ArgumentParser:
                        epilog="The search space is documented in README.md ('The search space').")
     g = p.add_argument_group("experiment")
     g.add_argument("--name", help="experiment name (default: a timestamp, search-YYYYmmdd-HHMMSS)")
-    g.add_argument("--storage", default=d.storage, help="folder, shared path or URI for experiments (default ./runs)")
-    g.add_argument("--resume", action="store_true", help="continue the interrupted experiment --name")
+    g.add_argument("--storage", help="folder, shared path or URI for experiments (default ./runs)")
+    g.add_argument("--resume", action="store_true", default=None, help="continue the interrupted experiment --name")
     g.add_argument("--trials", type=int, help=f"trials to run, budget rejections not counted (default {d.trials})")
     g.add_argument("--time-budget", help="stop gracefully after this long, e.g. 90m, 2h (default: none)")
     g.add_argument("--seed", type=int, help=f"seed of the sampler, the split and every trial (default {d.seed})")
@@ -310,7 +387,7 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--sampler", choices=SAMPLERS, help=f"Optuna sampler (default {d.sampler}; random is a baseline)")
     g = p.add_argument_group("early stopping (ASHA on val_acc)")
     g.add_argument("--max-epochs", type=int, help=f"epochs of a trial run to the end; the cosine horizon (default {d.max_epochs})")
-    g.add_argument("--grace-epochs", type=int, help=f"epochs before ASHA may stop a trial (default {d.grace_epochs})")
+    g.add_argument("--grace-epochs", type=int, help="epochs before ASHA may stop a trial (default min(2, --max-epochs))")
     g.add_argument("--reduction-factor", type=int, help=f"ASHA keeps 1 in this many at each rung (default {d.reduction_factor})")
     g.add_argument("--scheduler", choices=SCHEDULERS, help=f"trial scheduler (default {d.scheduler}; fifo runs every trial to the end)")
     g = p.add_argument_group("data")
@@ -321,21 +398,25 @@ def build_parser() -> ArgumentParser:
     g = p.add_argument_group("resources")
     g.add_argument("--gpus", type=int, help="GPUs of this machine to use; 0 runs on CPUs (default: all it has)")
     g.add_argument("--cpus", type=int, help="CPUs for Ray on this machine (default: all)")
-    g.add_argument("--gpus-per-trial", type=float, default=d.gpus_per_trial,
+    g.add_argument("--gpus-per-trial", type=float,
                    help=f"GPU share of one trial; 0.25 packs 4 small trials per GPU (default {d.gpus_per_trial})")
-    g.add_argument("--cpus-per-trial", type=int, default=d.cpus_per_trial, help=f"CPUs per trial (default {d.cpus_per_trial})")
+    g.add_argument("--cpus-per-trial", type=int, help=f"CPUs per trial (default {d.cpus_per_trial})")
     g.add_argument("--address", help="join a running Ray cluster: auto or HOST:PORT (uses all its GPUs)")
-    g.add_argument("--compile", action="store_true", help="torch.compile each trial's model (pays only on long trials)")
-    g.add_argument("--max-failures", type=int, default=d.max_failures, help="restarts of a trial whose worker died (default 2)")
-    g.add_argument("--verbose", type=int, default=d.verbose, choices=[0, 1, 2, 3], help="Ray's progress output (default 1)")
+    g.add_argument("--compile", action="store_true", default=None, help="torch.compile each trial's model (pays only on long trials)")
+    g.add_argument("--checkpoint-every", type=int,
+                   help=f"epochs between trial checkpoints; a lost trial redoes at most this many (default {d.checkpoint_every})")
+    g.add_argument("--max-failures", type=int, help="restarts of a trial whose worker died (default 2)")
+    g.add_argument("--verbose", type=int, choices=[0, 1, 2, 3], help="Ray's progress output (default 1)")
     return p
 
 
 def settings_from_args(argv: Sequence[str] | None) -> SearchSettings:
+    # Every flag defaults to None, so a --resume can tell what was given from what was not.
     args = vars(build_parser().parse_args(argv))
-    given = [k for k, v in args.items() if v is not None and k in SEARCH_DEFINING]
+    given = sorted(k for k, v in args.items() if v is not None)
     defaults = asdict(SearchSettings())
     values = {k: (v if v is not None else defaults[k]) for k, v in args.items()}
+    values["resume"] = bool(args["resume"])
     values["name"] = args["name"] or time.strftime("search-%Y%m%d-%H%M%S")
     if args["resume"] and not args["name"]:
         raise UserError("--resume needs the --name of the experiment to continue")
@@ -346,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = settings_from_args(argv)
     outcome = run_search(settings)
     print(outcome.summary)
-    return 0
+    return 0 if outcome.complete else 1
 
 
 if __name__ == "__main__":

@@ -9,12 +9,15 @@ import time
 
 import optuna
 import pytest
+from pathlib import Path
 
 import analysis
 
 from conftest import BUDGET, check_resumed, rows_of, settings
-from search.budget import BudgetedOptunaSearch, check_space_fits, over_budget, startup_trials
-from search.run import main, run_search
+from search.budget import check_space_fits, over_budget, startup_trials
+from search.records import read_history
+from search.run import SearchSettings, check_settings, main, prepare_folder, run_search, settings_from_args
+from search.searcher import BudgetedOptunaSearch
 from search.space import WARM_START, YamlSpace, default_space, load_space
 from trainable.errors import UserError
 from trainable.model import count_params
@@ -52,7 +55,7 @@ def test_optuna_study_matches_the_trials(finished_search):
         state = by_ray_id[row["trial_id"]].state
         expected = optuna.trial.TrialState.COMPLETE if row["status"] == "completed" else optuna.trial.TrialState.PRUNED
         assert state == expected, row["trial_id"]
-    rejected = [t for t in study.trials if t.user_attrs.get("rejected")]
+    rejected = [t for t in study.trials if t.user_attrs.get("status") == "rejected"]
     assert len(rejected) == finished_search.rejected
     # Rejected configs carry their excess as an Optuna constraint (> 0 means infeasible).
     assert all(t.constraints["params_over_budget"] > 0 for t in rejected)
@@ -71,8 +74,11 @@ def test_budget_check_counts_before_launch():
     fixed = {"epochs": 1, "seed": 0}
     share = check_space_fits(default_space, 5_000_000, 10, fixed)
     assert 0 < share < 1  # part of the default space is over 5M
-    assert startup_trials(share) >= 10 and startup_trials(1.0) == 10
-    assert check_space_fits(default_space, 200_000, 10, fixed) >= 0  # only the smallest corner may fit
+    # About `launched` random configs run: the start-up grows as the feasible share shrinks.
+    assert startup_trials(0.5) == 20 and startup_trials(0.25, launched=5) == 20 and startup_trials(1.0) == 10
+    assert startup_trials(0.001) == 100  # capped
+    tight = check_space_fits(default_space, 200_000, 10, fixed)
+    assert tight < share  # a tighter budget leaves a smaller share of the space
     with pytest.raises(UserError, match="no config"):
         check_space_fits(default_space, 10_000, 10, fixed)
 
@@ -97,12 +103,65 @@ def test_space_files(tmp_path):
 
 
 def test_searcher_rejects_over_budget_configs_itself():
-    searcher = BudgetedOptunaSearch(space=default_space, budget=3_000_000, num_classes=10,
-                                    fixed={"epochs": 2, "seed": 0}, horizon=2, metric="val_acc", mode="max",
-                                    sampler=optuna.samplers.RandomSampler(seed=1))
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, sampler=optuna.samplers.RandomSampler(seed=1), direction="maximize")
+    searcher = BudgetedOptunaSearch(study, storage, default_space, 3_000_000, 10, {"epochs": 2, "seed": 0}, 2)
     configs = [searcher.suggest(f"t{i}") for i in range(5)]
     assert all(count_params(c) < 3_000_000 for c in configs)
     assert searcher.rejected > 0
+    # ASHA's stopping result reaches Optuna through on_trial_complete alone (Ray skips
+    # on_trial_result for it): its value must still be recorded.
+    searcher.on_trial_complete("t0", result={"epoch": 1, "val_acc": 0.4, "status": "ok"})
+    searcher.on_trial_result("t1", {"epoch": 1, "val_acc": 0.3})
+    searcher.on_trial_complete("t1", result={"epoch": 2, "val_acc": 0.5, "status": "ok"})
+    trials = {t.user_attrs.get("ray_trial_id"): t for t in study.trials}
+    assert trials["t0"].intermediate_values == {1: 0.4} and trials["t0"].state == optuna.trial.TrialState.PRUNED
+    assert trials["t1"].intermediate_values == {1: 0.3, 2: 0.5} and trials["t1"].value == 0.5
+
+
+def test_every_epoch_is_an_intermediate_value_in_the_study(finished_search):
+    folder = finished_search.folder
+    study = optuna.load_study(study_name="exp", storage=f"sqlite:///{folder / 'optuna.db'}")
+    history: dict = {}
+    for row in read_history(folder):
+        history.setdefault(row["trial_id"], {})[row["epoch"]] = row["val_acc"]
+    launched = [t for t in study.trials if "ray_trial_id" in t.user_attrs]
+    assert len(launched) == 8
+    for trial in launched:
+        epochs = history[trial.user_attrs["ray_trial_id"]]
+        assert trial.intermediate_values == pytest.approx(epochs), trial.number
+
+
+def test_grace_defaults_to_the_horizon_when_shorter():
+    settings = settings_from_args(["--max-epochs", "1", "--dataset", "synthetic"])
+    check_settings(settings)  # no error: grace follows --max-epochs
+    assert settings.grace == 1 and settings_from_args([]).grace == 2
+    with pytest.raises(UserError, match="grace"):
+        check_settings(settings_from_args(["--max-epochs", "1", "--grace-epochs", "2"]))
+
+
+def test_resume_takes_the_resources_and_time_budget_it_is_given(finished_search):
+    saved = SearchSettings(name="exp", storage=str(finished_search.folder.parent), resume=True, gpus=0,
+                           gpus_per_trial=0.5, cpus_per_trial=2, time_budget="10m", trials=8,
+                           extra={"given": ["name", "storage", "resume", "gpus_per_trial", "cpus_per_trial",
+                                            "time_budget"]})
+    merged = prepare_folder(saved)
+    assert (merged.gpus_per_trial, merged.cpus_per_trial, merged.time_budget) == (0.5, 2, "10m")
+    assert merged.max_epochs == 3 and merged.space == finished_search_space(finished_search)
+
+
+def finished_search_space(outcome):
+    return json.loads((outcome.folder / "settings.json").read_text())["space"]
+
+
+def test_search_checkpoints_every_second_epoch(finished_search):
+    for row in rows_of(finished_search.folder):
+        # Default --checkpoint-every 2 over a 3-epoch horizon: a checkpoint after epoch 2 only
+        # (none after the last epoch, when nothing is left to continue).
+        trained = int(row["epochs_trained"])
+        assert bool(row["checkpoint"]) == (trained >= 2), row
+        if row["checkpoint"]:
+            assert Path(row["checkpoint"]).name == "checkpoint_000000" and Path(row["checkpoint"]).is_dir()
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -168,4 +227,11 @@ def test_time_budget_ends_the_search_gracefully(ray_session, space_file, tmp_pat
     rows = rows_of(outcome.folder)
     assert 0 < len(rows) < 50  # it stopped early, keeping what finished
     assert all(r["status"] in ("completed", "stopped") for r in rows)
-    assert (outcome.folder / "best.json").is_file() and "search finished" in outcome.summary
+    assert (outcome.folder / "best.json").is_file() and "stopped at its time budget" in outcome.summary
+    assert outcome.complete  # a deadline is an ending the user asked for
+    # A resume's budget is its own, counted from the resume (not the first run's, not none).
+    start = time.time()
+    resumed = run_search(settings(tmp_path, space_file, name="deadline", trials=50, max_epochs=3,
+                                  time_budget="6s", resume=True))
+    assert time.time() - start < 45
+    assert len(rows) < len(rows_of(resumed.folder)) < 50

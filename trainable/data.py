@@ -12,7 +12,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -279,6 +279,58 @@ def to_device(
     )
 
 
+@dataclass(frozen=True)
+class DataSpec:
+    """Where a run's images come from and how its training set is split.
+
+    One record for the search (its trials) and `search.retrain`, so both read the same
+    flags the same way.
+
+    >>> DataSpec("synthetic").load().num_classes
+    10
+    """
+
+    dataset: str = "cifar10"
+    data_dir: str | None = None  # resolved to an absolute path by the caller that parsed it
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    subset: int | None = None
+
+    def load(self, download: bool = True) -> Dataset:
+        return load_dataset(self.dataset, self.data_dir, download=download)
+
+    def to_device(self, dataset: Dataset, device: torch.device | str) -> DeviceData:
+        return to_device(dataset, device, self.val_fraction, self.split_seed, self.subset)
+
+
+@dataclass
+class TrainArrays:
+    """The training part of a dataset as numpy arrays, and nothing of its test part.
+
+    What a search hands its trials through Ray's object store: numpy arrays are mapped
+    there without a copy by every worker on the node, and sent once to other nodes. The
+    test images stay on the driver, so no trial can look at them.
+    """
+
+    images: np.ndarray  # uint8 (N, 3, H, W)
+    labels: np.ndarray  # int64 (N,)
+    classes: list[str]
+
+    @classmethod
+    def of(cls, dataset: Dataset) -> "TrainArrays":
+        return cls(dataset.train_images.numpy(), dataset.train_labels.numpy(), list(dataset.classes))
+
+    def as_dataset(self) -> Dataset:
+        import warnings
+
+        with warnings.catch_warnings():
+            # Arrays from the object store are read-only; they are only ever indexed (copied).
+            warnings.simplefilter("ignore", UserWarning)
+            images, labels = torch.from_numpy(self.images), torch.from_numpy(self.labels)
+        empty = torch.zeros((0, *images.shape[1:]), dtype=torch.uint8)
+        return Dataset(images, labels, empty, torch.zeros(0, dtype=torch.int64), self.classes)
+
+
 _PREPARED: dict[tuple, DeviceData] = {}
 
 
@@ -293,13 +345,21 @@ def prepare_data(
 ) -> DeviceData:
     """Load, split and upload a dataset once per process; later calls reuse it.
 
-    Search workers run many trials each; this keeps every trial after the first from
-    decoding or uploading anything.
+    For benchmarks and scripts that train several configs in one process.
     """
-    key = (dataset, str(Path(data_dir).resolve()) if data_dir else None, str(device), val_fraction,
-           split_seed, subset)
+    spec = DataSpec(dataset, str(Path(data_dir).resolve()) if data_dir else None, val_fraction, split_seed, subset)
+    return cached_device_data(spec, device, lambda: spec.load(download=download))
+
+
+def cached_device_data(spec: DataSpec, device: torch.device | str, load: Callable[[], Dataset]) -> DeviceData:
+    """`spec`'s split on `device`, built with `load()` the first time in this process.
+
+    A search worker runs many trials; each one after the first starts without splitting
+    or uploading anything. One dataset per process: a new one replaces the old, so a GPU
+    never holds two copies.
+    """
+    key = (spec, str(device))
     if key not in _PREPARED:
-        _PREPARED.clear()  # one dataset per process: never hold two copies on a GPU
-        loaded = load_dataset(dataset, data_dir, download=download)
-        _PREPARED[key] = to_device(loaded, device, val_fraction, split_seed, subset)
+        _PREPARED.clear()
+        _PREPARED[key] = spec.to_device(load(), device)
     return _PREPARED[key]

@@ -29,8 +29,39 @@ EVAL_BATCH = 1024  # big batches under inference_mode: evaluation is a small par
 
 
 def default_device() -> torch.device:
-    """CUDA when present (Ray points each trial at its GPU), else the CPU."""
+    """CUDA when present, else the CPU: for runs outside Ray (a search trial uses `device_for`)."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def device_for(gpu_ids: list) -> torch.device:
+    """The device of a trial that Ray assigned `gpu_ids` (`ray.get_gpu_ids()`).
+
+    Ray sets CUDA_VISIBLE_DEVICES to the assigned GPUs, so an assigned trial uses cuda:0.
+    Ray does not hide the GPUs from a trial that asked for none, so such a trial must not
+    look at `torch.cuda.is_available()`: it trains on the CPU and never initialises CUDA.
+
+    >>> device_for([]), device_for(["3"])
+    (device(type='cpu'), device(type='cuda', index=0))
+    """
+    return torch.device("cuda", 0) if gpu_ids else torch.device("cpu")
+
+
+# Allocation failures that are not torch.cuda.OutOfMemoryError: cuDNN and cuBLAS report
+# their own when they cannot get workspace, and a device-side copy can fail as a plain
+# RuntimeError.
+_OOM_MARKERS = ("out of memory", "CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED",
+                "CUDNN_STATUS_NOT_ENOUGH_WORKSPACE")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for every way a GPU reports that an allocation failed.
+
+    >>> is_out_of_memory(RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED")), is_out_of_memory(ValueError("x"))
+    (True, False)
+    """
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and any(marker in str(exc) for marker in _OOM_MARKERS)
 
 
 @torch.inference_mode()
@@ -127,6 +158,9 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.forward = self.model
         if compile_model:
+            # A process trains many architectures (reused search workers): without a reset,
+            # Dynamo's recompile limit (8) would silently turn compile off for later ones.
+            torch.compiler.reset()
             self.forward = torch.compile(self.model)
         self.optimizer = self._make_optimizer()
         # An exponential moving average of the weights (and BN buffers), updated every step.
@@ -161,15 +195,31 @@ class Trainer:
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.on_cuda)
 
-    def _logits(self, images: torch.Tensor) -> torch.Tensor:
+    def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward, loss, backward and optimizer step of one batch; returns (logits, loss)."""
+        with self._autocast():
+            logits = self.forward(self._prepare(images))
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.config["label_smoothing"])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return logits, loss
+
+    def _step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`_train_step`, falling back to eager if torch.compile fails in forward or backward.
+
+        The compiled backward is built at the first backward pass, so the fallback wraps the
+        whole step; the optimizer has not stepped when either fails, and zero_grad clears
+        any partial gradients. Running out of memory is never taken for a compile failure.
+        """
         try:
-            return self.forward(self._prepare(images))
-        except Exception as exc:  # torch.compile can fail on odd toolchains: run eager instead
-            if self.forward is self.model:
+            return self._train_step(images, labels)
+        except Exception as exc:
+            if self.forward is self.model or is_out_of_memory(exc):
                 raise
-            warnings.warn(f"torch.compile failed ({type(exc).__name__}: {exc}); training without it")
+            warnings.warn(f"torch.compile failed ({type(exc).__name__}: {str(exc)[:200]}); training without it")
             self.forward = self.model
-            return self.model(self._prepare(images))
+            return self._train_step(images, labels)
 
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
         if self.on_cuda:
@@ -194,12 +244,7 @@ class Trainer:
             lr = cfg["lr"] * lr_factor(self.step, self.warmup_steps, self.total_steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            with self._autocast():
-                logits = self._logits(images)
-                loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg["label_smoothing"])
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            logits, loss = self._step(images, labels)
             if self.ema is not None:
                 self.ema.update(self.model, self.step)
             total_loss += loss.detach() * len(batch)

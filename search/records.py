@@ -1,0 +1,228 @@
+"""The experiment folder's format, in one Ray-free place that `search/` and `analysis/` share.
+
+    runs/NAME/
+      settings.json   the flags the search ran with (what --resume checks against)
+      optuna.db       the Optuna study (SQLite): the searcher's whole state
+      trials.csv      one row per launched trial, rewritten atomically as trials report and end
+      history.csv     one row per trial epoch, appended as results arrive
+      best.json       the best trial so far (see `rank`), its config, metrics and exact params
+      run-*/          Ray Tune's own folders, one per driver run; nothing here reads them
+
+Everything a reader needs is in the first five files, so `analysis` works the same whether
+Ray kept its state beside them or at a URI. Importing this module imports neither Ray nor
+Optuna.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Any, Iterable
+
+from trainable.config import DEFAULTS, config_from_cells
+from trainable.errors import UserError
+
+SETTINGS = "settings.json"
+TRIALS = "trials.csv"
+HISTORY = "history.csv"
+BEST = "best.json"
+OPTUNA_DB = "optuna.db"
+
+
+class Status(str, Enum):
+    """What became of a trial. A str, so rows and tables compare it with plain strings."""
+
+    COMPLETED = "completed"  # trained to the horizon (--max-epochs)
+    STOPPED = "stopped"  # ended early: by ASHA at a rung, or by the time budget
+    DIVERGED = "diverged"  # its loss went NaN/inf; it stopped after that epoch
+    ERRORED = "errored"  # it raised (out of memory, a bug) and was not restarted
+    RUNNING = "running"  # training now
+    INTERRUPTED = "interrupted"  # running when the driver stopped; --resume continues it
+    REJECTED = "rejected"  # over the parameter budget: never launched (Optuna only)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+ENDED = (Status.COMPLETED, Status.STOPPED, Status.DIVERGED, Status.ERRORED)
+TRIAL_STATUSES = tuple(s.value for s in Status if s is not Status.REJECTED)
+
+
+def ended_status(epochs_trained: int, horizon: int, reported: str = "ok") -> Status:
+    """The rule for a trial that ended without an error, written once.
+
+    >>> ended_status(3, 3), ended_status(1, 3), ended_status(1, 3, "diverged")
+    (<Status.COMPLETED: 'completed'>, <Status.STOPPED: 'stopped'>, <Status.DIVERGED: 'diverged'>)
+    """
+    if reported == Status.DIVERGED:
+        return Status.DIVERGED
+    return Status.COMPLETED if epochs_trained >= horizon else Status.STOPPED
+
+
+CONFIG_COLUMNS = [key for key in DEFAULTS if key != "epochs"]
+TRIAL_COLUMNS = (
+    ["trial_id", "status", "params"] + CONFIG_COLUMNS
+    + ["epochs_trained", "best_val_acc", "best_epoch", "last_val_acc", "horizon",
+       "wall_seconds", "gpu_seconds", "restarts", "error", "checkpoint", "versions"]
+)
+HISTORY_COLUMNS = ["trial_id", "epoch", "status", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
+                   "epoch_seconds", "images_per_second", "time_total_s", "wall_time", "node_id"]
+
+
+def cell(value: Any) -> Any:
+    """A value as one CSV cell: lists (blocks, widths) as JSON, None as empty."""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return "" if value is None else value
+
+
+def number(text: str | None) -> float | None:
+    """A numeric cell, or None when empty."""
+    return float(text) if text not in (None, "") else None
+
+
+# ----------------------------------------------------------------------------- readers
+def read_settings(folder: str | Path) -> dict[str, Any]:
+    """The search's settings.json; UserError if `folder` is not an experiment of this tool."""
+    path = Path(folder) / SETTINGS
+    if not path.is_file():
+        raise UserError(f"{folder} is not an experiment folder (no {SETTINGS}); pass runs/NAME")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise UserError(f"{path} is not valid JSON") from None
+
+
+def read_trials(folder: str | Path) -> list[dict[str, str]]:
+    """The rows of trials.csv as dicts of strings (empty if there is none yet)."""
+    path = Path(folder) / TRIALS
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def read_history(folder: str | Path) -> list[dict[str, Any]]:
+    """history.csv's rows, numbers parsed, one per (trial, epoch): the last one written.
+
+    An epoch trained twice (a trial restarted from an older checkpoint) keeps its newer
+    figures. A line cut short by a killed driver is skipped.
+    """
+    path = Path(folder) / HISTORY
+    if not path.is_file():
+        return []
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    with open(path, newline="") as handle:
+        for raw in csv.DictReader(handle):
+            if None in raw or any(raw.get(k) is None for k in HISTORY_COLUMNS):
+                continue  # a torn last line
+            row: dict[str, Any] = {k: raw[k] for k in ("trial_id", "status", "node_id")}
+            for key in HISTORY_COLUMNS:
+                if key not in row:
+                    row[key] = number(raw[key])
+            row["epoch"] = int(row["epoch"])
+            rows[(row["trial_id"], row["epoch"])] = row
+    return list(rows.values())
+
+
+def read_best(folder: str | Path) -> dict[str, Any] | None:
+    path = Path(folder) / BEST
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def config_from_row(row: dict[str, str]) -> dict[str, Any]:
+    """Rebuild a trial's config from its trials.csv row."""
+    return {**config_from_cells({k: row.get(k, "") for k in CONFIG_COLUMNS}), "epochs": int(row["horizon"])}
+
+
+def count_statuses(rows: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """How many trials are in each status."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[str(row["status"])] = counts.get(str(row["status"]), 0) + 1
+    return counts
+
+
+def rank(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Trials best first by best_val_acc: what "best" means everywhere in this tool.
+
+    Diverged trials and trials without a val figure are left out; ties keep the order the
+    trials were launched in (a stable sort), so the same folder always names the same best.
+    """
+    scored = [r for r in rows if str(r.get("status")) != Status.DIVERGED and number_or_none(r.get("best_val_acc")) is not None]
+    return sorted(scored, key=lambda r: -number_or_none(r["best_val_acc"]))
+
+
+def number_or_none(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if result != result else result  # NaN (pandas' missing value) is no figure
+
+
+def rejected_count(folder: str | Path) -> int | None:
+    """Configs rejected for the parameter budget, from the Optuna study (None if unreadable)."""
+    import optuna
+
+    db = Path(folder) / OPTUNA_DB
+    if not db.is_file():
+        return None
+    try:
+        storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
+        name = optuna.get_all_study_names(storage)[0]
+        study = optuna.load_study(study_name=name, storage=storage)
+    except Exception:  # a locked or damaged database must not break a table
+        return None
+    return sum(1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get("status") == Status.REJECTED)
+
+
+# ----------------------------------------------------------------------------- writers
+def trials_csv_text(rows: Iterable[dict[str, Any]]) -> str:
+    """trials.csv's content for `rows` (extra keys ignored, missing ones empty)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=TRIAL_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: cell(row.get(k)) for k in TRIAL_COLUMNS})
+    return buffer.getvalue()
+
+
+class HistoryLog:
+    """Appends one history.csv line per result.
+
+    Appending (not rewriting) keeps each report O(1). A line cut by a kill is dropped
+    before the first append of a run, so it can never glue onto the next line. The file is
+    opened per line: the driver pickles its callbacks, and an open file does not pickle.
+    """
+
+    def __init__(self, folder: str | Path):
+        self.path = Path(folder) / HISTORY
+        self.checked = False
+
+    def append(self, row: dict[str, Any]) -> None:
+        if not self.checked:
+            self._drop_torn_line()
+            self.checked = True
+        new = not self.path.is_file() or self.path.stat().st_size == 0
+        with open(self.path, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow({k: cell(row.get(k)) for k in HISTORY_COLUMNS})
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def _drop_torn_line(self) -> None:
+        if not self.path.is_file():
+            return
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(self.path, "r+b") as handle:
+                handle.truncate(data.rfind(b"\n") + 1)

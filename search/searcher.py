@@ -1,0 +1,207 @@
+"""The searcher: Optuna's ask/tell behind Ray Tune's public `Searcher` interface.
+
+Why a `Searcher` of our own rather than Ray's `OptunaSearch`: the budget check has to act
+between Optuna's ask and Ray's launch (count the config, tell an over-budget one to Optuna
+as infeasible and ask again), and the search has to resume from the SQLite study alone.
+`OptunaSearch` offers neither through public methods; its private trial maps change between
+Ray releases. Here the SQLite study is the whole state:
+
+- a config at or over `budget` trainable params is told to Optuna as PRUNED with the
+  `params_over_budget` constraint (> 0: infeasible), so TPE learns where the budget lies,
+  and is never launched;
+- every epoch of a launched trial is an intermediate value (step = epoch), the stopping
+  epoch included (Ray skips the searcher's report of the result ASHA stops a trial on;
+  `on_trial_complete` adds it);
+- trials that reach the horizon are COMPLETE with their last val_acc; ASHA-stopped and
+  diverged ones are PRUNED (TPE ranks them by their last value); errored ones FAIL;
+- warm-start configs are `study.enqueue_trial` entries of a new study;
+- on --resume the study is reloaded: trials still RUNNING that were launched are continued
+  (`continue_interrupted`), ones never launched are closed as FAIL.
+
+Ray trial ids map to Optuna trial numbers; that map is the only state of our own.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search import Searcher
+
+from search.budget import complete_config, over_budget
+from search.records import Status
+from search.space import SpaceFn
+from trainable.config import validate_config
+from trainable.errors import UserError
+from trainable.model import count_params
+
+logger = logging.getLogger(__name__)
+
+CONSTRAINT = "params_over_budget"
+# A continued trial's config carries the id it had before the driver stopped, so its rows,
+# history and Optuna trial stay one trial. `search.trial` removes it before training.
+CONTINUES = "continues_trial"
+# Consecutive rejections after which the search gives up: the space has (almost) nothing
+# under the budget, and asking further would spin forever.
+MAX_REJECTIONS_IN_A_ROW = 2000
+
+
+class BudgetedOptunaSearch(Searcher):
+    """Proposes configs from an Optuna study; never launches one at or over `budget` params.
+
+    >>> storage = optuna.storages.InMemoryStorage()
+    >>> study = optuna.create_study(storage=storage, direction="maximize")
+    >>> from search.space import default_space
+    >>> searcher = BudgetedOptunaSearch(study, storage, default_space, 5_000_000, 10, {"epochs": 20, "seed": 0}, 20)
+    >>> config = searcher.suggest("t1")
+    >>> config["blocks"] is not None and searcher.numbers["t1"] >= 0
+    True
+    """
+
+    def __init__(self, study: optuna.Study, storage: optuna.storages.BaseStorage, space: SpaceFn, budget: int,
+                 num_classes: int, fixed: dict[str, Any], horizon: int, metric: str = "val_acc", mode: str = "max"):
+        super().__init__(metric=metric, mode=mode)
+        self.study = study
+        self.storage = storage  # the one `study` was created with: trials are looked up by number there
+        self.space = space
+        self.budget = budget
+        self.num_classes = num_classes
+        self.fixed = fixed
+        self.horizon = horizon
+        self.numbers: dict[str, int] = {}  # Ray trial id -> Optuna trial number
+        self.reported: dict[str, set[int]] = {}  # epochs already told, per Ray trial
+        self.pending: list[tuple[int, str, str | None]] = []  # (number, original id, checkpoint) to continue
+        self.rejected = 0
+        self.exhausted = False
+
+    def _trial(self, number: int) -> optuna.Trial:
+        """A live handle on trial `number`, through the storage's public lookups."""
+        study_id = self.storage.get_study_id_from_name(self.study.study_name)
+        return optuna.trial.Trial(self.study, self.storage.get_trial_id_from_study_id_trial_number(study_id, number))
+
+    # --- Ray's Searcher interface ----------------------------------------------------------
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if self.exhausted:
+            return Searcher.FINISHED
+        if self.pending:
+            number, original, checkpoint = self.pending.pop(0)
+            self.numbers[trial_id] = number
+            frozen = self.study.get_trials(deepcopy=False)[number]
+            self.reported[trial_id] = set(frozen.intermediate_values)
+            config = self._config(optuna.trial.FixedTrial(frozen.params, number))
+            return {**config, CONTINUES: {"trial_id": original, "checkpoint": checkpoint}}
+        for _ in range(MAX_REJECTIONS_IN_A_ROW):
+            trial = self.study.ask()
+            config = self._config(trial)
+            params = count_params(config, self.num_classes)
+            trial.set_constraint(CONSTRAINT, over_budget(params, self.budget))
+            trial.set_user_attr("params", params)
+            if params < self.budget:
+                trial.set_user_attr("ray_trial_id", trial_id)
+                self.numbers[trial_id] = trial.number
+                self.reported[trial_id] = set()
+                return config
+            # Over the budget: infeasible and pruned, which TPE learns from (a FAIL state
+            # would teach it nothing). Then ask Optuna for another config.
+            trial.set_user_attr("status", Status.REJECTED.value)
+            self.study.tell(trial, state=TrialState.PRUNED)
+            self.rejected += 1
+        logger.warning("%d configs in a row were over the budget; ending the search", MAX_REJECTIONS_IN_A_ROW)
+        self.exhausted = True
+        return Searcher.FINISHED
+
+    def _config(self, trial: optuna.Trial | optuna.trial.FixedTrial) -> dict[str, Any]:
+        try:
+            return validate_config(complete_config(self.space(trial), self.fixed))
+        except UserError as exc:
+            raise UserError(f"the search space produced a bad config: {exc}") from None
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        self._report(trial_id, result)
+
+    def _report(self, trial_id: str, result: dict[str, Any]) -> None:
+        number = self.numbers.get(trial_id)
+        epoch, value = result.get("epoch"), result.get(self.metric)
+        if number is None or epoch is None or value is None or epoch in self.reported[trial_id]:
+            return
+        self._trial(number).report(float(value), int(epoch))
+        self.reported[trial_id].add(int(epoch))
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        number = self.numbers.pop(trial_id, None)
+        if number is None:
+            return
+        if result:
+            self.numbers[trial_id] = number
+            self._report(trial_id, result)  # the epoch ASHA stopped it on
+            del self.numbers[trial_id]
+        self.reported.pop(trial_id, None)
+        if error or not result:
+            # Errored, or removed before its first result: nothing for TPE to learn.
+            self._close(number, Status.ERRORED if error else Status.STOPPED, None)
+            return
+        status = ended_status_of(result, self.horizon)
+        self._close(number, status, result.get(self.metric))
+
+    def _close(self, number: int, status: Status, value: float | None) -> None:
+        trial = self._trial(number)
+        try:
+            trial.set_user_attr("status", status.value)
+            if status is Status.COMPLETED and value is not None:
+                self.study.tell(number, float(value))
+            else:
+                self.study.tell(number, state=TrialState.FAIL if status is Status.ERRORED else TrialState.PRUNED)
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError) as exc:
+            logger.info("trial %s was already finished in the Optuna study (%s)", number, exc)
+
+    # --- resuming --------------------------------------------------------------------------
+    def settle(self, rows: list[dict[str, str]]) -> list[tuple[int, str, str | None]]:
+        """Close the Optuna trials still RUNNING that the trial table says are over.
+
+        `rows` are trials.csv's rows. A RUNNING Optuna trial is closed as FAIL if it was
+        never launched (asked, then the driver stopped), or as its row says if the row
+        ended (the driver stopped before telling Optuna, or a deadline ended it). The rest
+        were interrupted: returned as (number, trial id, last checkpoint or None).
+        """
+        by_id = {r["trial_id"]: r for r in rows}
+        ended = {s.value for s in (Status.COMPLETED, Status.STOPPED, Status.DIVERGED, Status.ERRORED)}
+        interrupted = []
+        for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            original = frozen.user_attrs.get("ray_trial_id")
+            row = by_id.get(original) if original else None
+            if original is None:
+                self._close(frozen.number, Status.ERRORED, None)
+            elif row is not None and row.get("status") in ended:
+                value = row.get("last_val_acc")
+                self._close(frozen.number, Status(row["status"]), float(value) if value else None)
+            else:
+                interrupted.append((frozen.number, original, (row or {}).get("checkpoint") or None))
+        return interrupted
+
+    def continue_interrupted(self, rows: list[dict[str, str]]) -> int:
+        """After a driver stopped: settle the study, and queue the interrupted trials so the
+        next launches continue them (same Optuna trial, same row) from their checkpoints."""
+        interrupted = self.settle(rows)
+        self.pending.extend(interrupted)
+        return len(interrupted)
+
+    # Ray saves the searcher with each experiment snapshot. The study is in SQLite already;
+    # the map from Ray ids to Optuna numbers is all there is to keep.
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as handle:
+            pickle.dump({"numbers": self.numbers, "reported": self.reported, "rejected": self.rejected}, handle)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as handle:
+            state = pickle.load(handle)
+        self.numbers, self.reported, self.rejected = state["numbers"], state["reported"], state["rejected"]
+
+
+def ended_status_of(result: dict[str, Any], horizon: int) -> Status:
+    """A finished trial's status from its last result."""
+    from search.records import ended_status
+
+    return ended_status(int(result.get("epoch") or 0), horizon, str(result.get("status", "ok")))
