@@ -54,8 +54,8 @@ def asha_milestones(settings: dict[str, Any]) -> list[int]:
 def totals(table: pd.DataFrame, curves: pd.DataFrame, folder: Path) -> dict[str, Any]:
     """Trials by status, budget rejections, wall time and GPU-hours of the search."""
     counts = table["status"].value_counts().to_dict()
-    started = (curves["timestamp"] - curves["time_total_s"]).min() if len(curves) else None
-    wall = float(curves["timestamp"].max() - started) if started is not None else 0.0
+    started = (curves["wall_time"] - curves["time_total_s"]).min() if len(curves) else None
+    wall = float(curves["wall_time"].max() - started) if started is not None else 0.0
     return {
         "trials": len(table),
         **{status: int(counts.get(status, 0)) for status in STATUSES},

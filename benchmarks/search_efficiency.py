@@ -32,7 +32,7 @@ BUDGET = 200_000  # small models only: about half of this space is over
 
 def best_so_far(history: pd.DataFrame) -> pd.DataFrame:
     """Best val_acc against cumulative epochs, in the order the epochs were reported."""
-    ordered = history.sort_values("wall_time" if "wall_time" in history else "timestamp")
+    ordered = history.sort_values("wall_time")
     return pd.DataFrame({"epochs": range(1, len(ordered) + 1), "best_val_acc": ordered["val_acc"].cummax().values})
 
 

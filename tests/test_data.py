@@ -44,7 +44,13 @@ def test_imagefolder_loads_and_caches(tmp_path, monkeypatch):
     assert first.train_images.shape == (6, 3, 8, 8) and first.train_images.dtype == torch.uint8
     assert first.train_images[first.train_labels == 0].max() == 40
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
-    second = load_imagefolder(tmp_path / "ds")
+    import trainable.data
+
+    def no_decoding(path):
+        raise AssertionError(f"decoded {path} although the cache holds it")
+
+    monkeypatch.setattr(trainable.data, "_decode", no_decoding)
+    second = load_imagefolder(tmp_path / "ds")  # from the cache: nothing decoded
     assert torch.equal(first.train_images, second.train_images)
 
 

@@ -1,13 +1,14 @@
 """The test split is never read before the final evaluation: not by a search, not by a retrain."""
 
 import json
+import sys
 
 import pytest
 
 import search.retrain
 import trainable.data
 from search.retrain import main as retrain_main
-from trainable.data import Dataset, make_synthetic, prepare_data
+from trainable.data import Dataset, make_synthetic
 from trainable.loop import Trainer
 
 
@@ -50,12 +51,25 @@ def watched(monkeypatch):
     trainable.data._PREPARED.clear()
 
 
-def test_a_search_trial_never_reads_the_test_split(watched, tiny_config):
-    # Exactly what search.trial.run_trial does with its data: prepare it, train, validate.
-    data = prepare_data("synthetic", None, "cpu", val_fraction=0.2, split_seed=0)
-    assert not hasattr(data, "test_x") and not hasattr(data, "test_labels")
-    list(Trainer({**tiny_config, "epochs": 2}, data).epochs())
-    assert watched == [], "a search trial read the test split"
+def trial_without_a_test_split(config, data, spec, options):
+    """The real trial, after checking that what reached it holds no test image."""
+    from search.trial import run_trial
+
+    assert not any("test" in name for name in vars(data)), vars(data).keys()
+    return run_trial(config, data, spec, options)
+
+
+def test_a_search_never_reads_the_test_split(watched, ray_session, space_file, tmp_path):
+    from ray import cloudpickle
+
+    from conftest import settings
+    from search.run import run_search
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
+    outcome = run_search(settings(tmp_path, space_file, name="honest", trials=2, max_epochs=2),
+                         trial_fn=trial_without_a_test_split)
+    assert outcome.counts.get("completed", 0) + outcome.counts.get("stopped", 0) == 2
+    assert watched == [], "the search read the test split"
 
 
 def test_a_retrain_reads_the_test_split_only_after_its_last_epoch(watched, tmp_path, cli):

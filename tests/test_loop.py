@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from trainable.data import to_device
-from trainable.loop import Trainer, lr_factor
+from trainable.loop import Trainer, device_for, is_out_of_memory, lr_factor
 from trainable.train import main, train_to_folder
 
 
@@ -60,11 +60,76 @@ def test_train_cli_writes_metrics_and_checkpoint(tmp_path, tiny_config, cli):
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["epochs"]) == 1 and 0 <= metrics["test_acc"] <= 1
     assert (out / "checkpoint.pt").is_file()
-    # Resuming a finished run trains nothing more; a second run into the same folder is refused.
-    result = train_to_folder(tiny_config | {"epochs": 2}, "synthetic", None, out, resume=True)
-    assert [m["epoch"] for m in result["epochs"]] == [1, 2]
     code, _, err = cli(main, ["--config", cfg, "--dataset", "synthetic", "--out", out])
-    assert code == 2 and "--resume" in err
+    assert code == 2 and "--resume" in err  # a second run into the same folder is refused
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_train_to_folder_resumes_as_if_never_stopped(tmp_path, tiny_config):
+    from trainable.checkpoint import load_checkpoint
+
+    cfg = tiny_config | {"epochs": 2, "cutout": 4}
+    straight = train_to_folder(cfg, "synthetic", None, tmp_path / "straight")
+
+    def stop_after_first(metrics):
+        if metrics["epoch"] == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_to_folder(cfg, "synthetic", None, tmp_path / "cut", on_epoch=stop_after_first)
+    resumed = train_to_folder(cfg, "synthetic", None, tmp_path / "cut", resume=True)
+    assert [m["train_loss"] for m in resumed["epochs"]] == [m["train_loss"] for m in straight["epochs"]]
+    a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")["model"]
+    b = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_compile_failure_in_backward_falls_back_to_eager(synthetic, tiny_config, monkeypatch):
+    class BreaksInBackward(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            raise RuntimeError("backward compilation failed (simulated)")
+
+    resets = []
+    monkeypatch.setattr(torch.compiler, "reset", lambda: resets.append(1))
+    monkeypatch.setattr(torch, "compile", lambda model: (lambda x: BreaksInBackward.apply(model(x))))
+    data = to_device(synthetic, "cpu", val_fraction=0.25)
+    eager = Trainer(tiny_config, data)
+    list(eager.epochs())
+    compiled = Trainer(tiny_config, data, compile_model=True)
+    with pytest.warns(UserWarning, match="torch.compile failed"):
+        list(compiled.epochs())
+    assert compiled.forward is compiled.model and len(resets) == 1  # reset before each compiled model
+    # The failed step was redone eagerly, none lost or doubled. (BatchNorm's running stats
+    # saw the failing batch's forward once more; the weights do not depend on them.)
+    for a, b in zip(eager.model.parameters(), compiled.model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_out_of_memory_is_never_taken_for_a_compile_failure(synthetic, tiny_config, monkeypatch):
+    def out_of_memory(x):
+        raise RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED")
+
+    monkeypatch.setattr(torch, "compile", lambda model: out_of_memory)
+    trainer = Trainer(tiny_config, to_device(synthetic, "cpu", val_fraction=0.25), compile_model=True)
+    with pytest.raises(RuntimeError, match="ALLOC_FAILED"):
+        trainer.run_epoch()
+    assert is_out_of_memory(RuntimeError("CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate"))
+    assert is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory"))
+    assert not is_out_of_memory(RuntimeError("shape mismatch"))
+
+
+@pytest.mark.parametrize("gpu_ids,expected", [([], "cpu"), (["0"], "cuda:0"), ([2, 3], "cuda:0")])
+def test_a_trial_trains_where_ray_put_it(gpu_ids, expected):
+    # Ray leaves GPUs visible to a trial that asked for none: only the assigned ids decide.
+    assert str(device_for(gpu_ids)) == expected
 
 
 @pytest.mark.parametrize("case", ["missing_dir", "no_train_test", "bad_json", "unknown_key"])

@@ -16,6 +16,7 @@ import torch
 
 import analysis
 from conftest import check_resumed, rows_of, settings
+from search.records import read_history
 from search.run import run_search
 from search.trial import run_trial
 
@@ -24,24 +25,32 @@ def space(trial):
     return {
         "blocks": [1, 1], "widths": [8, 16], "optimizer": "sgd", "warmup_epochs": 0,
         "lr": trial.suggest_float("lr", 1e-3, 1e13, log=True),
-        "batch_size": trial.suggest_categorical("batch_size", [32, 64]),
+        "batch_size": trial.suggest_categorical("batch_size", [16, 32, 64]),
     }
 
-# First a config that diverges, then one that the fault test makes run out of GPU memory.
-WARM_START = [{"lr": 1e12, "batch_size": 64}, {"lr": 0.05, "batch_size": 32}]
+# First a config that diverges, then two that the fault test makes run out of GPU memory:
+# one while training, one while uploading its data.
+WARM_START = [{"lr": 1e12, "batch_size": 64}, {"lr": 0.05, "batch_size": 32}, {"lr": 0.05, "batch_size": 16}]
 '''
 
 
-def trial_that_runs_out_of_memory(config, data_spec):
-    """run_trial, except that batch size 32 hits CUDA OOM in its first epoch, as on a full GPU."""
-    if config["batch_size"] == 32:
-        import trainable.loop as loop
+def trial_that_runs_out_of_memory(config, data, spec, options):
+    """run_trial, except that batch size 32 hits CUDA OOM in its first epoch, as on a full GPU,
+    and batch size 16 fails to allocate cuDNN workspace while its data is uploaded."""
+    import search.trial
+    import trainable.loop as loop
 
+    if config["batch_size"] == 32:
         def out_of_memory(self):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (simulated)")
 
         loop.Trainer.train_epoch = out_of_memory  # this worker process only
-    return run_trial(config, data_spec)
+    if config["batch_size"] == 16:
+        def upload_fails(*args):
+            raise RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED (simulated out of memory)")
+
+        search.trial.cached_device_data = upload_fails
+    return run_trial(config, data, spec, options)
 
 
 def test_divergence_and_oom_end_their_trials_and_the_search_goes_on(ray_session, tmp_path):
@@ -50,17 +59,17 @@ def test_divergence_and_oom_end_their_trials_and_the_search_goes_on(ray_session,
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
     space = tmp_path / "fault_space.py"
     space.write_text(FAULT_SPACE)
-    outcome = run_search(settings(tmp_path, space, name="faults", trials=5, max_epochs=3, param_budget=10**6,
+    outcome = run_search(settings(tmp_path, space, name="faults", trials=6, max_epochs=3, param_budget=10**6,
                                   max_failures=0),
                          trial_fn=trial_that_runs_out_of_memory)
-    rows = {r["lr"]: r for r in rows_of(outcome.folder)}
-    diverged = rows[str(1e12)]
+    rows = {r["trial_id"]: r for r in rows_of(outcome.folder)}
+    diverged = next(r for r in rows.values() if r["lr"] == str(1e12))
     assert diverged["status"] == "diverged" and diverged["epochs_trained"] == "1"
     errored = [r for r in rows.values() if r["status"] == "errored"]
     assert errored and all("out of memory" in r["error"].lower() for r in errored)
-    assert all(r["batch_size"] == "32" for r in errored)
+    assert {r["batch_size"] for r in errored} == {"16", "32"}  # training and upload both caught
     healthy = [r for r in rows.values() if r["batch_size"] == "64" and float(r["lr"]) < 1.0]
-    assert len(rows) == 5
+    assert len(rows) == 6
     assert all(r["status"] in ("completed", "stopped") for r in healthy)
     table = analysis.load(outcome.folder)
     assert set(table["status"]) >= {"diverged", "errored"}
@@ -85,13 +94,11 @@ def test_a_lost_node_costs_only_the_epochs_since_the_checkpoint(ray_cluster, tmp
     def kill_a_busy_worker():
         deadline = time.time() + 120
         while time.time() < deadline and not killed:
-            for result_file in folder.glob("trial_*/result.json"):
-                lines = result_file.read_text().splitlines()
-                try:
-                    last = json.loads(lines[-1]) if lines else None
-                except json.JSONDecodeError:
-                    continue
-                if not last or last["epoch"] >= 3:
+            latest: dict = {}
+            for row in read_history(folder):
+                latest[row["trial_id"]] = row
+            for last in latest.values():
+                if last["epoch"] >= 3:
                     continue
                 workers = [n for n in ray_cluster.worker_nodes if n.node_id == last["node_id"]]
                 if workers:
@@ -103,7 +110,7 @@ def test_a_lost_node_costs_only_the_epochs_since_the_checkpoint(ray_cluster, tmp
     killer = threading.Thread(target=kill_a_busy_worker, daemon=True)
     killer.start()
     outcome = run_search(settings(tmp_path, space, name="nodes", trials=3, max_epochs=4, grace_epochs=4,
-                                  param_budget=10**6, subset=1000, max_failures=3))
+                                  param_budget=10**6, subset=1000, max_failures=3, checkpoint_every=1))
     killer.join(timeout=5)
     if extra.node_id == killed.get("node"):
         pass  # the extra node was the one lost: the cluster is back to two workers
@@ -124,12 +131,14 @@ def test_a_lost_node_costs_only_the_epochs_since_the_checkpoint(ray_cluster, tmp
     assert analysis.load(outcome.folder).set_index("trial_id").loc[killed["trial_id"], "status"] == "completed"
 
 
-def test_a_killed_driver_resumes_and_its_files_stay_readable(ray_session, tmp_path):
+@pytest.mark.parametrize("when", ["first_trial_running", "trials_finished"])
+def test_a_killed_driver_resumes_and_its_files_stay_readable(ray_session, tmp_path, when):
     space = tmp_path / "slow_space.py"
     space.write_text(SLOW_SPACE)
     args = [sys.executable, "-m", "search.run", "--gpus", "0", "--address", ray_session.address,
             "--dataset", "synthetic", "--subset", "600", "--trials", "6", "--max-epochs", "3", "--grace-epochs", "1",
             "--reduction-factor", "2", "--space", str(space), "--storage", str(tmp_path), "--name", "killed",
+            "--param-budget", "1000000",
             "--verbose", "0"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     folder = tmp_path / "killed"
@@ -141,20 +150,24 @@ def test_a_killed_driver_resumes_and_its_files_stay_readable(ray_session, tmp_pa
             rows = rows_of(folder)  # must parse at every moment
             reads += 1
             finished_before = {r["trial_id"]: r for r in rows if r["status"] in ("completed", "stopped")}
+            # The earliest kill: the first trial has started and not finished an epoch
+            # (before Ray could snapshot anything); the later one, between finished trials.
+            if when == "first_trial_running" and rows:
+                break
             if len(finished_before) >= 2:
                 break
         time.sleep(0.1)
-    # Ray snapshots the experiment every 2 s; what finished before the last snapshot must survive.
-    time.sleep(4)
     assert proc.poll() is None, "the search ended before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
-    assert reads > 3
+    assert reads >= 1
     rows_of(folder)
     study = optuna.load_study(study_name="killed", storage=f"sqlite:///{folder / 'optuna.db'}")
     assert len(study.trials) >= 2
 
-    run_search(settings(tmp_path, space, name="killed", resume=True, trials=6, subset=600))
+    outcome = run_search(settings(tmp_path, space, name="killed", resume=True, trials=6, subset=600,
+                                  param_budget=10**6))
+    assert outcome.complete and "search finished: 6 trials run" in outcome.summary
     check_resumed(folder, finished_before, trials=6)
     study = optuna.load_study(study_name="killed", storage=f"sqlite:///{folder / 'optuna.db'}")
     states = [t.state for t in study.trials]

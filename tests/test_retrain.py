@@ -122,14 +122,31 @@ def test_retrain_refuses_a_config_over_budget(tmp_path, cli):
     assert not (tmp_path / "o").exists()
 
 
-def test_retrain_resumes(tmp_path, cli):
+def test_retrain_resumes_as_if_never_stopped(tmp_path, cli, monkeypatch):
+    import torch
+
+    from trainable.checkpoint import load_checkpoint
+    from trainable.loop import Trainer
+
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps(CONFIG))
-    out = tmp_path / "final"
-    args = ["--config", cfg, "--dataset", "synthetic", "--subset", 300, "--out", out]
-    assert cli(retrain_main, [*args, "--epochs", 1])[0] == 0
-    code, _, err = cli(retrain_main, [*args, "--epochs", 2])
+    args = ["--config", cfg, "--dataset", "synthetic", "--subset", 300, "--epochs", 2]
+    assert cli(retrain_main, [*args, "--out", tmp_path / "straight"])[0] == 0
+    original = Trainer.run_epoch
+
+    def stop_at_second_epoch(self):
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "run_epoch", stop_at_second_epoch)
+    assert cli(retrain_main, [*args, "--out", tmp_path / "cut"])[0] == 130
+    monkeypatch.setattr(Trainer, "run_epoch", original)
+    code, _, err = cli(retrain_main, [*args, "--out", tmp_path / "cut"])
     assert code == 2 and "--resume" in err
-    assert cli(retrain_main, [*args, "--epochs", 2, "--resume"])[0] == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert [m["epoch"] for m in metrics["epochs"]] == [1, 2]
+    assert cli(retrain_main, [*args, "--out", tmp_path / "cut", "--resume"])[0] == 0
+    a, b = (load_checkpoint(tmp_path / run / "weights.pt") for run in ("straight", "cut"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    losses = [[m["train_loss"] for m in json.loads((tmp_path / run / "metrics.json").read_text())["epochs"]]
+              for run in ("straight", "cut")]
+    assert losses[0] == losses[1] and len(losses[0]) == 2

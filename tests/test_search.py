@@ -235,3 +235,37 @@ def test_time_budget_ends_the_search_gracefully(ray_session, space_file, tmp_pat
                                   time_budget="6s", resume=True))
     assert time.time() - start < 45
     assert len(rows) < len(rows_of(resumed.folder)) < 50
+
+
+def trial_that_deletes_the_data_first(config, data, spec, options):
+    """The real trial, after removing the data folder the driver loaded: no trial may need it."""
+    import shutil
+
+    from search.trial import run_trial
+
+    shutil.rmtree(spec.data_dir, ignore_errors=True)
+    return run_trial(config, data, spec, options)
+
+
+def test_trials_get_the_data_from_the_driver_not_the_disk(ray_session, space_file, tmp_path, monkeypatch):
+    from ray import cloudpickle
+    from test_data import write_folder
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    monkeypatch.setenv("BUDGETNAS_CACHE", str(tmp_path / "cache"))
+    write_folder(tmp_path / "images", sizes=((16, 16),), per_class=20)
+    outcome = run_search(settings(tmp_path, space_file, name="gone", trials=3, max_epochs=2, dataset="imagefolder",
+                                  data_dir=str(tmp_path / "images"), subset=None),
+                         trial_fn=trial_that_deletes_the_data_first)
+    assert not (tmp_path / "images").exists()
+    rows = rows_of(outcome.folder)
+    assert len(rows) == 3 and all(r["status"] in ("completed", "stopped") for r in rows), rows
+
+
+def test_storage_uri_keeps_the_experiment_readable(ray_session, space_file, tmp_path):
+    outcome = run_search(settings(tmp_path, space_file, name="uri", storage=f"file://{tmp_path / 'store'}",
+                                  trials=3, max_epochs=2))
+    assert outcome.folder == tmp_path / "store" / "uri"
+    table, history = analysis.load(outcome.folder), analysis.curves(outcome.folder)
+    assert len(table) == 3 and set(history["trial_id"]) == set(table["trial_id"])
+    assert len(history) == table["epochs_trained"].sum()
