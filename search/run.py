@@ -265,13 +265,15 @@ def build_searcher(s: SearchSettings, num_classes: int) -> "BudgetedOptunaSearch
     space, warm = (load_space(s.space) if s.space else (default_space, WARM_START))
     fixed = {"epochs": s.max_epochs, "seed": s.seed}
     feasible = check_space_fits(space, s.param_budget, num_classes, fixed, seed=s.seed)
-    sampler = (optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=startup_trials(feasible))
-               if s.sampler == "tpe" else optuna.samplers.RandomSampler(seed=s.seed))
+    startup = startup_trials(feasible) if s.sampler == "tpe" else None
+    sampler = (optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=startup)
+               if startup else optuna.samplers.RandomSampler(seed=s.seed))
     s.folder.mkdir(parents=True, exist_ok=True)
     storage = optuna.storages.RDBStorage(f"sqlite:///{s.folder / OPTUNA_DB}")
     study = optuna.create_study(study_name=s.name, storage=storage, sampler=sampler, direction="maximize",
                                 load_if_exists=True)
-    searcher = BudgetedOptunaSearch(study, storage, space, s.param_budget, num_classes, fixed, s.max_epochs)
+    searcher = BudgetedOptunaSearch(study, storage, space, s.param_budget, num_classes, fixed, s.max_epochs,
+                                    startup=startup)
     if s.resume:
         queued = searcher.continue_interrupted(read_trials(s.folder))
         if queued:

@@ -62,8 +62,10 @@ class BudgetedOptunaSearch(Searcher):
     """
 
     def __init__(self, study: optuna.Study, storage: optuna.storages.BaseStorage, space: SpaceFn, budget: int,
-                 num_classes: int, fixed: dict[str, Any], horizon: int, metric: str = "val_acc", mode: str = "max"):
+                 num_classes: int, fixed: dict[str, Any], horizon: int, metric: str = "val_acc", mode: str = "max",
+                 startup: int | None = None):
         super().__init__(metric=metric, mode=mode)
+        self.startup = startup  # TPE's n_startup_trials, to record who proposed each config
         self.study = study
         self.storage = storage  # the one `study` was created with: trials are looked up by number there
         self.space = space
@@ -94,7 +96,9 @@ class BudgetedOptunaSearch(Searcher):
             config = self._config(optuna.trial.FixedTrial(frozen.params, number))
             return {**config, CONTINUES: {"trial_id": original, "checkpoint": checkpoint}}
         for _ in range(MAX_REJECTIONS_IN_A_ROW):
+            proposer = self._proposer()
             trial = self.study.ask()
+            trial.set_user_attr("proposed_by", proposer)
             config = self._config(trial)
             params = count_params(config, self.num_classes)
             trial.set_constraint(CONSTRAINT, over_budget(params, self.budget))
@@ -112,6 +116,19 @@ class BudgetedOptunaSearch(Searcher):
         logger.warning("%d configs in a row were over the budget; ending the search", MAX_REJECTIONS_IN_A_ROW)
         self.exhausted = True
         return Searcher.FINISHED
+
+    def _proposer(self) -> str:
+        """Who will propose the next config: a warm start, TPE's random start-up, or TPE.
+
+        TPE samples at random until `startup` trials are COMPLETE or PRUNED (rejections
+        included); the benchmarks report how many launched configs TPE itself chose.
+        """
+        if self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            return "warm_start"
+        if self.startup is None:
+            return "random"
+        done = len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        return "tpe" if done >= self.startup else "startup"
 
     def _config(self, trial: optuna.Trial | optuna.trial.FixedTrial) -> dict[str, Any]:
         try:
