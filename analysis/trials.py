@@ -19,9 +19,10 @@ from search.records import (TRIAL_STATUSES, config_from_row, number, rank, read_
 from trainable.errors import UserError
 
 HYPERPARAMS = ["optimizer", "lr", "weight_decay", "momentum", "warmup_epochs", "batch_size", "label_smoothing",
-               "cutout", "dropout", "crop_padding", "flip", "seed"]
+               "cutout", "augment_policy", "randaugment_n", "randaugment_m", "mixup_alpha", "cutmix_alpha",
+               "mix_prob", "dropout", "crop_padding", "flip", "seed"]
 COLUMNS = (["trial_id", "status", "error", "params", "blocks", "widths", "kernel_size", "skip_kernel_size",
-            "stem_width"] + HYPERPARAMS
+            "stem_width", "preact"] + HYPERPARAMS
            + ["epochs_trained", "best_val_acc", "best_epoch", "last_val_acc", "horizon", "wall_seconds",
               "gpu_seconds"])
 STATUSES = TRIAL_STATUSES

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 from trainable.checkpoint import save_checkpoint, write_json, write_text
 from trainable.cli import ArgumentParser, read_json, run_main
-from trainable.config import validate_config
+from trainable.config import parse_overrides, validate_config
 from trainable.data import DATASETS, load_dataset, to_device
 from trainable.errors import UserError
 from trainable.loop import Trainer, default_device
@@ -169,7 +169,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--param-budget", type=int, default=5_000_000, help="refuse configs at or over this (default 5,000,000)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted retrain in --out")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="change a config key for the long run, e.g. --set augment_policy=autoaugment "
+                             "--set epochs=200 (repeatable; applied last)")
     args = parser.parse_args(argv)
+    overrides = parse_overrides(args.set)
 
     if bool(args.experiment) == bool(args.config):
         raise UserError("give an experiment folder or --config FILE (one of the two)")
@@ -186,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         config = read_json(args.config, "config file")
         out = Path(args.out) if args.out else Path(args.config).with_suffix("") / "final"
-    config = validate_config({**config, "epochs": args.epochs})
+    config = validate_config({**config, "epochs": args.epochs, **overrides})
     data_args = {"dataset": args.dataset or settings.get("dataset", "cifar10"),
                  "data_dir": args.data_dir or settings.get("data_dir"), "subset": args.subset,
                  "compile": args.compile}
@@ -200,11 +204,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     parallel = args.seeds > 1 and torch.cuda.device_count() > 1
-    print(f"retraining {params:,}-param config for {args.epochs} epochs x {args.seeds} seed(s) on "
+    print(f"retraining {params:,}-param config for {config['epochs']} epochs x {args.seeds} seed(s) on "
           f"{data_args['dataset']} (train + val) -> {out}" + (" in parallel as Ray tasks" if parallel else ""))
     result = retrain(config, data_args, out, seeds=args.seeds, ema_decay=args.ema_decay if args.ema else None,
                      resume=args.resume, parallel=parallel,
-                     on_epoch=lambda m: print(format_epoch(m, args.epochs), flush=True))
+                     on_epoch=lambda m: print(format_epoch(m, config["epochs"]), flush=True))
     for key, label in (("test_acc", "test"), ("test_acc_tta", "test + TTA"), ("test_acc_ema", "test, EMA"),
                        ("test_acc_ema_tta", "test, EMA + TTA")):
         if key in result:

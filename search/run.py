@@ -10,6 +10,7 @@ never run. ASHA stops weak trials at its rungs. Everything lands in --storage/--
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
@@ -20,11 +21,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from trainable.cli import ArgumentParser, read_json, run_main
+from trainable.config import parse_overrides
 from trainable.data import DATASETS, DataSpec, TrainArrays
 from trainable.errors import UserError
 
 # Flags that define what is searched: a --resume that changes one would mix two searches.
-SEARCH_DEFINING = ("param_budget", "space", "max_epochs", "grace_epochs", "reduction_factor", "dataset",
+SEARCH_DEFINING = ("param_budget", "space", "overrides", "max_epochs", "grace_epochs", "reduction_factor", "dataset",
                    "data_dir", "val_fraction", "subset", "seed", "warm_start", "sampler", "scheduler")
 # Flags a --resume takes anew when given (the resources and the time it may run).
 RESUMABLE = ("gpus", "cpus", "gpus_per_trial", "cpus_per_trial", "address", "time_budget", "max_failures",
@@ -59,6 +61,7 @@ class SearchSettings:
     reduction_factor: int = 3
     param_budget: int = 5_000_000
     space: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)  # --set KEY=VALUE: fixed for every trial
     warm_start: bool = True
     sampler: str = "tpe"  # random: the baseline the benchmarks compare against
     scheduler: str = "asha"  # fifo: every trial runs to --max-epochs
@@ -262,8 +265,9 @@ def build_searcher(s: SearchSettings, num_classes: int) -> "BudgetedOptunaSearch
     from search.searcher import BudgetedOptunaSearch
     from search.space import WARM_START, default_space, load_space
 
-    space, warm = (load_space(s.space) if s.space else (default_space, WARM_START))
-    fixed = {"epochs": s.max_epochs, "seed": s.seed}
+    fixed = {**s.overrides, "epochs": s.max_epochs, "seed": s.seed}
+    # The built-in space leaves fixed keys out of the search; a user's space is overridden.
+    space, warm = load_space(s.space) if s.space else (functools.partial(default_space, fixed=fixed), WARM_START)
     feasible = check_space_fits(space, s.param_budget, num_classes, fixed, seed=s.seed)
     startup = startup_trials(feasible) if s.sampler == "tpe" else None
     sampler = (optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=startup)
@@ -384,6 +388,9 @@ def build_parser() -> ArgumentParser:
     g = p.add_argument_group("search space and budget")
     g.add_argument("--param-budget", type=int, help=f"trainable params must be strictly below this (default {d.param_budget:,})")
     g.add_argument("--space", help="a .py file defining space(trial) -> config, or a .yaml space (default: built-in)")
+    g.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="fix a config key for every trial and take it out of the search, e.g. "
+                        "--set augment_policy=trivialaugment --set cutout=16 (repeatable)")
     g.add_argument("--no-warm-start", dest="warm_start", action="store_false", default=None,
                    help="do not run the seed's configuration as the first trial")
     g.add_argument("--sampler", choices=SAMPLERS, help=f"Optuna sampler (default {d.sampler}; random is a baseline)")
@@ -415,6 +422,8 @@ def build_parser() -> ArgumentParser:
 def settings_from_args(argv: Sequence[str] | None) -> SearchSettings:
     # Every flag defaults to None, so a --resume can tell what was given from what was not.
     args = vars(build_parser().parse_args(argv))
+    overrides = args.pop("set")
+    args["overrides"] = parse_overrides(overrides, {"epochs": "--max-epochs", "seed": "--seed"}) if overrides else None
     given = sorted(k for k, v in args.items() if v is not None)
     defaults = asdict(SearchSettings())
     values = {k: (v if v is not None else defaults[k]) for k, v in args.items()}

@@ -1,4 +1,4 @@
-"""Batched augmentation on the training device: crop, flip, normalise, cutout.
+"""Batched augmentation on the training device: crop, flip, policy, normalise, cutout.
 
 Per-image CPU transforms (PIL, a DataLoader) starve a GPU on 32x32 images, and more so when
 several trials share one card. Here a whole batch is augmented with a handful of tensor ops:
@@ -11,6 +11,8 @@ several trials share one card. Here a whole batch is augmented with a handful of
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
@@ -97,13 +99,90 @@ def augment_batch(
     crop_padding: int = 4,
     flip: bool = True,
     cutout_size: int = 0,
+    policy: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """uint8 batch in, normalised float32 batch out: crop + flip, normalise, cutout.
+    """uint8 batch in, normalised float32 batch out: crop + flip, policy, normalise, cutout.
+
+    The order of the published recipes: the policy (`trainable.policy.PolicyAugment`) sees
+    the cropped, flipped uint8 image, cutout the normalised one.
 
     >>> x = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
     >>> augment_batch(x, torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)).shape
     torch.Size([2, 3, 8, 8])
     """
-    out = normalize(crop_flip(images, crop_padding, flip, generator), mean, std)
-    return cutout(out, cutout_size, generator)
+    out = crop_flip(images, crop_padding, flip, generator)
+    if policy is not None:
+        out = policy(out, generator)
+    return cutout(normalize(out, mean, std), cutout_size, generator)
+
+
+def augmentation_grid(config: dict, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                      num_classes: int, seed: int = 0) -> torch.Tensor:
+    """Each image beside what a training step of `config` makes of it: (2N, 3, H, W) uint8.
+
+    The trial's own path: crop + flip, policy, normalise, cutout, then MixUp/CutMix if the
+    config mixes (shown on every batch here), and back to pixels for the eye.
+    """
+    from trainable.config import validate_config
+    from trainable.loop import make_mixer
+    from trainable.policy import PolicyAugment
+
+    cfg = validate_config(config)
+    generator = torch.Generator(device=images.device).manual_seed(seed)
+    policy = (PolicyAugment(cfg["augment_policy"], cfg["randaugment_n"], cfg["randaugment_m"], images.shape[-1])
+              if cfg["augment_policy"] != "none" else None)
+    out = augment_batch(images, mean, std, crop_padding=cfg["crop_padding"], flip=cfg["flip"],
+                        cutout_size=cfg["cutout"], policy=policy, generator=generator)
+    mixer = make_mixer(cfg, num_classes)
+    if mixer is not None:
+        torch.manual_seed(seed)
+        out, _ = mixer(out, torch.zeros(len(images), dtype=torch.int64))
+    pixels = (out * std + mean).round().clamp(0, 255).to(torch.uint8)
+    return torch.stack([images, pixels], dim=1).flatten(0, 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m trainable.augment --config cfg.json --dataset ... --data-dir ... --out grid.png"""
+    from pathlib import Path
+
+    import torchvision
+
+    from trainable.cli import ArgumentParser, read_json
+    from trainable.data import DATASETS, DataSpec, channel_stats
+    from trainable.errors import UserError
+
+    parser = ArgumentParser(prog="python -m trainable.augment",
+                            description="Write a grid of training images as a trial of the config sees them, "
+                                        "each original beside its augmented version.")
+    parser.add_argument("--config", required=True, help="JSON file with the config dict")
+    parser.add_argument("--dataset", choices=DATASETS, default="cifar10", help="data source (default cifar10)")
+    parser.add_argument("--data-dir", help="CIFAR-10 download folder or ImageFolder root with train/ and test/")
+    parser.add_argument("--out", required=True, help="PNG file to write")
+    parser.add_argument("--count", type=int, default=32, help="training images to show (default 32)")
+    parser.add_argument("--seed", type=int, default=0, help="which images and which augmentation draws (default 0)")
+    args = parser.parse_args(argv)
+    if args.count <= 0:
+        raise UserError(f"--count must be positive, got {args.count}")
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise UserError(f"--out must name a .png file, got {out}")
+    config = read_json(args.config, "config file")
+    if not isinstance(config, dict):
+        raise UserError(f"config file {args.config} must hold a JSON object")
+    dataset = DataSpec(args.dataset, args.data_dir).load(download=False)
+    chosen = torch.randperm(len(dataset.train_images), generator=torch.Generator().manual_seed(args.seed))[:args.count]
+    images = dataset.train_images[chosen]
+    mean, std = channel_stats(dataset.train_images)
+    grid = augmentation_grid(config, images, mean, std, dataset.num_classes, args.seed)
+    big = torch.nn.functional.interpolate(grid.float(), scale_factor=3, mode="nearest") / 255.0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torchvision.utils.save_image(big, out, nrow=8, padding=4, pad_value=1.0)
+    print(f"wrote {out}: {len(images)} training images, each original (left) beside its augmented version (right)")
+    return 0
+
+
+if __name__ == "__main__":
+    from trainable.cli import run_main
+
+    run_main(main)

@@ -23,11 +23,14 @@ DEFAULTS: dict[str, Any] = {
     "skip_kernel_size": 1,  # K: projection shortcut kernel, used only when the shape changes
     "stem_width": None,  # None means widths[0]
     "dropout": 0.0,  # before the linear head
+    # Pre-activation blocks (BN-ReLU-conv, a final BN-ReLU before the pool): the WRN and
+    # PreAct-ResNet form. WRN-40-2 is blocks [6,6,6], widths [32,64,128], stem_width 16.
+    "preact": False,
     # --- optimisation (seed: AdamW, warm-up then cosine) ---
     "optimizer": "adamw",  # adamw | sgd (sgd always uses Nesterov momentum)
     "lr": 2e-3,  # peak learning rate, reached at the end of warm-up
     "weight_decay": 5e-2,  # AdamW decoupled decay; for sgd pick 5e-4-ish
-    "momentum": 0.9,  # sgd momentum (AdamW uses it as beta1)
+    "momentum": 0.9,  # sgd: Nesterov momentum; adamw: this is beta1 (beta2 is fixed at 0.999)
     "warmup_epochs": 2,  # linear warm-up, then cosine to zero over the rest of `epochs`
     "epochs": 50,  # the horizon the cosine schedule spans
     "batch_size": 128,
@@ -36,10 +39,21 @@ DEFAULTS: dict[str, Any] = {
     "crop_padding": 4,  # random crop from a reflect-padded image; 0 disables
     "flip": True,  # random horizontal flip
     "cutout": 0,  # side of a square zeroed per image (0 disables); 8-16 px helps long runs
+    # Per-image policy, on uint8 after crop and flip (trainable.policy): every 95.5%+ result
+    # under 5M params uses one, with cutout, over 150-250 epochs (WRN-40-2: crop+flip 94.7,
+    # +cutout 95.9, +AutoAugment 96.3). Short ASHA rungs favour "none"; see --set.
+    "augment_policy": "none",  # none | trivialaugment | randaugment | autoaugment
+    "randaugment_n": 2,  # ops per image (randaugment only)
+    "randaugment_m": 9,  # magnitude bin 0-30 (randaugment only)
+    # MixUp / CutMix on the normalised batch (torchvision.transforms.v2), soft-target loss.
+    "mixup_alpha": 0.0,  # Beta(alpha, alpha) mixing weight; 0 disables
+    "cutmix_alpha": 0.0,  # 0 disables; with both > 0 each mixed batch picks one at random
+    "mix_prob": 1.0,  # share of batches mixed when an alpha is > 0
     "seed": 0,  # weights, shuffling, augmentation
 }
 
 OPTIMIZERS = ("adamw", "sgd")
+POLICIES = ("none", "trivialaugment", "randaugment", "autoaugment")
 
 
 def _is_int(value: Any) -> bool:
@@ -111,8 +125,20 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     for key in ("crop_padding", "cutout", "seed"):
         if not _is_int(cfg[key]) or cfg[key] < 0:
             raise ConfigError(f"'{key}' must be an integer >= 0, got {cfg[key]!r}")
-    if not isinstance(cfg["flip"], bool):
-        raise ConfigError(f"'flip' must be true or false, got {cfg['flip']!r}")
+    for key in ("flip", "preact"):
+        if not isinstance(cfg[key], bool):
+            raise ConfigError(f"'{key}' must be true or false, got {cfg[key]!r}")
+    if cfg["augment_policy"] not in POLICIES:
+        raise ConfigError(f"'augment_policy' must be one of {', '.join(POLICIES)}, got {cfg['augment_policy']!r}")
+    if not _is_int(cfg["randaugment_n"]) or not 1 <= cfg["randaugment_n"] <= 6:
+        raise ConfigError(f"'randaugment_n' must be an integer from 1 to 6, got {cfg['randaugment_n']!r}")
+    if not _is_int(cfg["randaugment_m"]) or not 0 <= cfg["randaugment_m"] <= 30:
+        raise ConfigError(f"'randaugment_m' must be an integer from 0 to 30, got {cfg['randaugment_m']!r}")
+    for key in ("mixup_alpha", "cutmix_alpha"):
+        if not _is_number(cfg[key]) or cfg[key] < 0:
+            raise ConfigError(f"'{key}' must be a number >= 0, got {cfg[key]!r}")
+    if not _is_number(cfg["mix_prob"]) or not 0 <= cfg["mix_prob"] <= 1:
+        raise ConfigError(f"'mix_prob' must be in [0, 1], got {cfg['mix_prob']!r}")
     return cfg
 
 
@@ -142,7 +168,45 @@ def config_from_cells(cells: dict[str, str]) -> dict[str, Any]:
     return config
 
 
-ARCHITECTURE_KEYS = ("blocks", "widths", "kernel_size", "skip_kernel_size", "stem_width", "dropout")
+def parse_overrides(items: list[str] | None, forbidden: dict[str, str] | None = None) -> dict[str, Any]:
+    """`--set KEY=VALUE` items as a dict of config values, each checked like a config key.
+
+    VALUE is read as JSON when it parses (numbers, true/false, lists), else as a string.
+    `forbidden` maps keys a command sets through its own flags to those flags.
+
+    >>> parse_overrides(["augment_policy=trivialaugment", "cutout=16", "blocks=[2, 2]"])
+    {'augment_policy': 'trivialaugment', 'cutout': 16, 'blocks': [2, 2]}
+    """
+    overrides: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set takes KEY=VALUE, got {item!r}")
+        if key not in DEFAULTS:
+            raise ConfigError(f"--set {key}: unknown config key; known keys: {', '.join(DEFAULTS)}")
+        if forbidden and key in forbidden:
+            raise ConfigError(f"--set {key}: use {forbidden[key]} instead")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        # Check the value alone: lists of blocks and widths against each other's length.
+        probe = {"blocks": value, "widths": value} if key in ("blocks", "widths") else {key: value}
+        try:
+            validate_config(probe)
+        except ConfigError as exc:
+            raise ConfigError(f"--set {item}: {exc}") from None
+        overrides[key] = value
+    return overrides
+
+
+def with_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """A config completed with DEFAULTS, unchecked: for code behind an entry point that validated it."""
+    return {**DEFAULTS, **config}
+
+
+ARCHITECTURE_KEYS = ("blocks", "widths", "kernel_size", "skip_kernel_size", "stem_width", "dropout", "preact")
 
 
 def architecture_of(config: dict[str, Any]) -> dict[str, Any]:

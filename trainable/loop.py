@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,7 @@ from trainable.augment import TTA_VIEWS, augment_batch, normalize, shift_mirror
 from trainable.config import validate_config
 from trainable.data import DeviceData
 from trainable.model import build_model, count_params
+from trainable.policy import PolicyAugment
 
 EVAL_BATCH = 1024  # big batches under inference_mode: evaluation is a small part of an epoch
 
@@ -91,6 +92,20 @@ def predict_logits(
             total = logits if total is None else total + logits
         out.append(total / len(views))
     return torch.cat(out) if out else torch.zeros(0)
+
+
+def make_mixer(config: dict[str, Any], num_classes: int) -> Callable[..., Any] | None:
+    """torchvision's MixUp and/or CutMix (one of the two per mixed batch), or None when both alphas are 0."""
+    from torchvision.transforms import v2
+
+    mixers = []
+    if config["mixup_alpha"] > 0:
+        mixers.append(v2.MixUp(alpha=config["mixup_alpha"], num_classes=num_classes))
+    if config["cutmix_alpha"] > 0:
+        mixers.append(v2.CutMix(alpha=config["cutmix_alpha"], num_classes=num_classes))
+    if not mixers:
+        return None
+    return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -166,6 +181,9 @@ class Trainer:
         # An exponential moving average of the weights (and BN buffers), updated every step.
         self.ema = WeightAverage(self.model, ema_decay) if ema_decay else None
         self.generator = torch.Generator(device=self.device).manual_seed(cfg["seed"])
+        self.policy = (PolicyAugment(cfg["augment_policy"], cfg["randaugment_n"], cfg["randaugment_m"],
+                                     data.train_x.shape[-1]) if cfg["augment_policy"] != "none" else None)
+        self.mixer = make_mixer(cfg, data.num_classes)
         n_train = len(data.train_x)
         self.batch_size = min(cfg["batch_size"], n_train)
         # Drop the last partial batch: a batch of 1 breaks BatchNorm, and equal batches keep
@@ -196,7 +214,11 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.on_cuda)
 
     def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Forward, loss, backward and optimizer step of one batch; returns (logits, loss)."""
+        """Forward, loss, backward and optimizer step of one batch; returns (logits, loss).
+
+        `labels` are class ids, or (B, classes) soft targets from MixUp/CutMix; label
+        smoothing applies to both (cross_entropy smooths probability targets too).
+        """
         with self._autocast():
             logits = self.forward(self._prepare(images))
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.config["label_smoothing"])
@@ -238,17 +260,22 @@ class Trainer:
             batch = order[index * self.batch_size:(index + 1) * self.batch_size]
             images = augment_batch(
                 data.train_x[batch], data.mean, data.std, crop_padding=cfg["crop_padding"],
-                flip=cfg["flip"], cutout_size=cfg["cutout"], generator=self.generator,
+                flip=cfg["flip"], cutout_size=cfg["cutout"], policy=self.policy, generator=self.generator,
             )
             labels = data.train_y[batch]
+            targets = labels
+            # MixUp/CutMix draw on the host's RNG (saved in checkpoints): no device sync.
+            if self.mixer is not None and torch.rand(()) < cfg["mix_prob"]:
+                images, targets = self.mixer(images, labels)  # targets: (B, classes) soft labels
             lr = cfg["lr"] * lr_factor(self.step, self.warmup_steps, self.total_steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            logits, loss = self._step(images, labels)
+            logits, loss = self._step(images, targets)
             if self.ema is not None:
                 self.ema.update(self.model, self.step)
             total_loss += loss.detach() * len(batch)
-            correct += (logits.argmax(1) == labels).sum()
+            # train_acc: against the label with the larger mixing weight when the batch was mixed.
+            correct += (logits.argmax(1) == (targets.argmax(1) if targets.ndim == 2 else targets)).sum()
             seen += len(batch)
             self.step += 1
         return {"train_loss": total_loss.item() / seen, "train_acc": correct.item() / seen}

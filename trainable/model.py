@@ -42,8 +42,37 @@ class BasicBlock(nn.Module):
         return torch.relu(out + self.shortcut(x))
 
 
+class PreActBlock(nn.Module):
+    """BN-ReLU-conv-BN-ReLU-conv plus a shortcut (the WRN / PreAct-ResNet form), no final ReLU.
+
+    When the shape changes, the shortcut is a KxK strided conv (no BN) of the pre-activated
+    input, as in WRN; otherwise the identity of the raw input.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, kernel: int, skip_kernel: int):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, kernel, 1, kernel // 2, bias=False)
+        self.shortcut = None
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = nn.Conv2d(in_ch, out_ch, skip_kernel, stride, skip_kernel // 2, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        act = torch.relu(self.bn1(x))
+        skip = x if self.shortcut is None else self.shortcut(act)
+        out = self.conv1(act)
+        out = self.conv2(torch.relu(self.bn2(out)))
+        return out + skip
+
+
 class ResNet(nn.Module):
-    """Stem conv3x3 + BN + ReLU, stages of BasicBlocks, global average pool, dropout, linear."""
+    """Stem conv3x3 (+ BN + ReLU unless pre-activation), stages of blocks, pool, dropout, linear.
+
+    With `preact`, blocks are `PreActBlock`s, the stem is a bare conv (the first block's BN
+    follows it) and a final BN + ReLU comes before the pool, as in WRN.
+    """
 
     def __init__(
         self,
@@ -53,31 +82,31 @@ class ResNet(nn.Module):
         skip_kernel_size: int = 1,
         stem_width: int | None = None,
         dropout: float = 0.0,
+        preact: bool = False,
         num_classes: int = 10,
     ):
         super().__init__()
         stem_width = stem_width or widths[0]
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, stem_width, 3, 1, 1, bias=False),
-            nn.BatchNorm2d(stem_width),
-            nn.ReLU(inplace=True),
-        )
+        conv = nn.Conv2d(3, stem_width, 3, 1, 1, bias=False)
+        self.stem = nn.Sequential(conv) if preact else nn.Sequential(conv, nn.BatchNorm2d(stem_width), nn.ReLU(inplace=True))
+        block_type = PreActBlock if preact else BasicBlock
         stages = []
         in_ch = stem_width
         for index, (count, width) in enumerate(zip(blocks, widths)):
             layers = []
             for block in range(count):
                 stride = 2 if index > 0 and block == 0 else 1
-                layers.append(BasicBlock(in_ch, width, stride, kernel_size, skip_kernel_size))
+                layers.append(block_type(in_ch, width, stride, kernel_size, skip_kernel_size))
                 in_ch = width
             stages.append(nn.Sequential(*layers))
         self.stages = nn.Sequential(*stages)
+        self.final = nn.Sequential(nn.BatchNorm2d(in_ch), nn.ReLU(inplace=True)) if preact else nn.Sequential()
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(in_ch, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stages(self.stem(x))
+        x = self.final(self.stages(self.stem(x)))
         x = torch.flatten(self.pool(x), 1)
         return self.head(self.dropout(x))
 
@@ -136,7 +165,9 @@ def layer_summary(config: dict[str, Any], num_classes: int = 10, image_size: int
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     line = "-" * 64
-    out = [line, f"{'Layer (type)':>25}  {'Output Shape':>25}  {'Param #':>10}", "=" * 64]
+    form = ("pre-activation blocks (BN-ReLU-conv)" if cfg["preact"] else "post-activation blocks (conv-BN-ReLU)")
+    out = [f"BasicBlocks {cfg['blocks']} x {cfg['widths']}, {form}", line,
+           f"{'Layer (type)':>25}  {'Output Shape':>25}  {'Param #':>10}", "=" * 64]
     out += [f"{name:>25}  {shape:>25}  {params:>10,}" for name, shape, params in rows]
     out += ["=" * 64, f"Total params: {total:,}", f"Non-trainable params: {total - trainable:,}"]
     out += [f"Trainable params: {trainable:,}"]

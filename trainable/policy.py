@@ -1,0 +1,241 @@
+"""Policy augmentation (TrivialAugment, RandAugment, AutoAugment) per sample, a whole batch at once.
+
+torchvision's v2 transforms draw one op and one magnitude per call, so a batch passed to
+them gets the same op everywhere; kornia draws the op once per call too. The published
+recipes apply a policy per image (PIL, one image at a time), which on 32x32 images starves
+a GPU. Here every image draws its own op and magnitude, and each op runs once over the
+whole batch:
+
+- the geometric ops (shear, translate, rotate) are one grid_sample with a per-image
+  inverse affine matrix, built with torchvision's formula and grid, so they land on the
+  same pixels as `torchvision.transforms.v2.functional.affine` / `rotate` (nearest, fill 0);
+- the blend ops (brightness, color, contrast, sharpness) broadcast a per-image factor
+  through torchvision's arithmetic (torchvision takes one factor per call);
+- posterize and solarize take a per-image bit mask and threshold;
+- autocontrast, equalize and invert have no magnitude and already work per image on a
+  batch in torchvision: its functions are called directly.
+
+Each image's result is picked from its own op's output with `torch.where`, so nothing
+depends on how many images drew an op, and no step reads a value back to the host.
+Ops, magnitude bins and signs are those of torchvision's TrivialAugmentWide (31 bins),
+RandAugment (31 bins, magnitude m) and AutoAugment's CIFAR-10 policy (10 bins).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
+
+POLICIES = ("none", "trivialaugment", "randaugment", "autoaugment")
+OPS = ("identity", "shear_x", "shear_y", "translate_x", "translate_y", "rotate", "brightness", "color",
+       "contrast", "sharpness", "posterize", "solarize", "autocontrast", "equalize", "invert")
+OP = {name: index for index, name in enumerate(OPS)}
+SIGNED = {"shear_x", "shear_y", "translate_x", "translate_y", "rotate", "brightness", "color", "contrast", "sharpness"}
+# TrivialAugment and RandAugment draw from these 14 (no invert); AutoAugment names its own.
+WIDE_OPS = OPS[:-1]
+
+
+def magnitude_table(policy: str, image_size: int = 32) -> torch.Tensor:
+    """(len(OPS), bins) magnitudes of a policy, as torchvision defines them; 0 where an op has none.
+
+    Units: shear as tan, translate in pixels, rotate in degrees, blend ops as factor - 1,
+    posterize in bits, solarize as a fraction of 255.
+    """
+    bins = 31 if policy in ("trivialaugment", "randaugment") else 10
+    wide = policy == "trivialaugment"
+    table = torch.zeros(len(OPS), bins)
+    space = torch.linspace
+    table[OP["shear_x"]] = table[OP["shear_y"]] = space(0.0, 0.99 if wide else 0.3, bins)
+    table[OP["translate_x"]] = table[OP["translate_y"]] = space(0.0, 32.0 if wide else 150.0 / 331.0 * image_size, bins)
+    table[OP["rotate"]] = space(0.0, 135.0 if wide else 30.0, bins)
+    for name in ("brightness", "color", "contrast", "sharpness"):
+        table[OP[name]] = space(0.0, 0.99 if wide else 0.9, bins)
+    table[OP["posterize"]] = (8 - (torch.arange(bins) / ((bins - 1) / (6 if wide else 4)))).round()
+    table[OP["solarize"]] = space(1.0, 0.0, bins)
+    return table
+
+
+# AutoAugment's CIFAR-10 policy (torchvision's AutoAugmentPolicy.CIFAR10): 25 sub-policies,
+# each two (op, probability, magnitude bin) steps.
+CIFAR10_POLICY = [
+    (("invert", 0.1, None), ("contrast", 0.2, 6)), (("rotate", 0.7, 2), ("translate_x", 0.3, 9)),
+    (("sharpness", 0.8, 1), ("sharpness", 0.9, 3)), (("shear_y", 0.5, 8), ("translate_y", 0.7, 9)),
+    (("autocontrast", 0.5, None), ("equalize", 0.9, None)), (("shear_y", 0.2, 7), ("posterize", 0.3, 7)),
+    (("color", 0.4, 3), ("brightness", 0.6, 7)), (("sharpness", 0.3, 9), ("brightness", 0.7, 9)),
+    (("equalize", 0.6, None), ("equalize", 0.5, None)), (("contrast", 0.6, 7), ("sharpness", 0.6, 5)),
+    (("color", 0.7, 7), ("translate_x", 0.5, 8)), (("equalize", 0.3, None), ("autocontrast", 0.4, None)),
+    (("translate_y", 0.4, 3), ("sharpness", 0.2, 6)), (("brightness", 0.9, 6), ("color", 0.2, 8)),
+    (("solarize", 0.5, 2), ("invert", 0.0, None)), (("equalize", 0.2, None), ("autocontrast", 0.6, None)),
+    (("equalize", 0.2, None), ("equalize", 0.6, None)), (("color", 0.9, 9), ("equalize", 0.6, None)),
+    (("autocontrast", 0.8, None), ("solarize", 0.2, 8)), (("brightness", 0.1, 3), ("color", 0.7, 0)),
+    (("solarize", 0.4, 5), ("autocontrast", 0.9, None)), (("translate_y", 0.9, 9), ("translate_y", 0.7, 9)),
+    (("autocontrast", 0.9, None), ("solarize", 0.8, 3)), (("equalize", 0.8, None), ("invert", 0.1, None)),
+    (("translate_y", 0.7, 9), ("autocontrast", 0.9, None)),
+]
+
+
+# ----------------------------------------------------------------------------- the ops, batched
+def _inverse_affine(angle: torch.Tensor, tx: torch.Tensor, ty: torch.Tensor, shear_x: torch.Tensor,
+                    shear_y: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor) -> torch.Tensor:
+    """torchvision's inverse affine matrix (scale 1), one per image: (B, 2, 3). Angles in degrees."""
+    rot, sx, sy = torch.deg2rad(angle), torch.deg2rad(shear_x), torch.deg2rad(shear_y)
+    a = torch.cos(rot - sy) / torch.cos(sy)
+    b = -(a * torch.tan(sx) + torch.sin(rot))
+    c = torch.sin(rot - sy) / torch.cos(sy)
+    d = torch.cos(rot) - c * torch.tan(sx)
+    m0, m1, m3, m4 = d, -b, -c, a
+    m2 = cx - m0 * (cx + tx) - m1 * (cy + ty)
+    m5 = cy - m3 * (cx + tx) - m4 * (cy + ty)
+    return torch.stack([m0, m1, m2, m3, m4, m5], dim=1).view(-1, 2, 3)
+
+
+def _warp(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Nearest-neighbour warp of uint8 images by per-image inverse matrices, zeros outside."""
+    batch, _, height, width = images.shape
+    device = images.device
+    # torchvision's grid: pixel centres relative to the image centre, then divided by half the size.
+    xs = torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, width, device=device)
+    ys = torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, height, device=device)
+    base = torch.stack([xs.expand(height, width), ys.unsqueeze(1).expand(height, width),
+                        torch.ones(height, width, device=device)], dim=-1).view(1, height * width, 3)
+    scale = torch.tensor([0.5 * width, 0.5 * height], device=device)
+    grid = base.expand(batch, -1, -1).bmm(theta.transpose(1, 2) / scale).view(batch, height, width, 2)
+    out = F.grid_sample(images.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return out.round().to(images.dtype)
+
+
+def geometric(images: torch.Tensor, op: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+    """Shear, translate and rotate each image by its own magnitude (others pass unchanged)."""
+    _, _, height, width = images.shape
+    zero = torch.zeros_like(magnitude)
+    shear = torch.rad2deg(torch.atan(magnitude))
+    is_ = {name: op == OP[name] for name in ("shear_x", "shear_y", "translate_x", "translate_y", "rotate")}
+    shearing = is_["shear_x"] | is_["shear_y"]
+    # Shears turn about the top-left corner (torchvision's center=[0, 0]); the rest about the centre.
+    cx = torch.where(shearing, torch.full_like(magnitude, -0.5 * width), zero)
+    cy = torch.where(shearing, torch.full_like(magnitude, -0.5 * height), zero)
+    theta = _inverse_affine(
+        angle=torch.where(is_["rotate"], -magnitude, zero),  # rotate's inverse turns the other way
+        tx=torch.where(is_["translate_x"], torch.trunc(magnitude), zero),
+        ty=torch.where(is_["translate_y"], torch.trunc(magnitude), zero),
+        shear_x=torch.where(is_["shear_x"], shear, zero),
+        shear_y=torch.where(is_["shear_y"], shear, zero),
+        cx=cx, cy=cy,
+    )
+    return _warp(images, theta)
+
+
+def _blend(images: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """torchvision's blend with a factor per image: clamp(x * f + y * (1 - f)), cast to uint8 (truncating)."""
+    f = factor.view(-1, 1, 1, 1)
+    return (images.float() * f + other * (1.0 - f)).clamp_(0, 255).to(images.dtype)
+
+
+def _gray(images: torch.Tensor) -> torch.Tensor:
+    r, g, b = images.float().unbind(dim=1)
+    return (r * 0.2989 + g * 0.587 + b * 0.114).unsqueeze(1).floor_()
+
+
+def sharpen(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """torchvision's adjust_sharpness with a factor per image (the border keeps its pixels)."""
+    channels = images.shape[1]
+    a, b = 1.0 / 13.0, 5.0 / 13.0
+    kernel = torch.tensor([[a, a, a], [a, b, a], [a, a, a]], device=images.device).expand(channels, 1, 3, 3)
+    out = images.float()
+    blurred = F.conv2d(out, kernel, groups=channels).round_()
+    inner = out[..., 1:-1, 1:-1]
+    alpha = (1.0 - factor).view(-1, 1, 1, 1)
+    out = out.clone()
+    out[..., 1:-1, 1:-1] = inner + alpha * (blurred - inner)
+    return out.clamp_(0, 255).to(images.dtype)
+
+
+def apply_ops(images: torch.Tensor, op: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+    """Apply to each uint8 image (B, 3, H, W) its own op (an index into OPS) at its magnitude."""
+    factor = 1.0 + magnitude
+    bits = magnitude.to(torch.int64).clamp(0, 8)
+    mask = ((0xFF << (8 - bits)) & 0xFF).to(images.dtype).view(-1, 1, 1, 1)
+    outputs = {
+        "geometric": geometric(images, op, magnitude),
+        "brightness": _blend(images, torch.zeros((), device=images.device), factor),
+        "color": _blend(images, _gray(images), factor),
+        "contrast": _blend(images, _gray(images).mean(dim=(1, 2, 3), keepdim=True), factor),
+        "sharpness": sharpen(images, factor),
+        "posterize": images & mask,
+        "solarize": torch.where(images >= (255.0 * magnitude).view(-1, 1, 1, 1), 255 - images, images),
+        "autocontrast": TF.autocontrast(images),
+        "equalize": TF.equalize(images),
+        "invert": TF.invert(images),
+    }
+    out = images
+    for name, result in outputs.items():
+        if name == "geometric":
+            chosen = (op >= OP["shear_x"]) & (op <= OP["rotate"])
+        else:
+            chosen = op == OP[name]
+        out = torch.where(chosen.view(-1, 1, 1, 1), result, out)
+    return out
+
+
+# ----------------------------------------------------------------------------- the policies
+class PolicyAugment:
+    """Draws, per image, the op and magnitude of a policy, and applies them with `apply_ops`.
+
+    >>> x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    >>> PolicyAugment("trivialaugment")(x, torch.Generator().manual_seed(0)).shape
+    torch.Size([4, 3, 32, 32])
+    """
+
+    def __init__(self, policy: str, n: int = 2, m: int = 9, image_size: int = 32):
+        if policy not in POLICIES or policy == "none":
+            raise ValueError(f"unknown policy {policy!r}")
+        self.policy, self.n, self.m = policy, n, m
+        self.table = magnitude_table(policy, image_size)
+        self.signed = torch.tensor([name in SIGNED for name in OPS])
+        self.wide = torch.tensor([OP[name] for name in WIDE_OPS])
+        steps = [[(OP[name], p, -1 if level is None else level) for name, p, level in sub] for sub in CIFAR10_POLICY]
+        self.sub_policies = torch.tensor(steps, dtype=torch.float32)  # (25, 2, 3): op, probability, bin
+
+    def draw(self, batch: int, generator: torch.Generator | None, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The (op, signed magnitude) of each step for each image: one step, n, or two."""
+        table, signed = self.table.to(device), self.signed.to(device)
+
+        def rand(*shape: int) -> torch.Tensor:
+            return torch.rand(*shape, device=device, generator=generator)
+
+        def with_sign(op: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+            magnitude = table[op, level.clamp_min(0)] * (level >= 0)
+            flip = signed[op] & (rand(batch) <= 0.5)
+            return torch.where(flip, -magnitude, magnitude)
+
+        if self.policy == "trivialaugment":
+            op = self.wide.to(device)[torch.randint(len(WIDE_OPS), (batch,), device=device, generator=generator)]
+            level = torch.randint(table.shape[1], (batch,), device=device, generator=generator)
+            return [(op, with_sign(op, level))]
+        if self.policy == "randaugment":
+            steps = []
+            for _ in range(self.n):
+                op = self.wide.to(device)[torch.randint(len(WIDE_OPS), (batch,), device=device, generator=generator)]
+                steps.append((op, with_sign(op, torch.full((batch,), self.m, device=device))))
+            return steps
+        chosen = self.sub_policies.to(device)[torch.randint(len(CIFAR10_POLICY), (batch,), device=device,
+                                                            generator=generator)]
+        steps = []
+        for step in range(2):
+            op, probability, level = chosen[:, step, 0].long(), chosen[:, step, 1], chosen[:, step, 2].long()
+            applied = rand(batch) <= probability
+            steps.append((torch.where(applied, op, torch.zeros_like(op)), with_sign(op, level)))
+        return steps
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        for op, magnitude in self.draw(len(images), generator, images.device):
+            images = apply_ops(images, op, magnitude)
+        return images
+
+
+def op_frequencies(ops: torch.Tensor) -> dict[str, float]:
+    """Share of each op among drawn op ids (a check that a policy draws what it should)."""
+    counts = torch.bincount(ops.flatten().cpu(), minlength=len(OPS)).double()
+    return {name: float(c) / max(1.0, float(counts.sum())) for name, c in zip(OPS, counts)}
+
