@@ -59,20 +59,27 @@ def check_space_fits(space: SpaceFn, budget: int, num_classes: int, fixed: dict[
     with the smallest count seen.
     """
     samplers = [LowestSampler()] + [optuna.samplers.RandomSampler(seed=seed)] * draws
-    counts = []
-    for sampler in samplers:
-        trial = optuna.create_study(sampler=sampler).ask()
-        try:
-            config = validate_config(complete_config(space(trial), fixed))
-        except ConfigError as exc:
-            raise UserError(f"the search space produced a bad config: {exc}") from None
-        counts.append(count_params(config, num_classes))
+    quiet = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per probe study is noise
+    try:
+        counts = [_count_one(space, sampler, fixed, num_classes) for sampler in samplers]
+    finally:
+        optuna.logging.set_verbosity(quiet)
     if min(counts) >= budget:
         raise UserError(
             f"no config in the search space fits under --param-budget {budget:,} "
             f"(the smallest found has {min(counts):,} params); raise the budget or shrink the space"
         )
     return sum(count < budget for count in counts[1:]) / draws
+
+
+def _count_one(space: SpaceFn, sampler: optuna.samplers.BaseSampler, fixed: dict[str, Any], num_classes: int) -> int:
+    trial = optuna.create_study(sampler=sampler).ask()
+    try:
+        config = validate_config(complete_config(space(trial), fixed))
+    except ConfigError as exc:
+        raise UserError(f"the search space produced a bad config: {exc}") from None
+    return count_params(config, num_classes)
 
 
 def startup_trials(feasible_share: float, launched: int = 10) -> int:

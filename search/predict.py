@@ -21,6 +21,7 @@ import torch
 
 from trainable.checkpoint import load_checkpoint, write_text
 from trainable.cli import ArgumentParser, read_json, run_main
+from trainable.config import validate_config
 from trainable.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -96,7 +97,7 @@ def load_model(folder: Path, use_ema: bool = False) -> tuple[torch.nn.Module, di
     if not weights.is_file():
         hint = "retrain with --ema" if use_ema else "the retrain did not finish; rerun it with --resume"
         raise UserError(f"{folder} has no {weights.name} ({hint})")
-    config = read_json(folder / "config.json", "config file")
+    config = validate_config(read_json(folder / "config.json", "config file"))  # a model folder is an entry point
     info = read_json(folder / "model.json", "model file")
     model = build_model(config, info["num_classes"])
     try:

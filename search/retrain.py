@@ -16,14 +16,13 @@ import statistics
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from trainable.checkpoint import save_checkpoint, write_json, write_text
+from trainable.checkpoint import write_json
 from trainable.cli import ArgumentParser, read_json, run_main
 from trainable.config import parse_overrides, validate_config
-from trainable.data import DATASETS, load_dataset, to_device
+from trainable.data import DATASETS, DataSpec, load_dataset
 from trainable.errors import UserError
-from trainable.loop import Trainer, default_device
-from trainable.model import count_params, layer_summary
-from trainable.train import format_epoch, train_with_checkpoints
+from trainable.model import count_params
+from trainable.train import format_epoch, train_to_folder
 
 # Long training with the learning rate decayed fully matters most for these models: one
 # published run went 91.3 -> 94.1 at its first decay and reached 95.0 only near epoch 180;
@@ -77,32 +76,12 @@ def train_seed(
     resume: bool,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Train one seed into `out`, checkpointing each epoch; evaluate test once at the end."""
-    dataset = load_dataset(data_args["dataset"], data_args["data_dir"], download=False)
-    data = to_device(dataset, default_device(), val_fraction=0.0, split_seed=config["seed"],
-                     subset=data_args.get("subset"))
-    trainer = Trainer(config, data, compile_model=data_args.get("compile", False), ema_decay=ema_decay)
-    history = train_with_checkpoints(trainer, out / "checkpoint.pt", resume, on_epoch)
-    # The one and only look at the test set.
-    final = {"test_acc": trainer.evaluate(dataset.test_images, dataset.test_labels)["acc"],
-             "test_acc_tta": trainer.evaluate(dataset.test_images, dataset.test_labels, tta=True)["acc"]}
-    if trainer.ema is not None:
-        final["test_acc_ema"] = trainer.evaluate(dataset.test_images, dataset.test_labels, use_ema=True)["acc"]
-        final["test_acc_ema_tta"] = trainer.evaluate(dataset.test_images, dataset.test_labels, tta=True,
-                                                     use_ema=True)["acc"]
-    save_checkpoint(out / "weights.pt", trainer.model.state_dict())
-    if trainer.ema is not None:
-        save_checkpoint(out / "weights_ema.pt", trainer.ema.module.state_dict())
-    model_info = {"num_classes": data.num_classes, "classes": data.classes, "params": trainer.params,
-                  "mean": data.mean.flatten().tolist(), "std": data.std.flatten().tolist(),
-                  "image_size": list(dataset.train_images.shape[2:]), "dataset": data_args["dataset"]}
-    write_json(out / "config.json", config)
-    write_json(out / "model.json", model_info)
-    result = {"seed": config["seed"], "status": trainer.status, "params": trainer.params, **final,
-              "epochs": history}
-    write_json(out / "metrics.json", result)
-    write_text(out / "summary.txt", layer_summary(config, data.num_classes, dataset.train_images.shape[-1]) + "\n")
-    plot_curves(history, out / "curves.png", f"seed {config['seed']}: test acc {final['test_acc']:.4f}")
+    """Train one seed on train + val into `out` (`trainable.train.train_to_folder`), plus its curves."""
+    spec = DataSpec(data_args["dataset"], data_args["data_dir"], val_fraction=0.0, split_seed=config["seed"],
+                    subset=data_args.get("subset"))
+    result = train_to_folder(config, spec, out, resume=resume, compile_model=data_args.get("compile", False),
+                             ema_decay=ema_decay, on_epoch=on_epoch)
+    plot_curves(result["epochs"], out / "curves.png", f"seed {config['seed']}: test acc {result['test_acc']:.4f}")
     return result
 
 

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from trainable.data import to_device
+from trainable.data import DataSpec, to_device
 from trainable.loop import Trainer, device_for, is_out_of_memory, lr_factor
 from trainable.train import main, train_to_folder
 
@@ -72,15 +72,15 @@ def test_train_to_folder_resumes_as_if_never_stopped(tmp_path, tiny_config):
     from trainable.checkpoint import load_checkpoint
 
     cfg = tiny_config | {"epochs": 2, "cutout": 4}
-    straight = train_to_folder(cfg, "synthetic", None, tmp_path / "straight")
+    straight = train_to_folder(cfg, DataSpec("synthetic"), tmp_path / "straight")
 
     def stop_after_first(metrics):
         if metrics["epoch"] == 1:
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        train_to_folder(cfg, "synthetic", None, tmp_path / "cut", on_epoch=stop_after_first)
-    resumed = train_to_folder(cfg, "synthetic", None, tmp_path / "cut", resume=True)
+        train_to_folder(cfg, DataSpec("synthetic"), tmp_path / "cut", on_epoch=stop_after_first)
+    resumed = train_to_folder(cfg, DataSpec("synthetic"), tmp_path / "cut", resume=True)
     assert [m["train_loss"] for m in resumed["epochs"]] == [m["train_loss"] for m in straight["epochs"]]
     a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")["model"]
     b = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["model"]

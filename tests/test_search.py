@@ -83,10 +83,35 @@ def test_budget_check_counts_before_launch():
         check_space_fits(default_space, 10_000, 10, fixed)
 
 
-def test_warm_start_is_the_seed_model():
-    config = default_space(optuna.trial.FixedTrial(WARM_START))
-    assert config["blocks"] == [3, 5, 3] and config["widths"] == [64, 128, 256]
-    assert count_params(config) == 4_918_602
+def test_warm_starts_are_the_seed_model_and_a_wrn():
+    seed, wrn = (default_space(optuna.trial.FixedTrial(params)) for params in WARM_START)
+    assert seed["blocks"] == [3, 5, 3] and seed["widths"] == [64, 128, 256] and seed["augment_policy"] == "none"
+    assert count_params(seed) == 4_918_602
+    assert wrn["preact"] and wrn["augment_policy"] == "trivialaugment" and wrn["cutout"] == 16
+    assert (wrn["optimizer"], wrn["lr"], wrn["weight_decay"], wrn["batch_size"]) == ("sgd", 0.1, 5e-4, 128)
+    assert count_params(wrn) == 2_243_546
+
+
+def test_set_fixes_keys_and_takes_them_out_of_the_search(ray_session, tmp_path):
+    outcome = run_search(settings(tmp_path, None, name="fixed", space=None, trials=2, max_epochs=1,
+                                  param_budget=60_000, warm_start=False,
+                                  overrides={"augment_policy": "trivialaugment", "cutout": 16}))
+    rows = rows_of(outcome.folder)
+    assert len(rows) == 2 and {(r["augment_policy"], r["cutout"]) for r in rows} == {("trivialaugment", "16")}
+    saved = json.loads((outcome.folder / "settings.json").read_text())
+    assert saved["overrides"] == {"augment_policy": "trivialaugment", "cutout": 16}
+    study = optuna.load_study(study_name="fixed", storage=f"sqlite:///{outcome.folder / 'optuna.db'}")
+    assert all("augment_policy" not in t.params and "cutout" not in t.params for t in study.trials)
+    assert any("mixup_alpha" in t.params for t in study.trials)  # the rest is still searched
+
+
+def test_the_space_floor_leaves_room_under_small_budgets():
+    from search.budget import LowestSampler
+
+    corner = default_space(optuna.create_study(sampler=LowestSampler()).ask())
+    assert count_params(corner) < 40_000  # the smallest model (it was 138,250 with widths from 32)
+    share = check_space_fits(default_space, 150_000, 10, {"epochs": 1, "seed": 0}, draws=400)
+    assert share >= 0.005  # random draws fit under 150,000 too, not only the corner
 
 
 def test_space_files(tmp_path):
@@ -170,6 +195,8 @@ def test_search_checkpoints_every_second_epoch(finished_search):
     (["--dataset", "mnist"], "unknown --dataset"),
     (["--gpus", 64], "GPU"),
     (["--resume", "--name", "ghost"], "nothing to resume"),
+    (["--set", "augment_policy=sometimes"], "augment_policy"),
+    (["--set", "nokey=1"], "unknown config key"),
 ])
 def test_bad_flags_exit_2(tmp_path, cli, argv, message):
     code, _, err = cli(main, ["--storage", tmp_path, "--dataset", "synthetic", *argv])

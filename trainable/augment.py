@@ -124,11 +124,11 @@ def augmentation_grid(config: dict, images: torch.Tensor, mean: torch.Tensor, st
     The trial's own path: crop + flip, policy, normalise, cutout, then MixUp/CutMix if the
     config mixes (shown on every batch here), and back to pixels for the eye.
     """
-    from trainable.config import validate_config
+    from trainable.config import with_defaults
     from trainable.loop import make_mixer
     from trainable.policy import PolicyAugment
 
-    cfg = validate_config(config)
+    cfg = with_defaults(config)
     generator = torch.Generator(device=images.device).manual_seed(seed)
     policy = (PolicyAugment(cfg["augment_policy"], cfg["randaugment_n"], cfg["randaugment_m"], images.shape[-1])
               if cfg["augment_policy"] != "none" else None)
@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     import torchvision
 
     from trainable.cli import ArgumentParser, read_json
+    from trainable.config import validate_config
     from trainable.data import DATASETS, DataSpec, channel_stats
     from trainable.errors import UserError
 
@@ -167,9 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise UserError(f"--out must name a .png file, got {out}")
-    config = read_json(args.config, "config file")
-    if not isinstance(config, dict):
-        raise UserError(f"config file {args.config} must hold a JSON object")
+    config = validate_config(read_json(args.config, "config file"))
     dataset = DataSpec(args.dataset, args.data_dir).load(download=False)
     chosen = torch.randperm(len(dataset.train_images), generator=torch.Generator().manual_seed(args.seed))[:args.count]
     images = dataset.train_images[chosen]

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from trainable.augment import TTA_VIEWS, augment_batch, normalize, shift_mirror
-from trainable.config import validate_config
+from trainable.config import with_defaults
 from trainable.data import DeviceData
 from trainable.model import build_model, count_params
 from trainable.policy import PolicyAugment
@@ -161,7 +161,7 @@ class Trainer:
 
     def __init__(self, config: dict[str, Any], data: DeviceData, compile_model: bool = False,
                  ema_decay: float | None = None):
-        self.config = cfg = validate_config(config)
+        self.config = cfg = with_defaults(config)  # validated where it entered
         self.data = data
         self.device = data.device
         self.on_cuda = self.device.type == "cuda"

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from trainable.config import architecture_of, validate_config
+from trainable.config import architecture_of, validate_config, with_defaults
 
 
 class BasicBlock(nn.Module):
@@ -117,7 +117,7 @@ def build_model(config: dict[str, Any], num_classes: int = 10) -> ResNet:
     >>> build_model({"blocks": [1, 1], "widths": [8, 16]}).head.out_features
     10
     """
-    cfg = validate_config(config)
+    cfg = with_defaults(config)  # validated where it entered (CLI, searcher, checkpoint)
     return ResNet(num_classes=num_classes, **architecture_of(cfg))
 
 
@@ -135,13 +135,13 @@ def count_params(config: dict[str, Any], num_classes: int = 10) -> int:
     >>> count_params({"blocks": [3, 5, 3], "widths": [64, 128, 256]})
     4918602
     """
-    cfg = validate_config(config)
+    cfg = with_defaults(config)
     return _count_cached(json.dumps(architecture_of(cfg), sort_keys=True), num_classes)
 
 
 def layer_summary(config: dict[str, Any], num_classes: int = 10, image_size: int = 32) -> str:
     """A torchsummary-style table: layer, output shape, params; ends with `Trainable params: N`."""
-    cfg = validate_config(config)
+    cfg = with_defaults(config)
     with torch.device("meta"):
         model = ResNet(num_classes=num_classes, **architecture_of(cfg))
     rows: list[tuple[str, str, int]] = []
@@ -185,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--num-classes", type=int, default=10, help="classes of the head (default 10)")
     parser.add_argument("--image-size", type=int, default=32, help="input side in pixels (default 32)")
     args = parser.parse_args(argv)
-    config = read_json(args.config, "config file")
+    config = validate_config(read_json(args.config, "config file"))
     print(layer_summary(config, args.num_classes, args.image_size))
     return 0
 

@@ -13,12 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from trainable.checkpoint import load_checkpoint, save_checkpoint, write_json
+from trainable.checkpoint import load_checkpoint, save_checkpoint, write_json, write_text
 from trainable.cli import ArgumentParser, read_json, run_main
-from trainable.config import validate_config
-from trainable.data import DATASETS, load_dataset, to_device
+from trainable.config import validate_config, with_defaults
+from trainable.data import DATASETS, DataSpec
 from trainable.errors import UserError
 from trainable.loop import Trainer, default_device
+from trainable.model import layer_summary
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.json"
@@ -57,41 +58,50 @@ def train_with_checkpoints(
 
 def train_to_folder(
     config: dict[str, Any],
-    dataset: str,
-    data_dir: str | None,
+    spec: DataSpec,
     out: str | Path,
     *,
     resume: bool = False,
-    val_fraction: float = 0.1,
-    split_seed: int = 0,
-    subset: int | None = None,
     compile_model: bool = False,
     device: str | None = None,
+    ema_decay: float | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Train `config`, checkpointing into `out` every epoch; return the metrics.json content."""
-    cfg = validate_config(config)
+    """Train `config` into `out`, checkpointing every epoch, then evaluate the test set once.
+
+    Writes checkpoint.pt (every epoch), then weights.pt (and weights_ema.pt with
+    `ema_decay`), config.json, model.json (what `search.predict` needs), summary.txt and
+    metrics.json. Returns metrics.json's content. `search.retrain` trains each seed with it.
+    """
+    cfg = with_defaults(config)  # validated by the command line that took it
     out = Path(out)
     ckpt_path = out / CHECKPOINT
     if ckpt_path.exists() and not resume:
         raise UserError(f"{out} already holds a training run; pass --resume to continue it, or another --out")
     if resume and not ckpt_path.exists():
         raise UserError(f"nothing to resume: {ckpt_path} does not exist")
-    loaded = load_dataset(dataset, data_dir)
-    data = to_device(loaded, device or default_device(), val_fraction, split_seed, subset)
-    trainer = Trainer(cfg, data, compile_model=compile_model)
+    loaded = spec.load(download=False)
+    data = spec.to_device(loaded, device or default_device())
+    trainer = Trainer(cfg, data, compile_model=compile_model, ema_decay=ema_decay)
     history = train_with_checkpoints(trainer, ckpt_path, resume, on_epoch)
-    test = trainer.evaluate(loaded.test_images, loaded.test_labels)  # once, at the end, never for selection
-    result = {
-        "config": cfg,
-        "params": trainer.params,
-        "dataset": dataset,
-        "classes": data.classes,
-        "status": trainer.status,
-        "epochs": history,
-        "test_acc": test["acc"],
-        "test_loss": test["loss"],
-    }
+    # The one and only look at the test set, after the last epoch; never used to choose anything.
+    images, labels = loaded.test_images, loaded.test_labels
+    plain = trainer.evaluate(images, labels)
+    final = {"test_acc": plain["acc"], "test_loss": plain["loss"],
+             "test_acc_tta": trainer.evaluate(images, labels, tta=True)["acc"]}
+    if trainer.ema is not None:
+        final["test_acc_ema"] = trainer.evaluate(images, labels, use_ema=True)["acc"]
+        final["test_acc_ema_tta"] = trainer.evaluate(images, labels, tta=True, use_ema=True)["acc"]
+        save_checkpoint(out / "weights_ema.pt", trainer.ema.module.state_dict())
+    save_checkpoint(out / "weights.pt", trainer.model.state_dict())
+    size = list(loaded.train_images.shape[2:])
+    write_json(out / "config.json", cfg)
+    write_json(out / "model.json", {"num_classes": data.num_classes, "classes": data.classes, "params": trainer.params,
+                                    "mean": data.mean.flatten().tolist(), "std": data.std.flatten().tolist(),
+                                    "image_size": size, "dataset": spec.dataset})
+    write_text(out / "summary.txt", layer_summary(cfg, data.num_classes, size[-1]) + "\n")
+    result = {"config": cfg, "seed": cfg["seed"], "params": trainer.params, "dataset": spec.dataset,
+              "classes": data.classes, "status": trainer.status, **final, "epochs": history}
     write_json(out / METRICS, result)
     return result
 
@@ -121,9 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         config["seed"] = args.seed
     cfg = validate_config(config)
     print(f"training {args.config} for {cfg['epochs']} epochs on {args.dataset} -> {args.out}", flush=True)
+    spec = DataSpec(args.dataset, args.data_dir, args.val_fraction, args.split_seed, args.subset)
     result = train_to_folder(
-        cfg, args.dataset, args.data_dir, args.out, resume=args.resume, val_fraction=args.val_fraction,
-        split_seed=args.split_seed, subset=args.subset, compile_model=args.compile, device=args.device,
+        cfg, spec, args.out, resume=args.resume, compile_model=args.compile, device=args.device,
         on_epoch=lambda m: print(format_epoch(m, cfg["epochs"]), flush=True),
     )
     print(f"params {result['params']:,}  status {result['status']}  test_acc {result['test_acc']:.4f}")
