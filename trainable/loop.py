@@ -160,16 +160,20 @@ class Trainer:
     """
 
     def __init__(self, config: dict[str, Any], data: DeviceData, compile_model: bool = False,
-                 ema_decay: float | None = None):
+                 ema_decay: float | None = None, fast_path: bool = True):
         self.config = cfg = with_defaults(config)  # validated where it entered
         self.data = data
         self.device = data.device
         self.on_cuda = self.device.type == "cuda"
+        # bf16 autocast + channels_last on CUDA; fast_path=False is the fp32 NCHW baseline the
+        # GPU proof compares against.
+        self.mixed = self.on_cuda and fast_path
         torch.manual_seed(cfg["seed"])
         self.params = count_params(cfg, data.num_classes)
         self.model = build_model(cfg, data.num_classes).to(self.device)
         if self.on_cuda:
             torch.backends.cudnn.benchmark = True
+        if self.mixed:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.forward = self.model
         if compile_model:
@@ -211,7 +215,7 @@ class Trainer:
         return torch.optim.AdamW(groups, lr=cfg["lr"], betas=(cfg["momentum"], 0.999), **fused)
 
     def _autocast(self) -> torch.autocast:
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.on_cuda)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.mixed)
 
     def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward, loss, backward and optimizer step of one batch; returns (logits, loss).
@@ -244,7 +248,7 @@ class Trainer:
             return self._train_step(images, labels)
 
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
-        if self.on_cuda:
+        if self.mixed:
             return images.contiguous(memory_format=torch.channels_last)
         return images
 
