@@ -51,9 +51,16 @@ def learning_curves(table: pd.DataFrame, curves: pd.DataFrame, path: Path) -> Pa
     return _save(fig, path)
 
 
+IMPORTANCE_LABEL = "PED-ANOVA importance (normalised to sum 1)"
+
+
 def pareto_front(points: pd.DataFrame) -> pd.DataFrame:
-    """Trials that no other trial beats on both fewer params and higher best val_acc."""
-    ordered = points.sort_values(["params", "best_val_acc"], ascending=[True, False])
+    """Trials that no other trial beats on both fewer params and higher best val_acc.
+
+    Diverged trials are left out, as in every ranking of this tool (`search.records.rank`).
+    """
+    points = points[points["status"] != "diverged"]
+    ordered = points.sort_values(["params", "best_val_acc"], ascending=[True, False], kind="stable")
     front, best_so_far = [], -math.inf
     for _, row in ordered.iterrows():
         if row["best_val_acc"] > best_so_far:
@@ -85,7 +92,10 @@ def importance(importances: dict[str, float] | None, path: Path, note: str = "")
     if importances:
         names = list(importances)[::-1]
         ax.barh(names, [importances[n] for n in names], color="steelblue")
-        ax.set_xlabel("importance (share of val_acc variance)")
+        # Optuna's default evaluator: how differently a parameter is distributed among the
+        # best trials than among all of them, normalised to sum to 1 (not a variance share).
+        ax.set_xlabel(IMPORTANCE_LABEL)
+        ax.text(0.98, 0.02, note, transform=ax.transAxes, ha="right", va="bottom", fontsize=8, color="gray")
     else:
         _message(ax, note or "not enough completed trials to estimate importances")
     ax.set_title("Hyperparameter importance (optuna.importance)")

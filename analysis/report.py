@@ -20,22 +20,33 @@ from trainable.checkpoint import write_text
 from trainable.cli import ArgumentParser, run_main
 
 
+# Optuna's importances use the trials that ran to the end; under ASHA those are a small,
+# pre-selected set, and on fewer than this many the ranking is noise.
+MIN_IMPORTANCE_TRIALS = 10
+
+
 def optuna_importances(folder: Path) -> tuple[dict[str, float] | None, str]:
-    """optuna.importance over the study's completed trials, or (None, why not)."""
+    """optuna.importance (its default evaluator, PED-ANOVA) over the completed trials, or (None, why not).
+
+    The second value says how many trials were used, or why there is no estimate.
+    """
     import optuna
 
     db = folder / "optuna.db"
     if not db.is_file():
         return None, "no optuna.db in the experiment"
     try:
-        name = optuna.get_all_study_summaries(storage=f"sqlite:///{db}")[0].study_name
-        study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
+        storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
+        study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
         complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if len(complete) < 2:
-            return None, f"{len(complete)} trial(s) ran to the end; importances need at least 2"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return optuna.importance.get_param_importances(study), ""
+        if len(complete) < MIN_IMPORTANCE_TRIALS:
+            return None, (f"no importance plot: {len(complete)} trial(s) ran to the end, and an estimate needs at "
+                          f"least {MIN_IMPORTANCE_TRIALS}")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            importances = optuna.importance.get_param_importances(study)
+        said = "; ".join(sorted({str(w.message).splitlines()[0] for w in caught}))
+        return importances, f"from {len(complete)} completed trials" + (f" (Optuna: {said})" if said else "")
     except Exception as exc:  # too few distinct values, a locked database, ...
         return None, f"importances unavailable: {type(exc).__name__}: {exc}"
 

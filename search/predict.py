@@ -2,10 +2,13 @@
 
     python -m search.predict runs/NAME/final --input cifar_test_nolabel.pkl --out submission.csv --tta
 
-The input is the course's pickle (a dict with b'data', uint8 N x 32 x 32 x 3 in
-height-width-channel order, and b'ids'), a folder of images, or a .npy array N x H x W x 3.
-The CSV has the header `ID,Labels` and one row per image in the input's order; labels are
-class indices in the training set's class order (CIFAR-10: airplane=0 ... truck=9).
+The input is the course's pickle (a dict with b'data' and b'ids', or the same keys as
+strings; data uint8 N x 32 x 32 x 3 in height-width-channel order, or N x 3072 in the
+original CIFAR layout: the red plane, then green, then blue), a folder of images, or a
+.npy array N x H x W x 3. The CSV has the header `ID,Labels` and one row per image in the
+input's order; labels are class indices in the model's class order (CIFAR-10: airplane=0
+... truck=9). When the model's classes are not CIFAR-10's, the mapping is printed;
+`--classes` refuses a model whose classes differ from the list you expect.
 """
 
 from __future__ import annotations
@@ -25,6 +28,28 @@ from trainable.config import validate_config
 from trainable.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def images_from_array(array: Any, what: str, size: Sequence[int] | None = None) -> torch.Tensor:
+    """N x H x W x 3 (transposed), or N x 3*H*W in CIFAR's planar layout (reshaped), to N x 3 x H x W."""
+    if isinstance(array, np.ndarray) and array.ndim == 2 and array.dtype == np.uint8:
+        height, width = size or (32, 32)
+        if array.shape[1] != 3 * height * width:
+            raise UserError(f"{what} is N x {array.shape[1]}; a flat image must hold 3 x {height} x {width} = "
+                            f"{3 * height * width} values (red plane, green plane, blue plane)")
+        # Planar rows: the bytes already run channel by channel, so a reshape is the right move here.
+        return torch.from_numpy(np.ascontiguousarray(array.reshape(-1, 3, height, width)))
+    return images_from_hwc(array, what, size)
+
+
+def decode_id(value: Any) -> Any:
+    """An id as the CSV should show it: ints as ints, bytes decoded, numpy scalars unwrapped."""
+    if isinstance(value, (np.integer, int)):
+        return int(value)
+    if isinstance(value, (bytes, np.bytes_)):
+        return bytes(value).decode()
+    return str(value) if isinstance(value, np.str_) else value
 
 
 def images_from_hwc(array: Any, what: str, size: Sequence[int] | None = None) -> torch.Tensor:
@@ -59,6 +84,12 @@ def read_input(path: Path, size: Sequence[int] | None = None) -> tuple[torch.Ten
         if len({a.shape for a in arrays}) > 1:
             raise UserError(f"images in {path} have mixed sizes; resize them to one size first")
         ids = [int(f.stem) if f.stem.isdigit() else f.stem for f in files]
+        seen: dict[Any, Path] = {}
+        for image_id, file in zip(ids, files):
+            if image_id in seen:
+                raise UserError(f"{seen[image_id]} and {file} would both get id {image_id!r}; ids must be unique, "
+                                "so rename one of them")
+            seen[image_id] = file
         return images_from_hwc(np.stack(arrays), f"images in {path}", size), ids
     if not path.is_file():
         raise UserError(f"input {path} does not exist")
@@ -75,11 +106,14 @@ def read_input(path: Path, size: Sequence[int] | None = None) -> tuple[torch.Ten
         raise UserError(f"{path} is not a readable pickle: {type(exc).__name__}") from None
     if not isinstance(data, dict):
         raise UserError(f"{path} must hold a dict with keys b'data' and b'ids', got {type(data).__name__}")
-    missing = [key for key in (b"data", b"ids") if key not in data]
-    if missing:
-        raise UserError(f"{path} has no key {' or '.join(repr(k) for k in missing)} (expected b'data' and b'ids')")
-    images = images_from_hwc(data[b"data"], f"{path}[b'data']", size)
-    ids = [int(i) if isinstance(i, (np.integer, int)) else i for i in list(data[b"ids"])]
+    values = {}
+    for key in ("data", "ids"):
+        found = [k for k in (key.encode(), key) if k in data]
+        if not found:
+            raise UserError(f"{path} has no key b'{key}' (or '{key}'); expected b'data' and b'ids'")
+        values[key] = data[found[0]]
+    images = images_from_array(values["data"], f"{path}['data']", size)
+    ids = [decode_id(i) for i in list(values["ids"])]
     if len(ids) != len(images):
         raise UserError(f"{path} has {len(images)} images but {len(ids)} ids")
     return images, ids
@@ -98,11 +132,17 @@ def load_model(folder: Path, use_ema: bool = False) -> tuple[torch.nn.Module, di
         hint = "retrain with --ema" if use_ema else "the retrain did not finish; rerun it with --resume"
         raise UserError(f"{folder} has no {weights.name} ({hint})")
     config = validate_config(read_json(folder / "config.json", "config file"))  # a model folder is an entry point
-    info = read_json(folder / "model.json", "model file")
+    info = {**read_json(folder / "model.json", "model file"), "config": config}
     model = build_model(config, info["num_classes"])
     try:
-        model.load_state_dict(load_checkpoint(weights))
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        state = load_checkpoint(weights)
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as exc:
+        # weights_only loading refuses anything but tensors and plain values: no code runs.
+        raise UserError(f"{weights} is not a plain weights file (a safe load refused it: "
+                        f"{str(exc).splitlines()[0][:160]})") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
         raise UserError(f"{weights} does not fit the config in {folder / 'config.json'}: {str(exc)[:200]}") from None
     device = default_device()
     model = model.to(device)
@@ -114,13 +154,16 @@ def load_model(folder: Path, use_ema: bool = False) -> tuple[torch.nn.Module, di
 def predict_labels(folder: Path, images: torch.Tensor, tta: bool = False, use_ema: bool = False,
                    loaded: tuple[torch.nn.Module, dict[str, Any]] | None = None) -> torch.Tensor:
     """Class indices for uint8 images (N, 3, H, W) from the model in `folder` (or `loaded`)."""
+    from trainable.augment import tta_views
     from trainable.loop import predict_logits
 
     model, info = loaded or load_model(folder, use_ema)
     device = next(model.parameters()).device
     mean = torch.tensor(info["mean"], device=device, dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.tensor(info["std"], device=device, dtype=torch.float32).view(1, -1, 1, 1)
-    return predict_logits(model, images, mean, std, tta, device).argmax(1).cpu()
+    # Only the views the training augmentation covered (no mirror for a model trained without flips).
+    views = tta_views(info["config"]) if tta else None
+    return predict_logits(model, images, mean, std, views, device).argmax(1).cpu()
 
 
 def write_submission(path: Path, ids: Sequence[Any], labels: Sequence[int]) -> None:
@@ -140,16 +183,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tta", action="store_true", help="average over flips and 1-px shifts")
     parser.add_argument("--ema", action="store_true", help="use the EMA weights (retrained with --ema)")
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    parser.add_argument("--classes", help="the class names you expect, comma-separated, in label order "
+                                          "(e.g. the Kaggle set's); a model with other classes is refused")
     args = parser.parse_args(argv)
     folder, out = Path(args.model), Path(args.out)
     if out.exists() and not args.force:
         raise UserError(f"{out} exists; pass --force to overwrite it or choose another --out")
     model, info = load_model(folder, args.ema)  # a bad model folder is reported before reading the input
+    classes = [str(c) for c in info.get("classes", [])]
+    if args.classes is not None:
+        expected = [c.strip() for c in args.classes.split(",")]
+        if expected != classes:
+            raise UserError(f"the model's classes are {','.join(classes)}, not the --classes {','.join(expected)}; "
+                            "its labels would mean other classes")
     images, ids = read_input(Path(args.input), info.get("image_size"))
     labels = predict_labels(folder, images, tta=args.tta, loaded=(model, info))
     write_submission(out, ids, labels.tolist())
     counts = np.bincount(labels.numpy(), minlength=info.get("num_classes", 0))
     print(f"wrote {out}: {len(ids)} rows; predictions per class {counts.tolist()}")
+    if classes != CIFAR10_CLASSES:
+        # Labels are indices in the model's class order, which need not be CIFAR-10's.
+        print("labels are this model's class indices: " + ", ".join(f"{i}={c}" for i, c in enumerate(classes)))
     return 0
 
 

@@ -13,6 +13,7 @@ weights.pt, config.json, model.json, metrics.json, summary.txt, curves.png.
 from __future__ import annotations
 
 import statistics
+import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -77,8 +78,9 @@ def train_seed(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train one seed on train + val into `out` (`trainable.train.train_to_folder`), plus its curves."""
-    spec = DataSpec(data_args["dataset"], data_args["data_dir"], val_fraction=0.0, split_seed=config["seed"],
-                    subset=data_args.get("subset"))
+    # One split seed for every seed of a retrain: with --subset they all train on the same images.
+    spec = DataSpec(data_args["dataset"], data_args["data_dir"], val_fraction=0.0,
+                    split_seed=data_args.get("split_seed", config["seed"]), subset=data_args.get("subset"))
     result = train_to_folder(config, spec, out, resume=resume, compile_model=data_args.get("compile", False),
                              ema_decay=ema_decay, on_epoch=on_epoch)
     plot_curves(result["epochs"], out / "curves.png", f"seed {config['seed']}: test acc {result['test_acc']:.4f}")
@@ -103,9 +105,12 @@ def retrain(
     """Train `seeds` seeds of `config`; seed i uses config seed + i and writes `out/seed_i/`.
 
     The first seed's artefacts are also copied to `out/` itself: that is the model
-    `search.predict` uses (no seed is picked by its test score). Returns the aggregate.
+    `search.predict` uses (no seed is picked by its test score). Returns the aggregate
+    written to out/metrics.json: each seed's status and figures, and the mean and std of
+    the seeds that did not diverge (a diverged seed is left out, with a warning).
     """
     base_seed = config["seed"]
+    data_args = {**data_args, "split_seed": base_seed}
     configs = [{**config, "seed": base_seed + i} for i in range(seeds)]
     folders = [out if seeds == 1 else out / f"seed_{i}" for i in range(seeds)]
     if parallel and seeds > 1:
@@ -120,14 +125,23 @@ def retrain(
             source = folders[0] / name
             if source.is_file():
                 (out / name).write_bytes(source.read_bytes())
-    aggregate: dict[str, Any] = {"seeds": [r["seed"] for r in results], "params": results[0]["params"],
-                                 "config": config, "epochs": results[0]["epochs"]}
+    healthy = [r for r in results if r["status"] == "ok"]
+    diverged = [r["seed"] for r in results if r["status"] != "ok"]
+    if diverged:
+        print(f"warning: seed(s) {', '.join(map(str, diverged))} diverged; left out of the mean and std",
+              file=sys.stderr)
+    status = "ok" if not diverged else ("diverged" if not healthy else "some seeds diverged")
+    aggregate: dict[str, Any] = {
+        "status": status, "seeds": [r["seed"] for r in results], "seeds_in_mean": [r["seed"] for r in healthy],
+        "params": results[0]["params"], "config": config,
+        # Every seed's own record (its status, test figures and epochs), so none is lost here.
+        "per_seed": [{k: v for k, v in r.items() if k not in ("config", "classes")} for r in results],
+    }
     for key in ("test_acc", "test_acc_tta", "test_acc_ema", "test_acc_ema_tta"):
         if key in results[0]:
-            values = [r[key] for r in results]
-            aggregate[key] = values[0]
-            aggregate[f"{key}_mean"], aggregate[f"{key}_std"] = mean_std(values)
-            aggregate[f"{key}_per_seed"] = values
+            aggregate[f"{key}_per_seed"] = [r[key] for r in results]
+            if healthy:
+                aggregate[f"{key}_mean"], aggregate[f"{key}_std"] = mean_std([r[key] for r in healthy])
     write_json(out / "metrics.json", aggregate)
     return aggregate
 
@@ -190,9 +204,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                      on_epoch=lambda m: print(format_epoch(m, config["epochs"]), flush=True))
     for key, label in (("test_acc", "test"), ("test_acc_tta", "test + TTA"), ("test_acc_ema", "test, EMA"),
                        ("test_acc_ema_tta", "test, EMA + TTA")):
-        if key in result:
-            spread = f" ± {result[key + '_std']:.4f} over {args.seeds} seeds" if args.seeds > 1 else ""
+        if key + "_mean" in result:
+            count = len(result["seeds_in_mean"])
+            spread = f" ± {result[key + '_std']:.4f} over {count} seeds" if count > 1 else ""
             print(f"{label:>16}: {result[key + '_mean']:.4f}{spread}")
+    if result["status"] != "ok":
+        print(f"status: {result['status']} (see {out / 'metrics.json'})")
     print(f"wrote {out}; next: python -m search.predict {out} --input cifar_test_nolabel.pkl --out submission.csv --tta")
     return 0
 

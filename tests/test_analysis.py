@@ -108,3 +108,68 @@ def test_analysis_and_ranking_ignore_ray(finished_search):
             "assert 'ray' not in sys.modules, 'analysis imported ray'")
     done = subprocess.run([sys.executable, "-c", code, str(finished_search.folder)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def write_experiment(folder, rows):
+    """An experiment folder as a search writes it, with the given trials.csv rows."""
+    from search.records import trials_csv_text
+
+    folder.mkdir()
+    (folder / "settings.json").write_text(json.dumps({"max_epochs": 3, "param_budget": 100000}))
+    base = {"blocks": "[1, 1]", "widths": "[8, 16]", "horizon": 3, "params": 5266}
+    (folder / "trials.csv").write_text(trials_csv_text([{**base, **row} for row in rows]))
+
+
+def test_best_means_one_thing_everywhere(tmp_path):
+    from analysis.plots import pareto_front
+    from search.experiment import TrialTable
+    from search.records import rank
+
+    rows = [
+        {"trial_id": "gone", "status": "diverged", "best_val_acc": 0.80, "best_epoch": 2, "epochs_trained": 3},
+        {"trial_id": "first", "status": "completed", "best_val_acc": 0.70, "best_epoch": 3, "epochs_trained": 3},
+        {"trial_id": "tied", "status": "stopped", "best_val_acc": 0.70, "best_epoch": 1, "epochs_trained": 1},
+        {"trial_id": "worse", "status": "completed", "best_val_acc": 0.50, "best_epoch": 3, "epochs_trained": 3},
+    ]
+    folder = tmp_path / "exp"
+    write_experiment(folder, rows)
+    assert [r["trial_id"] for r in rank(rows)] == ["first", "tied", "worse"]  # diverged out, ties stable
+    table = analysis.load(folder)
+    assert table["trial_id"].tolist()[:3] == ["first", "tied", "worse"]  # the report's best is row 0
+    assert TrialTable(folder, 0.0, 3).best()["trial_id"] == "first"  # what best.json holds
+    assert "gone" not in pareto_front(table)["trial_id"].tolist()
+
+
+def test_interrupted_trials_are_a_status_of_their_own(tmp_path, cli):
+    rows = [{"trial_id": "a", "status": "interrupted", "best_val_acc": 0.4, "best_epoch": 1, "epochs_trained": 1},
+            {"trial_id": "b", "status": "completed", "best_val_acc": 0.5, "best_epoch": 3, "epochs_trained": 3}]
+    write_experiment(tmp_path / "exp", rows)
+    assert set(analysis.load(tmp_path / "exp")["status"]) == {"interrupted", "completed"}
+    code, stdout, _ = cli(table_main, [tmp_path / "exp", "--status", "interrupted", "--format", "csv"])
+    assert code == 0 and stdout.strip().splitlines()[1].startswith("a,interrupted")
+
+
+def test_importances_need_enough_trials_and_say_what_they_measure(finished_search, tmp_path, cli):
+    from analysis.plots import IMPORTANCE_LABEL
+    from analysis.report import MIN_IMPORTANCE_TRIALS, optuna_importances
+
+    completed = (analysis.load(finished_search.folder)["status"] == "completed").sum()
+    assert completed < MIN_IMPORTANCE_TRIALS
+    importances, note = optuna_importances(finished_search.folder)
+    assert importances is None and f"{completed} trial(s)" in note and str(MIN_IMPORTANCE_TRIALS) in note
+    code, _, _ = cli(report_main, [finished_search.folder, "--out", tmp_path / "r"])
+    assert code == 0 and "no importance plot" in (tmp_path / "r" / "report.md").read_text()
+    assert "PED-ANOVA" in IMPORTANCE_LABEL and "variance" not in IMPORTANCE_LABEL
+
+
+def test_importances_with_enough_trials_say_how_many(tmp_path):
+    import optuna
+
+    from analysis.report import optuna_importances
+
+    study = optuna.create_study(study_name="exp", storage=f"sqlite:///{tmp_path / 'optuna.db'}",
+                                sampler=optuna.samplers.RandomSampler(seed=0), direction="maximize")
+    study.optimize(lambda t: t.suggest_float("lr", 0, 1) + 0.01 * t.suggest_float("noise", 0, 1), n_trials=12)
+    importances, note = optuna_importances(tmp_path)
+    assert set(importances) == {"lr", "noise"} and importances["lr"] > importances["noise"]
+    assert note.startswith("from 12 completed trials")

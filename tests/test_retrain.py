@@ -39,7 +39,10 @@ def test_retrain_writes_every_artefact(retrained):
                  "curves.png"):
         assert (retrained / name).is_file(), name
     metrics = json.loads((retrained / "metrics.json").read_text())
-    assert len(metrics["epochs"]) == 3 and metrics["seeds"] == [0, 1]
+    assert metrics["status"] == "ok" and metrics["seeds"] == metrics["seeds_in_mean"] == [0, 1]
+    assert [len(seed["epochs"]) for seed in metrics["per_seed"]] == [3, 3]
+    assert [seed["status"] for seed in metrics["per_seed"]] == ["ok", "ok"]
+    assert "test_acc" not in metrics  # no figure of one seed passes for the whole retrain
     for key in ("test_acc", "test_acc_tta", "test_acc_ema", "test_acc_ema_tta"):
         assert 0 <= metrics[f"{key}_mean"] <= 1 and len(metrics[f"{key}_per_seed"]) == 2
     assert metrics["test_acc_mean"] > 0.3 and metrics["test_acc_ema_mean"] > 0.3  # chance is 0.1
@@ -72,11 +75,11 @@ def test_predict_matches_the_retrain_and_writes_a_submission(retrained, tmp_path
     labels = torch.tensor([int(r[1]) for r in rows[1:]])
     truth = make_synthetic().test_labels
     metrics = json.loads((retrained / "metrics.json").read_text())
-    assert (labels == truth).float().mean().item() == pytest.approx(metrics["test_acc"], abs=1e-6)
+    assert (labels == truth).float().mean().item() == pytest.approx(metrics["test_acc_per_seed"][0], abs=1e-6)
     # TTA goes through the same path
     images, _ = read_input(tmp_path / "test.pkl")
     tta = (predict_labels(retrained, images, tta=True) == truth).float().mean().item()
-    assert tta == pytest.approx(metrics["test_acc_tta"], abs=1e-6)
+    assert tta == pytest.approx(metrics["test_acc_tta_per_seed"][0], abs=1e-6)
 
 
 def test_reshaped_layout_loses_accuracy(retrained, tmp_path):
@@ -147,6 +150,138 @@ def test_retrain_resumes_as_if_never_stopped(tmp_path, cli, monkeypatch):
     assert cli(retrain_main, [*args, "--out", tmp_path / "cut", "--resume"])[0] == 0
     a, b = (load_checkpoint(tmp_path / run / "weights.pt") for run in ("straight", "cut"))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    losses = [[m["train_loss"] for m in json.loads((tmp_path / run / "metrics.json").read_text())["epochs"]]
+    losses = [[m["train_loss"] for m in json.loads((tmp_path / run / "metrics.json").read_text())["per_seed"][0]["epochs"]]
               for run in ("straight", "cut")]
     assert losses[0] == losses[1] and len(losses[0]) == 2
+
+
+# ----------------------------------------------------------------------------- faults that mislead
+def write_config(tmp_path, name="cfg.json", **extra):
+    path = tmp_path / name
+    path.write_text(json.dumps({**CONFIG, **extra}))
+    return path
+
+
+@pytest.mark.parametrize("change,key", [(["--epochs", 2], "epochs"), (["--ema"], "ema_decay"),
+                                        (["--config", "other.json"], "widths")])
+def test_a_resume_that_asks_for_another_run_is_refused(tmp_path, cli, change, key):
+    cfg = write_config(tmp_path)
+    write_config(tmp_path, "other.json", widths=[8, 24])
+    out = tmp_path / "final"
+    args = ["--dataset", "synthetic", "--subset", 300, "--epochs", 1, "--out", out]
+    assert cli(retrain_main, ["--config", cfg, *args])[0] == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    extra = [str(tmp_path / c) if str(c).endswith(".json") else c for c in change]
+    argv = ["--config", cfg, *args, *extra, "--resume"]
+    if "--config" in extra:
+        argv = [*args, *extra, "--resume"]
+    code, _, err = cli(retrain_main, argv)
+    assert code == 2 and key in err and len(err.strip().splitlines()) == 1, err
+    assert (out / "checkpoint.pt").read_bytes() == before  # nothing trained into the old run
+
+
+def test_a_diverged_retrain_is_recorded_as_diverged(tmp_path, cli):
+    cfg = write_config(tmp_path, lr=1e12, optimizer="sgd")
+    out = tmp_path / "final"
+    code, stdout, err = cli(retrain_main, ["--config", cfg, "--dataset", "synthetic", "--subset", 300,
+                                           "--epochs", 2, "--out", out])
+    assert code == 0 and "diverged" in err and "status: diverged" in stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "diverged" and metrics["per_seed"][0]["status"] == "diverged"
+    assert "test_acc_mean" not in metrics and metrics["seeds_in_mean"] == []
+
+
+def test_seeds_of_a_subset_retrain_train_on_the_same_images(tmp_path, cli):
+    cfg = write_config(tmp_path)
+    out = tmp_path / "final"
+    assert cli(retrain_main, ["--config", cfg, "--dataset", "synthetic", "--subset", 200, "--epochs", 1,
+                              "--seeds", 2, "--out", out])[0] == 0
+    stats = [json.loads((out / f"seed_{i}" / "model.json").read_text()) for i in range(2)]
+    assert stats[0]["mean"] == stats[1]["mean"] and stats[0]["std"] == stats[1]["std"]
+
+
+def test_metrics_json_is_written_every_epoch(tmp_path):
+    from trainable.data import DataSpec
+    from trainable.train import train_to_folder
+
+    seen = []
+    out = tmp_path / "run"
+
+    def look(metrics):
+        seen.append(len(json.loads((out / "metrics.json").read_text())["epochs"]))
+
+    train_to_folder({**CONFIG, "epochs": 3}, DataSpec("synthetic", subset=300), out, on_epoch=look)
+    assert seen == [1, 2, 3]  # on disk after each epoch, not only at the end
+    assert len(json.loads((out / "metrics.json").read_text())["epochs"]) == 3
+
+
+def test_tta_uses_only_the_views_training_covered(synthetic):
+    from trainable.augment import shift_mirror, tta_views
+    from trainable.data import to_device
+    from trainable.loop import Trainer, predict_logits
+
+    assert all(not mirror for _, _, mirror in tta_views({"flip": False, "crop_padding": 4}))
+    assert tta_views({"flip": True, "crop_padding": 0}) == [(0, 0, False), (0, 0, True)]
+    data = to_device(synthetic, "cpu", val_fraction=0.25)
+    trainer = Trainer({**CONFIG, "epochs": 1, "flip": False}, data)
+    trainer.run_epoch()
+    images, labels = synthetic.test_images, synthetic.test_labels
+    views = [(0, 0, False), (1, 1, False), (-1, -1, False)]
+    by_hand = predict_logits(trainer.model, images, data.mean, data.std, views).argmax(1)
+    assert trainer.evaluate(images, labels, tta=True)["acc"] == pytest.approx((by_hand == labels).float().mean().item())
+
+
+def test_predict_reads_the_planar_cifar_layout_and_string_keys(retrained, tmp_path, cli):
+    synthetic_pickle(tmp_path / "hwc.pkl")
+    with open(tmp_path / "hwc.pkl", "rb") as handle:
+        original = pickle.load(handle)
+    planar = original[b"data"].transpose(0, 3, 1, 2).reshape(len(original[b"data"]), 3072)  # CIFAR's own rows
+    with open(tmp_path / "planar.pkl", "wb") as handle:
+        pickle.dump({"data": planar, "ids": [str(i).encode() for i in original[b"ids"]]}, handle)
+    for name in ("hwc", "planar"):
+        assert cli(predict_main, [retrained, "--input", tmp_path / f"{name}.pkl", "--out", tmp_path / f"{name}.csv"])[0] == 0
+    hwc_rows = (tmp_path / "hwc.csv").read_text().splitlines()
+    planar_rows = (tmp_path / "planar.csv").read_text().splitlines()
+    assert planar_rows == hwc_rows  # same labels, and bytes ids written as plain text, not b'..'
+    assert "b'" not in (tmp_path / "planar.csv").read_text()
+
+
+def test_predict_refuses_ids_that_collide(retrained, tmp_path, cli):
+    for folder in ("a", "b"):
+        (tmp_path / "images" / folder).mkdir(parents=True)
+        Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(tmp_path / "images" / folder / "7.png")
+    code, _, err = cli(predict_main, [retrained, "--input", tmp_path / "images", "--out", tmp_path / "s.csv"])
+    assert code == 2 and "id 7" in err and not (tmp_path / "s.csv").exists()
+
+
+def test_predict_names_a_class_order_that_is_not_cifar10s(retrained, tmp_path, cli):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(retrained, model)
+    info = json.loads((model / "model.json").read_text())
+    info["classes"] = [str(i + 1) for i in range(10)]  # folders named 1..10 sort as 1, 10, 2, ...
+    (model / "model.json").write_text(json.dumps(info))
+    synthetic_pickle(tmp_path / "test.pkl")
+    code, stdout, _ = cli(predict_main, [model, "--input", tmp_path / "test.pkl", "--out", tmp_path / "a.csv"])
+    assert code == 0 and "0=1, 1=2" in stdout
+    cifar = "airplane,automobile,bird,cat,deer,dog,frog,horse,ship,truck"
+    code, _, err = cli(predict_main, [model, "--input", tmp_path / "test.pkl", "--out", tmp_path / "b.csv",
+                                      "--classes", cifar])
+    assert code == 2 and "--classes" in err and not (tmp_path / "b.csv").exists()
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (print, ("code ran while loading a model",))
+
+
+def test_a_model_folder_cannot_run_code(retrained, tmp_path, cli, capsys):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(retrained, model)
+    torch.save({"weight": RunsCode()}, model / "weights.pt")
+    synthetic_pickle(tmp_path / "test.pkl")
+    code, stdout, err = cli(predict_main, [model, "--input", tmp_path / "test.pkl", "--out", tmp_path / "s.csv"])
+    assert code == 2 and "safe load refused" in err and "code ran" not in stdout + err

@@ -71,6 +71,16 @@ def crop_flip(
 TTA_VIEWS = [(dy, dx, mirror) for mirror in (False, True) for dy, dx in ((0, 0), (1, 1), (-1, -1))]
 
 
+def tta_views(config: dict) -> list[tuple[int, int, bool]]:
+    """The TTA views a config's training covered: mirrors only if it flipped, shifts only if it cropped.
+
+    >>> len(tta_views({"flip": True, "crop_padding": 4})), tta_views({"flip": False, "crop_padding": 0})
+    (6, [(0, 0, False)])
+    """
+    return [(dy, dx, mirror) for dy, dx, mirror in TTA_VIEWS
+            if (config.get("flip", True) or not mirror) and (config.get("crop_padding", 4) > 0 or dy == dx == 0)]
+
+
 def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """uint8 (B, C, H, W) to float32, minus the channel mean, over the channel std (0..255 units)."""
     return (images.float() - mean) / std

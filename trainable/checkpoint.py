@@ -32,10 +32,15 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint written by `save_checkpoint` onto the CPU."""
+    """Load a checkpoint written by `save_checkpoint` onto the CPU, safely.
+
+    `weights_only=True`: only tensors and plain containers and values load, so a model
+    folder from someone else cannot run code. Every checkpoint here holds only those
+    (weights, optimizer state, RNG states as tensors, the config and history as plain values).
+    """
     import torch
 
-    return torch.load(Path(path), map_location="cpu", weights_only=False)
+    return torch.load(Path(path), map_location="cpu", weights_only=True)
 
 
 def write_json(path: str | Path, data: Any) -> None:

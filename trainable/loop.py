@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from trainable.augment import TTA_VIEWS, augment_batch, normalize, shift_mirror
+from trainable.augment import augment_batch, normalize, shift_mirror, tta_views
 from trainable.config import with_defaults
 from trainable.data import DeviceData
 from trainable.model import build_model, count_params
@@ -71,14 +71,15 @@ def predict_logits(
     images: torch.Tensor,
     mean: torch.Tensor,
     std: torch.Tensor,
-    tta: bool = False,
+    views: list[tuple[int, int, bool]] | None = None,
     device: torch.device | None = None,
 ) -> torch.Tensor:
-    """Float32 logits of uint8 images (N, 3, H, W), in big batches, optionally averaged over TTA views."""
+    """Float32 logits of uint8 images (N, 3, H, W), in big batches, averaged over TTA `views`
+    ((dy, dx, mirrored) each; `trainable.augment.tta_views`) or of the images alone."""
     device = device or mean.device
     model.eval()
     on_cuda = device.type == "cuda"
-    views = TTA_VIEWS if tta else [(0, 0, False)]
+    views = views or [(0, 0, False)]
     out = []
     for start in range(0, len(images), EVAL_BATCH):
         batch = images[start:start + EVAL_BATCH].to(device)
@@ -288,7 +289,8 @@ class Trainer:
                  use_ema: bool = False) -> dict[str, float]:
         """Loss and accuracy on uint8 images (no training augmentation), in big batches."""
         model = self.ema.module if use_ema and self.ema is not None else self.model
-        logits = predict_logits(model, images, self.data.mean, self.data.std, tta, self.device)
+        views = tta_views(self.config) if tta else None
+        logits = predict_logits(model, images, self.data.mean, self.data.std, views, self.device)
         labels = labels.to(self.device)
         loss = F.cross_entropy(logits, labels).item() if len(labels) else float("nan")
         return {"loss": loss, "acc": (logits.argmax(1) == labels).float().mean().item()}
@@ -338,6 +340,7 @@ class Trainer:
             "step": self.step,
             "status": self.status,
             "generator": self.generator.get_state(),
+            "ema_decay": self.ema.decay if self.ema is not None else None,
             "cpu_rng": torch.get_rng_state(),
         }
         if self.on_cuda:

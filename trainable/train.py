@@ -33,24 +33,44 @@ def format_epoch(m: dict[str, Any], total: int) -> str:
     return line + ("  DIVERGED" if m["status"] == "diverged" else "")
 
 
+def check_same_run(saved: dict[str, Any], trainer: Trainer, path: Path) -> None:
+    """Refuse to resume a checkpoint into a run asked for with another config or EMA setting.
+
+    A changed `epochs` would jump the learning rate from about 0 back up the cosine; a
+    changed EMA would restart the average from the first weights; another config would
+    mix two runs. The message names the first key that differs.
+    """
+    asked = {**trainer.config, "ema_decay": trainer.ema.decay if trainer.ema is not None else None}
+    had = {**saved.get("config", {}), "ema_decay": saved.get("ema_decay")}
+    for key in asked:
+        if had.get(key) != asked[key]:
+            raise UserError(f"cannot resume {path}: it was trained with {key}={had.get(key)!r}, this run asks for "
+                            f"{key}={asked[key]!r}; resume with the same flags, or train into another --out")
+
+
 def train_with_checkpoints(
     trainer: Trainer,
     path: Path,
     resume: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    on_history: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run `trainer` to its horizon, saving a checkpoint (with the history) after every epoch.
 
-    With `resume` and a checkpoint at `path`, it continues from there. Returns every epoch's metrics.
+    With `resume` and a checkpoint at `path`, it continues from there (the same run only:
+    `check_same_run`). `on_history` gets the whole history after each epoch. Returns it.
     """
     history: list[dict[str, Any]] = []
     if resume and path.is_file():
         state = load_checkpoint(path)
+        check_same_run(state, trainer, path)
         trainer.load_state_dict(state)
         history = state.get("history", [])
     for metrics in trainer.epochs():
         history.append(metrics)
         save_checkpoint(path, {**trainer.state_dict(), "history": history})
+        if on_history:
+            on_history(history)
         if on_epoch:
             on_epoch(metrics)
     return history
@@ -83,7 +103,10 @@ def train_to_folder(
     loaded = spec.load(download=False)
     data = spec.to_device(loaded, device or default_device())
     trainer = Trainer(cfg, data, compile_model=compile_model, ema_decay=ema_decay)
-    history = train_with_checkpoints(trainer, ckpt_path, resume, on_epoch)
+    def progress(history: list[dict[str, Any]]) -> None:
+        write_json(out / METRICS, {"config": cfg, "status": "running", "epochs": history})
+
+    history = train_with_checkpoints(trainer, ckpt_path, resume, on_epoch, on_history=progress)
     # The one and only look at the test set, after the last epoch; never used to choose anything.
     images, labels = loaded.test_images, loaded.test_labels
     plain = trainer.evaluate(images, labels)
