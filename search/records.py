@@ -80,9 +80,15 @@ def cell(value: Any) -> Any:
     return "" if value is None else value
 
 
-def number(text: str | None) -> float | None:
-    """A numeric cell, or None when empty."""
-    return float(text) if text not in (None, "") else None
+def number(value: Any) -> float | None:
+    """A numeric cell (or value) as a float; None when empty, unreadable or NaN (pandas' missing value)."""
+    if value is None or value == "":
+        return None
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if result != result else result
 
 
 # ----------------------------------------------------------------------------- readers
@@ -153,18 +159,8 @@ def rank(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     Diverged trials and trials without a val figure are left out; ties keep the order the
     trials were launched in (a stable sort), so the same folder always names the same best.
     """
-    scored = [r for r in rows if str(r.get("status")) != Status.DIVERGED and number_or_none(r.get("best_val_acc")) is not None]
-    return sorted(scored, key=lambda r: -number_or_none(r["best_val_acc"]))
-
-
-def number_or_none(value: Any) -> float | None:
-    if value is None or value == "":
-        return None
-    try:
-        result = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if result != result else result  # NaN (pandas' missing value) is no figure
+    scored = [r for r in rows if r.get("status") != Status.DIVERGED and number(r.get("best_val_acc")) is not None]
+    return sorted(scored, key=lambda r: -number(r["best_val_acc"]))
 
 
 def rejected_count(folder: str | Path) -> int | None:

@@ -32,7 +32,7 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from search.budget import complete_config, over_budget
-from search.records import Status
+from search.records import ENDED, Status, ended_status
 from search.space import SpaceFn
 from trainable.config import validate_config
 from trainable.errors import UserError
@@ -160,7 +160,7 @@ class BudgetedOptunaSearch(Searcher):
             # Errored, or removed before its first result: nothing for TPE to learn.
             self._close(number, Status.ERRORED if error else Status.STOPPED, None)
             return
-        status = ended_status_of(result, self.horizon)
+        status = ended_status(int(result.get("epoch") or 0), self.horizon, str(result.get("status", "ok")))
         self._close(number, status, result.get(self.metric))
 
     def _close(self, number: int, status: Status, value: float | None) -> None:
@@ -184,14 +184,13 @@ class BudgetedOptunaSearch(Searcher):
         were interrupted: returned as (number, trial id, last checkpoint or None).
         """
         by_id = {r["trial_id"]: r for r in rows}
-        ended = {s.value for s in (Status.COMPLETED, Status.STOPPED, Status.DIVERGED, Status.ERRORED)}
         interrupted = []
         for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             original = frozen.user_attrs.get("ray_trial_id")
             row = by_id.get(original) if original else None
             if original is None:
                 self._close(frozen.number, Status.ERRORED, None)
-            elif row is not None and row.get("status") in ended:
+            elif row is not None and row.get("status") in ENDED:
                 value = row.get("last_val_acc")
                 self._close(frozen.number, Status(row["status"]), float(value) if value else None)
             else:
@@ -215,10 +214,3 @@ class BudgetedOptunaSearch(Searcher):
         with open(checkpoint_path, "rb") as handle:
             state = pickle.load(handle)
         self.numbers, self.reported, self.rejected = state["numbers"], state["reported"], state["rejected"]
-
-
-def ended_status_of(result: dict[str, Any], horizon: int) -> Status:
-    """A finished trial's status from its last result."""
-    from search.records import ended_status
-
-    return ended_status(int(result.get("epoch") or 0), horizon, str(result.get("status", "ok")))
