@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 from trainable.checkpoint import write_json
 from trainable.cli import ArgumentParser, read_json, run_main
 from trainable.config import parse_overrides, validate_config
-from trainable.data import DATASETS, DataSpec, load_dataset
+from trainable.data import DATASETS, DataSpec
 from trainable.errors import UserError
 from trainable.model import count_params
 from trainable.train import format_epoch, train_to_folder
@@ -71,18 +71,16 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str) -> None:
 
 def train_seed(
     config: dict[str, Any],
-    data_args: dict[str, Any],
+    spec: DataSpec,
     out: Path,
     ema_decay: float | None,
     resume: bool,
+    compile_model: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train one seed on train + val into `out` (`trainable.train.train_to_folder`), plus its curves."""
-    # One split seed for every seed of a retrain: with --subset they all train on the same images.
-    spec = DataSpec(data_args["dataset"], data_args["data_dir"], val_fraction=0.0,
-                    split_seed=data_args.get("split_seed", config["seed"]), subset=data_args.get("subset"))
-    result = train_to_folder(config, spec, out, resume=resume, compile_model=data_args.get("compile", False),
-                             ema_decay=ema_decay, on_epoch=on_epoch)
+    result = train_to_folder(config, spec, out, resume=resume, compile_model=compile_model, ema_decay=ema_decay,
+                             on_epoch=on_epoch)
     plot_curves(result["epochs"], out / "curves.png", f"seed {config['seed']}: test acc {result['test_acc']:.4f}")
     return result
 
@@ -93,12 +91,13 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def retrain(
     config: dict[str, Any],
-    data_args: dict[str, Any],
+    spec: DataSpec,
     out: Path,
     *,
     seeds: int = 1,
     ema_decay: float | None = None,
     resume: bool = False,
+    compile_model: bool = False,
     parallel: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
@@ -110,16 +109,16 @@ def retrain(
     the seeds that did not diverge (a diverged seed is left out, with a warning).
     """
     base_seed = config["seed"]
-    data_args = {**data_args, "split_seed": base_seed}
     configs = [{**config, "seed": base_seed + i} for i in range(seeds)]
     folders = [out if seeds == 1 else out / f"seed_{i}" for i in range(seeds)]
     if parallel and seeds > 1:
         import ray
 
         task = ray.remote(num_gpus=1)(train_seed)
-        results = ray.get([task.remote(c, data_args, f, ema_decay, resume) for c, f in zip(configs, folders)])
+        results = ray.get([task.remote(c, spec, f, ema_decay, resume, compile_model)
+                           for c, f in zip(configs, folders)])
     else:
-        results = [train_seed(c, data_args, f, ema_decay, resume, on_epoch) for c, f in zip(configs, folders)]
+        results = [train_seed(c, spec, f, ema_decay, resume, compile_model, on_epoch) for c, f in zip(configs, folders)]
     if seeds > 1:
         for name in ("weights.pt", "weights_ema.pt", "config.json", "model.json", "summary.txt", "curves.png"):
             source = folders[0] / name
@@ -184,10 +183,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = read_json(args.config, "config file")
         out = Path(args.out) if args.out else Path(args.config).with_suffix("") / "final"
     config = validate_config({**config, "epochs": args.epochs, **overrides})
-    data_args = {"dataset": args.dataset or settings.get("dataset", "cifar10"),
-                 "data_dir": args.data_dir or settings.get("data_dir"), "subset": args.subset,
-                 "compile": args.compile}
-    dataset = load_dataset(data_args["dataset"], data_args["data_dir"], download=True)  # fail here, early
+    # Train + val together (no hold-out); one split seed for every seed of the retrain, so
+    # with --subset they all train on the same images.
+    spec = DataSpec(args.dataset or settings.get("dataset", "cifar10"), args.data_dir or settings.get("data_dir"),
+                    val_fraction=0.0, split_seed=config["seed"], subset=args.subset)
+    dataset = spec.load(download=True)  # fail here, early
     params = count_params(config, dataset.num_classes)
     if params >= args.param_budget:
         raise UserError(f"the config has {params:,} trainable params, not under --param-budget {args.param_budget:,}")
@@ -198,9 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parallel = args.seeds > 1 and torch.cuda.device_count() > 1
     print(f"retraining {params:,}-param config for {config['epochs']} epochs x {args.seeds} seed(s) on "
-          f"{data_args['dataset']} (train + val) -> {out}" + (" in parallel as Ray tasks" if parallel else ""))
-    result = retrain(config, data_args, out, seeds=args.seeds, ema_decay=args.ema_decay if args.ema else None,
-                     resume=args.resume, parallel=parallel,
+          f"{spec.dataset} (train + val) -> {out}" + (" in parallel as Ray tasks" if parallel else ""))
+    result = retrain(config, spec, out, seeds=args.seeds, ema_decay=args.ema_decay if args.ema else None,
+                     resume=args.resume, compile_model=args.compile, parallel=parallel,
                      on_epoch=lambda m: print(format_epoch(m, config["epochs"]), flush=True))
     for key, label in (("test_acc", "test"), ("test_acc_tta", "test + TTA"), ("test_acc_ema", "test, EMA"),
                        ("test_acc_ema_tta", "test, EMA + TTA")):

@@ -5,7 +5,6 @@ import sys
 
 import pytest
 
-import search.retrain
 import trainable.data
 from search.retrain import main as retrain_main
 from trainable.data import Dataset, make_synthetic
@@ -45,7 +44,6 @@ def watched(monkeypatch):
         return WatchedDataset(base, log)
 
     monkeypatch.setattr(trainable.data, "load_dataset", load)
-    monkeypatch.setattr(search.retrain, "load_dataset", load)
     trainable.data._PREPARED.clear()
     yield log
     trainable.data._PREPARED.clear()
