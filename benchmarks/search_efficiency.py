@@ -55,7 +55,6 @@ def tally(names: Any) -> dict[str, int]:
 
 def run(data_dir: str | None, quick: bool, out: Path) -> dict[str, Any]:
     """ASHA+TPE against random+FIFO at an equal number of epochs, per seed."""
-    from analysis.trials import load_experiment
     from search.run import SearchSettings, run_search
 
     seeds = [0, 1, 2]
@@ -80,22 +79,38 @@ def run(data_dir: str | None, quick: bool, out: Path) -> dict[str, Any]:
                     sampler=sampler, scheduler=scheduler, dataset=dataset, data_dir=data_dir_arg,
                     subset=subset, warm_start=False, verbose=0, time_budget=None)
                 outcome = run_search(settings)
-                _, history = load_experiment(outcome.folder)
-                full = best_so_far(history)
-                curve = full[full["epochs"] <= epoch_budget]  # the same budget for both
-                who = proposers(outcome.folder)
-                within = _trials_within(history, epoch_budget)
-                runs.append({"method": label, "seed": seed, "curve": curve, "rejected": outcome.rejected,
-                             "final_best": float(curve["best_val_acc"].iloc[-1]),
-                             "epochs_used": int(curve["epochs"].iloc[-1]),
-                             "proposed_by": tally(who.values()),
-                             "proposed_by_within_budget": tally(who[t] for t in within)})
-                print(f"  {label} seed {seed}: best {runs[-1]['final_best']:.4f} in {runs[-1]['epochs_used']} epochs; "
-                      f"launched {len(who)} {runs[-1]['proposed_by']}, within the budget "
-                      f"{runs[-1]['proposed_by_within_budget']}; rejected {outcome.rejected}", flush=True)
+                runs.append(measure(outcome.folder, label, seed, epoch_budget))
 
-    summary: dict[str, Any] = {"seeds": seeds, "epoch_budget": epoch_budget, "max_epochs": max_epochs,
-                               "subset": subset, "param_budget": BUDGET, "data": dataset, "per_seed": []}
+    summary = summarise(runs, epoch_budget)
+    summary.update(max_epochs=max_epochs, subset=subset, param_budget=BUDGET, data=dataset)
+    plot(runs, out / "search_efficiency.png", epoch_budget)
+    summary["plot"] = str(out / "search_efficiency.png")
+    return summary
+
+
+def measure(folder: Path, label: str, seed: int, epoch_budget: int) -> dict[str, Any]:
+    """One search's anytime curve (cut at the epoch budget) and who proposed its trials."""
+    from analysis.trials import load_experiment
+    from search.records import rejected_count
+
+    _, history = load_experiment(folder)
+    full = best_so_far(history)
+    curve = full[full["epochs"] <= epoch_budget]  # the same budget for both
+    who = proposers(folder)
+    within = _trials_within(history, epoch_budget)
+    run = {"method": label, "seed": seed, "curve": curve, "rejected": rejected_count(folder),
+           "final_best": float(curve["best_val_acc"].iloc[-1]), "epochs_used": int(curve["epochs"].iloc[-1]),
+           "proposed_by": tally(who.values()), "proposed_by_within_budget": tally(who[t] for t in within)}
+    print(f"  {label} seed {seed}: best {run['final_best']:.4f} in {run['epochs_used']} epochs; "
+          f"launched {len(who)} {run['proposed_by']}, within the budget "
+          f"{run['proposed_by_within_budget']}; rejected {run['rejected']}", flush=True)
+    return run
+
+
+def summarise(runs: list[dict[str, Any]], epoch_budget: int) -> dict[str, Any]:
+    """Per seed: both methods' best within the budget, and the epochs ASHA+TPE took to match random-FIFO."""
+    seeds = sorted({r["seed"] for r in runs})
+    summary: dict[str, Any] = {"seeds": seeds, "epoch_budget": epoch_budget, "per_seed": []}
     for seed in seeds:
         asha = next(r for r in runs if r["seed"] == seed and r["method"] == "asha_tpe")
         fifo = next(r for r in runs if r["seed"] == seed and r["method"] == "random_fifo")
@@ -111,8 +126,6 @@ def run(data_dir: str | None, quick: bool, out: Path) -> dict[str, Any]:
     matched = [p["asha_tpe_epochs_to_match_random_fifo"] for p in summary["per_seed"]]
     summary["mean_share_of_epochs_to_match"] = (
         sum(m / epoch_budget for m in matched) / len(matched) if all(m is not None for m in matched) else None)
-    plot(runs, out / "search_efficiency.png", epoch_budget)
-    summary["plot"] = str(out / "search_efficiency.png")
     return summary
 
 

@@ -218,6 +218,14 @@ class Resources:
     concurrent: int
 
 
+# Ray reuses a trial's actor for the next trial only if the previous training thread ends
+# within TUNE_FUNCTION_THREAD_TIMEOUT_S (default 2 s). A trial stopped by ASHA ends at its
+# next report, so after up to an epoch: with the default, a reuse after a long epoch fails,
+# the next trial errors before it starts, and Ray 2.60 keeps its concurrency slot (a CPU
+# search here fell to one trial at a time). Waiting for the epoch to end costs nothing more.
+WORKER_ENV = {"TUNE_FUNCTION_THREAD_TIMEOUT_S": "3600"}
+
+
 @contextmanager
 def ray_session(s: SearchSettings) -> Iterator[None]:
     """Use the caller's Ray session if there is one; otherwise start one and stop it after."""
@@ -228,7 +236,7 @@ def ray_session(s: SearchSettings) -> Iterator[None]:
         return
     ray.init(address=s.address, num_cpus=None if s.address else s.cpus or os.cpu_count(),
              num_gpus=None if s.address else s.gpus, include_dashboard=False, configure_logging=False,
-             log_to_driver=s.verbose > 1)
+             log_to_driver=s.verbose > 1, runtime_env={"env_vars": WORKER_ENV})
     try:
         yield
     finally:

@@ -66,7 +66,10 @@ def ray_cluster():
     for _ in range(2):
         cluster.add_node(num_cpus=1, num_gpus=0)
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, configure_logging=False, log_to_driver=False)
+    from search.run import WORKER_ENV
+
+    ray.init(address=cluster.address, configure_logging=False, log_to_driver=False,
+             runtime_env={"env_vars": WORKER_ENV})
     yield cluster
     ray.shutdown()
     cluster.shutdown()

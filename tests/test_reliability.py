@@ -226,3 +226,30 @@ def test_a_writer_killed_at_any_moment_leaves_old_or_new(tmp_path, kind, kills):
     assert seen, "the writer never finished a single file"
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != path.name]
     assert all(name.endswith(".tmp") for name in leftovers)  # a killed write leaves at most a temp file
+
+
+def trial_with_slow_teardown(config, data, spec, options):
+    """run_trial whose clean-up takes 3 s, as freeing a large trial does on a busy machine:
+    longer than Ray's default wait (2 s) for a finished trial's thread."""
+    import types
+
+    import search.trial
+
+    search.trial.gc = types.SimpleNamespace(collect=lambda: time.sleep(3))
+    return run_trial(config, data, spec, options)
+
+
+def test_a_worker_is_reused_after_a_slow_teardown(ray_session, space_file, tmp_path):
+    # Ray reuses a worker for the next trial only once the last one's thread has ended. With
+    # its default 2 s wait, a slower teardown made the next trial error before it started
+    # ("Could not re-use actor") and Ray kept its concurrency slot: a CPU search fell to one
+    # trial at a time. The search's Ray session waits for the thread instead.
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    # Without the fix the search stalls for good; the time budget turns that into a failure.
+    outcome = run_search(settings(tmp_path, space_file, name="reuse", trials=5, max_epochs=2, grace_epochs=1,
+                                  time_budget="150s"), trial_fn=trial_with_slow_teardown)
+    rows = rows_of(outcome.folder)
+    assert len(rows) == 5 and all(r["status"] in ("completed", "stopped") for r in rows), \
+        [(r["trial_id"], r["status"], r["error"]) for r in rows]
