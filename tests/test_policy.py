@@ -108,3 +108,12 @@ def test_policy_keeps_shape_dtype_and_is_seeded(images):
     b = policy(images, torch.Generator().manual_seed(5))
     assert a.shape == images.shape and a.dtype == torch.uint8 and torch.equal(a, b)
     assert not torch.equal(a, policy(images, torch.Generator().manual_seed(6)))
+
+
+def test_the_gpu_path_and_the_cpu_path_agree(images):
+    # The GPU's whole-batch-and-select path, run here on the CPU, against the CPU's grouped one.
+    generator = torch.Generator().manual_seed(3)
+    for policy in ("trivialaugment", "autoaugment"):
+        for op, magnitude in PolicyAugment(policy).draw(len(images), generator, torch.device("cpu")):
+            assert torch.equal(apply_ops(images, op, magnitude, grouped=True),
+                               apply_ops(images, op, magnitude, grouped=False))

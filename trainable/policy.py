@@ -151,30 +151,58 @@ def sharpen(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return out.clamp_(0, 255).to(images.dtype)
 
 
-def apply_ops(images: torch.Tensor, op: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
-    """Apply to each uint8 image (B, 3, H, W) its own op (an index into OPS) at its magnitude."""
-    factor = 1.0 + magnitude
+def _posterize(images: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
     bits = magnitude.to(torch.int64).clamp(0, 8)
-    mask = ((0xFF << (8 - bits)) & 0xFF).to(images.dtype).view(-1, 1, 1, 1)
-    outputs = {
-        "geometric": geometric(images, op, magnitude),
-        "brightness": _blend(images, torch.zeros((), device=images.device), factor),
-        "color": _blend(images, _gray(images), factor),
-        "contrast": _blend(images, _gray(images).mean(dim=(1, 2, 3), keepdim=True), factor),
-        "sharpness": sharpen(images, factor),
-        "posterize": images & mask,
-        "solarize": torch.where(images >= (255.0 * magnitude).view(-1, 1, 1, 1), 255 - images, images),
-        "autocontrast": TF.autocontrast(images),
-        "equalize": TF.equalize(images),
-        "invert": TF.invert(images),
-    }
+    return images & ((0xFF << (8 - bits)) & 0xFF).to(images.dtype).view(-1, 1, 1, 1)
+
+
+def _solarize(images: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+    return torch.where(images >= (255.0 * magnitude).view(-1, 1, 1, 1), 255 - images, images)
+
+
+# Each op as a function of (uint8 images, magnitudes, op ids) of the images it applies to.
+_OPS = {
+    "geometric": lambda x, m, op: geometric(x, op, m),
+    "brightness": lambda x, m, op: _blend(x, torch.zeros((), device=x.device), 1.0 + m),
+    "color": lambda x, m, op: _blend(x, _gray(x), 1.0 + m),
+    "contrast": lambda x, m, op: _blend(x, _gray(x).mean(dim=(1, 2, 3), keepdim=True), 1.0 + m),
+    "sharpness": lambda x, m, op: sharpen(x, 1.0 + m),
+    "posterize": lambda x, m, op: _posterize(x, m),
+    "solarize": lambda x, m, op: _solarize(x, m),
+    "autocontrast": lambda x, m, op: TF.autocontrast(x),
+    "equalize": lambda x, m, op: TF.equalize(x),
+    "invert": lambda x, m, op: TF.invert(x),
+}
+
+
+def _chosen(name: str, op: torch.Tensor) -> torch.Tensor:
+    if name == "geometric":
+        return (op >= OP["shear_x"]) & (op <= OP["rotate"])
+    return op == OP[name]
+
+
+def apply_ops(images: torch.Tensor, op: torch.Tensor, magnitude: torch.Tensor,
+              grouped: bool | None = None) -> torch.Tensor:
+    """Apply to each uint8 image (B, 3, H, W) its own op (an index into OPS) at its magnitude.
+
+    On a GPU every op runs over the whole batch and `torch.where` keeps each image's own
+    result: finding which images drew an op would read a count back to the host (a sync
+    per op per batch), and the extra arithmetic on 32x32 images is cheap there. On the CPU,
+    where the arithmetic is the cost and reading a count is free, each op runs only on
+    the images that drew it. `grouped` picks the path (default: grouped on the CPU).
+    """
+    if grouped is None:
+        grouped = images.device.type == "cpu"
+    if grouped:
+        out = images.clone()
+        for name, fn in _OPS.items():
+            index = _chosen(name, op).nonzero().flatten()
+            if len(index):
+                out[index] = fn(images[index], magnitude[index], op[index])
+        return out
     out = images
-    for name, result in outputs.items():
-        if name == "geometric":
-            chosen = (op >= OP["shear_x"]) & (op <= OP["rotate"])
-        else:
-            chosen = op == OP[name]
-        out = torch.where(chosen.view(-1, 1, 1, 1), result, out)
+    for name, fn in _OPS.items():
+        out = torch.where(_chosen(name, op).view(-1, 1, 1, 1), fn(images, magnitude, op), out)
     return out
 
 
