@@ -23,7 +23,6 @@ always finishes and reports. Writes DIR/proof.json and DIR/proof.md.
 
 from __future__ import annotations
 
-import json
 import math
 import multiprocessing
 import os

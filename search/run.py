@@ -18,12 +18,15 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from trainable.cli import ArgumentParser, read_json, run_main
 from trainable.config import parse_overrides
 from trainable.data import DATASETS, DataSpec, TrainArrays
 from trainable.errors import UserError
+
+if TYPE_CHECKING:
+    from search.searcher import BudgetedOptunaSearch
 
 # Flags that define what is searched: a --resume that changes one would mix two searches.
 SEARCH_DEFINING = ("param_budget", "space", "overrides", "max_epochs", "grace_epochs", "reduction_factor", "dataset",
@@ -336,7 +339,7 @@ def run_search(s: SearchSettings, trial_fn: Callable[..., None] | None = None) -
     from ray import tune
 
     from search.experiment import TrialTable, summary
-    from search.records import ENDED, OPTUNA_DB, SETTINGS, count_statuses, read_best, read_trials, rejected_count
+    from search.records import ENDED, SETTINGS, count_statuses, read_best, read_trials, rejected_count
     from search.trial import TrialOptions, run_trial
     from trainable.checkpoint import write_json
 
