@@ -12,7 +12,8 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-FINISHED = ("completed", "stopped", "running")
+from search.records import Status  # noqa: E402
+
 MAIN_HYPERPARAMS = ["lr", "weight_decay", "batch_size", "warmup_epochs", "label_smoothing", "cutout", "dropout",
                     "params"]
 LOG_SCALE = {"lr", "weight_decay", "params"}
@@ -39,7 +40,7 @@ def learning_curves(table: pd.DataFrame, curves: pd.DataFrame, path: Path) -> Pa
         status = history["status"].iloc[-1]
         if trial_id == best_id:
             continue
-        style = {"alpha": 0.25, "color": "grey"} if status != "completed" else {"alpha": 0.7}
+        style = {"alpha": 0.25, "color": "grey"} if status != Status.COMPLETED else {"alpha": 0.7}
         ax.plot(history["epoch"], history["val_acc"], linewidth=1, **style)
     best = curves[curves["trial_id"] == best_id]
     if len(best):
@@ -59,7 +60,7 @@ def pareto_front(points: pd.DataFrame) -> pd.DataFrame:
 
     Diverged trials are left out, as in every ranking of this tool (`search.records.rank`).
     """
-    points = points[points["status"] != "diverged"]
+    points = points[points["status"] != Status.DIVERGED]
     ordered = points.sort_values(["params", "best_val_acc"], ascending=[True, False], kind="stable")
     front, best_so_far = [], -math.inf
     for _, row in ordered.iterrows():

@@ -16,6 +16,7 @@ import pandas as pd
 from analysis import plots
 from analysis.table import narrow, to_markdown
 from analysis.trials import STATUSES, load_experiment, rejected_count, settings_of
+from search.records import load_study, milestones, ran_seconds
 from trainable.checkpoint import write_text
 from trainable.cli import ArgumentParser, run_main
 
@@ -32,12 +33,10 @@ def optuna_importances(folder: Path) -> tuple[dict[str, float] | None, str]:
     """
     import optuna
 
-    db = folder / "optuna.db"
-    if not db.is_file():
-        return None, "no optuna.db in the experiment"
+    study = load_study(folder)
+    if study is None:
+        return None, "no readable Optuna study in the experiment"
     try:
-        storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
-        study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
         complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         if len(complete) < MIN_IMPORTANCE_TRIALS:
             return None, (f"no importance plot: {len(complete)} trial(s) ran to the end, and an estimate needs at "
@@ -52,21 +51,20 @@ def optuna_importances(folder: Path) -> tuple[dict[str, float] | None, str]:
 
 
 def asha_milestones(settings: dict[str, Any]) -> list[int]:
-    """The rung epochs: grace x reduction_factor^k up to the horizon, and the horizon."""
+    """The rung epochs below the horizon (`search.records.milestones`), and the horizon."""
     grace, factor, horizon = (int(settings.get(k, d)) for k, d in
                               (("grace_epochs", 1), ("reduction_factor", 3), ("max_epochs", 1)))
-    out, milestone = [], grace
-    while milestone < horizon:
-        out.append(milestone)
-        milestone *= factor
-    return out + [horizon]
+    return [m for m in milestones(grace, horizon, factor) if m < horizon] + [horizon]
 
 
 def totals(table: pd.DataFrame, curves: pd.DataFrame, folder: Path) -> dict[str, Any]:
-    """Trials by status, budget rejections, wall time and GPU-hours of the search."""
+    """Trials by status, budget rejections, wall time and GPU-hours of the search.
+
+    The wall time is the time the search ran: each driver run from its start to its last
+    report (drivers.json), without the downtime between a stop and a --resume.
+    """
     counts = table["status"].value_counts().to_dict()
-    started = (curves["wall_time"] - curves["time_total_s"]).min() if len(curves) else None
-    wall = float(curves["wall_time"].max() - started) if started is not None else 0.0
+    wall = ran_seconds(folder)
     return {
         "trials": len(table),
         **{status: int(counts.get(status, 0)) for status in STATUSES},

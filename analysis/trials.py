@@ -14,20 +14,15 @@ from typing import Any
 
 import pandas as pd
 
-from search.records import (TRIAL_STATUSES, config_from_row, number, rank, read_history, read_settings,
-                            read_trials, rejected_count)
+from search.records import (HISTORY_COLUMNS, TRIAL_COLUMNS, TRIAL_STATUSES, config_from_row, number, rank,
+                            read_history, read_settings, read_trials, rejected_count)
 from trainable.errors import UserError
 
-HYPERPARAMS = ["optimizer", "lr", "weight_decay", "momentum", "warmup_epochs", "batch_size", "label_smoothing",
-               "cutout", "augment_policy", "randaugment_n", "randaugment_m", "mixup_alpha", "cutmix_alpha",
-               "mix_prob", "dropout", "crop_padding", "flip", "seed"]
-COLUMNS = (["trial_id", "status", "error", "params", "blocks", "widths", "kernel_size", "skip_kernel_size",
-            "stem_width", "preact"] + HYPERPARAMS
-           + ["epochs_trained", "best_val_acc", "best_epoch", "last_val_acc", "horizon", "wall_seconds",
-              "gpu_seconds"])
+# The table's columns: trials.csv's, in its order, less what only the driver needs.
+COLUMNS = ["trial_id", "status", "error"] + [c for c in TRIAL_COLUMNS if c not in
+                                             ("trial_id", "status", "error", "restarts", "checkpoint", "versions")]
 STATUSES = TRIAL_STATUSES
-CURVE_COLUMNS = ["trial_id", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds",
-                 "time_total_s", "wall_time", "node_id"]
+CURVE_COLUMNS = [c for c in HISTORY_COLUMNS if c != "status"]  # the status is the trial's, added on load
 
 settings_of = read_settings
 

@@ -9,15 +9,15 @@ Ray's snapshots, so a driver killed at any moment loses at most the result in fl
 from __future__ import annotations
 
 import platform
+import time
 from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
-from search.records import (ENDED, CONFIG_COLUMNS, HistoryLog, cell, Status, config_from_row, count_statuses,
-                            ended_status, rank, read_history, read_trials, trials_csv_text)
+from search.records import (ENDED, CONFIG_COLUMNS, HistoryLog, Status, cell, config_from_row, count_statuses,
+                            ended_status, rank, read_history, read_trials, record_driver, write_best, write_trials)
 from search.searcher import CONTINUES
-from trainable.checkpoint import write_json, write_text
 
 
 def library_versions() -> str:
@@ -48,6 +48,16 @@ def _error_line(trial: Any, error: Any = None) -> str:
     return "unknown error"
 
 
+def best_epoch(epochs: dict[int, dict[str, Any]]) -> int | None:
+    """The epoch with the highest val_acc (the earliest of equals), or None without one.
+
+    >>> best_epoch({1: {"val_acc": 0.3}, 2: {"val_acc": 0.5}, 3: {"val_acc": 0.5}}), best_epoch({1: {}})
+    (2, None)
+    """
+    scored = [(e, f["val_acc"]) for e, f in sorted(epochs.items()) if f.get("val_acc") is not None]
+    return max(scored, key=lambda pair: pair[1])[0] if scored else None
+
+
 class TrialTable(Callback):
     """Keeps trials.csv, history.csv and best.json current from the driver.
 
@@ -55,19 +65,22 @@ class TrialTable(Callback):
     (its config names the trial it continues) writes into that trial's row and history.
     """
 
-    def __init__(self, folder: str | Path, gpus_per_trial: float, horizon: int):
+    def __init__(self, folder: str | Path, gpus_per_trial: float, horizon: int, run_name: str = "run",
+                 deadline: float | None = None):
         self.folder = Path(folder)
         self.gpus_per_trial = gpus_per_trial
         self.horizon = horizon
+        self.deadline = deadline  # time.time() at which --time-budget ends this driver run
         self.versions = library_versions()
         self.rows: dict[str, dict[str, Any]] = {r["trial_id"]: dict(r) for r in read_trials(self.folder)}
-        self.best_metrics: dict[str, dict[str, Any]] = {}
+        # Every epoch's figures per trial, the newest of an epoch trained twice: best_val_acc
+        # and best.json's metrics come from these, so they always agree with history.csv.
+        self.epochs: dict[str, dict[int, dict[str, Any]]] = {}
         for row in read_history(self.folder):
-            best = self.rows.get(row["trial_id"], {}).get("best_epoch")
-            if best not in (None, "") and int(float(best)) == row["epoch"]:
-                self.best_metrics[row["trial_id"]] = row
+            self.epochs.setdefault(row["trial_id"], {})[row["epoch"]] = row
         self.ids: dict[str, str] = {}  # Ray trial id -> the trial id of its row
         self.history = HistoryLog(self.folder)
+        self.driver = {"run": run_name, "started": time.time(), "last": time.time(), "gpu_share": gpus_per_trial}
 
     # --- Ray Tune callback hooks -------------------------------------------------------
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -76,6 +89,10 @@ class TrialTable(Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         row = self._row(trial)
+        if result.get("status") == Status.ERRORED:  # it raised inside the trial: nothing was trained
+            row["status"], row["error"] = Status.ERRORED.value, result.get("error") or "unknown error"
+            self.write()
+            return
         row["status"] = Status.RUNNING.value
         row["params"] = result.get("params", row.get("params"))
         row["epochs_trained"] = result.get("epoch", 0)
@@ -83,15 +100,15 @@ class TrialTable(Callback):
         # Time over every run of the trial: what it had when continued, plus this run's.
         row["wall_seconds"] = round(float(row.get("_wall_before") or 0) + result.get("time_total_s", 0.0), 2)
         row["gpu_seconds"] = round(row["wall_seconds"] * self.gpus_per_trial, 2)
-        val = result.get("val_acc")
-        best = row.get("best_val_acc")
-        if val is not None and (best in (None, "") or val > float(best)):
-            row["best_val_acc"], row["best_epoch"] = val, result.get("epoch")
-            self.best_metrics[row["trial_id"]] = {k: v for k, v in result.items() if k != "config"}
+        figures = {k: v for k, v in result.items() if k != "config"}
+        epochs = self.epochs.setdefault(row["trial_id"], {})
+        epochs[int(result.get("epoch", 0))] = figures
+        best = best_epoch(epochs)
+        if best is not None:
+            row["best_val_acc"], row["best_epoch"] = epochs[best]["val_acc"], best
         if result.get("status") == Status.DIVERGED:
             row["status"] = Status.DIVERGED.value
-        self.history.append({**result, "trial_id": row["trial_id"],
-                             "time_total_s": row["wall_seconds"]})
+        self.history.append({**result, "trial_id": row["trial_id"], "time_total_s": row["wall_seconds"]})
         self.write()
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
@@ -116,16 +133,18 @@ class TrialTable(Callback):
         self.write()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        # The time budget ends running trials without a per-trial callback; an interrupt
-        # leaves them to --resume. Settle each row from Ray's final status.
+        # The time budget ends running trials without a per-trial callback (Ray stops them
+        # as TERMINATED); an interrupt leaves them to --resume. Both are continued by a resume.
         for trial in trials:
             row = self.rows.get(self.ids.get(trial.trial_id, trial.trial_id))
             if row is None or row.get("status") != Status.RUNNING:
                 continue
-            if trial.status == "TERMINATED":
-                self._end(row)
-            elif trial.status == "ERROR":
+            if trial.status == "ERROR":
                 row["status"], row["error"] = Status.ERRORED.value, _error_line(trial)
+            elif trial.status == "TERMINATED" and int(float(row.get("epochs_trained") or 0)) >= self.horizon:
+                row["status"] = Status.COMPLETED.value
+            elif trial.status == "TERMINATED" and self.deadline is not None and time.time() >= self.deadline - 1:
+                row["status"] = Status.CUT.value
             else:
                 row["status"] = Status.INTERRUPTED.value
         self.write()
@@ -151,10 +170,12 @@ class TrialTable(Callback):
         return self.rows[self.ids[trial.trial_id]]
 
     def write(self) -> None:
-        write_text(self.folder / "trials.csv", trials_csv_text(self.rows.values()))
+        write_trials(self.folder, self.rows.values())
         best = self.best()
         if best:
-            write_json(self.folder / "best.json", best)
+            write_best(self.folder, best)
+        self.driver["last"] = time.time()
+        record_driver(self.folder, self.driver)
 
     def best(self) -> dict[str, Any] | None:
         """The best trial by `records.rank` (highest val_acc at any epoch, diverged ones excluded)."""
@@ -170,17 +191,18 @@ class TrialTable(Callback):
             "val_acc": float(row["best_val_acc"]),
             "epoch": int(float(row["best_epoch"])),
             "status": str(row["status"]),
-            "metrics": self.best_metrics.get(row["trial_id"], {}),
+            "metrics": self.epochs.get(row["trial_id"], {}).get(int(float(row["best_epoch"])), {}),
             "seed": config.get("seed"),
             "versions": self.versions,
         }
 
 
 def summary(folder: Path, rows: list[dict[str, Any]], best: dict[str, Any] | None, rejected: int,
-            wall_seconds: float, on_gpu: bool, requested: int, deadline_hit: bool) -> str:
+            wall_seconds: float, ran_seconds: float, on_gpu: bool, requested: int, deadline_hit: bool) -> str:
     """The end-of-search report: counts, the best trial, time spent, and what to run next."""
     counts = count_statuses(rows)
     ended = sum(counts.get(s.value, 0) for s in ENDED)
+    cut = counts.get(Status.CUT.value, 0)
     gpu_hours = sum(float(r.get("gpu_seconds") or 0) for r in rows) / 3600
     if ended >= requested:
         head = f"search finished: {ended} trials run"
@@ -194,8 +216,11 @@ def summary(folder: Path, rows: list[dict[str, Any]], best: dict[str, Any] | Non
         "  " + ", ".join(f"{counts.get(s.value, 0)} {s.value}" for s in ENDED),
         f"  {rejected} configs rejected for the parameter budget (never launched)",
     ]
+    if cut:
+        lines.append(f"  {cut} cut by the time budget before the horizon (a --resume continues them)")
     if ended < requested:
-        lines.append(f"  {requested - ended} to go: continue with --resume")
+        lines.append(f"  {requested - ended} to go: continue with --resume --name {folder.name} "
+                     f"--storage {folder.parent}" + (" --time-budget ..." if deadline_hit else ""))
     if best:
         config = best["config"]
         lines += [
@@ -206,9 +231,9 @@ def summary(folder: Path, rows: list[dict[str, Any]], best: dict[str, Any] | Non
         ]
     else:
         lines.append("no trial finished an epoch")
+    spent = f"this run {wall_seconds / 60:.1f} min, the search {ran_seconds / 60:.1f} min in all"
     lines += [
-        f"wall time {wall_seconds / 60:.1f} min, {gpu_hours:.2f} GPU-hours" if on_gpu else
-        f"wall time {wall_seconds / 60:.1f} min (CPU only)",
+        f"wall time: {spent}, {gpu_hours:.2f} GPU-hours" if on_gpu else f"wall time: {spent} (CPU only)",
         f"experiment: {folder}",
         "next:",
         f"  python -m analysis.table {folder}",

@@ -6,9 +6,11 @@
       trials.csv      one row per launched trial, rewritten atomically as trials report and end
       history.csv     one row per trial epoch, appended as results arrive
       best.json       the best trial so far (see `rank`), its config, metrics and exact params
+      drivers.json    one entry per driver run: when it started and last reported (the time the
+                      search really ran, without the downtime between runs)
       run-*/          Ray Tune's own folders, one per driver run; nothing here reads them
 
-Everything a reader needs is in the first five files, so `analysis` works the same whether
+Everything a reader needs is in the first six files, so `analysis` works the same whether
 Ray kept its state beside them or at a URI. Importing this module imports neither Ray nor
 Optuna.
 """
@@ -23,6 +25,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Iterable
 
+from trainable.checkpoint import write_json, write_text
 from trainable.config import DEFAULTS, config_from_cells
 from trainable.errors import UserError
 
@@ -31,13 +34,15 @@ TRIALS = "trials.csv"
 HISTORY = "history.csv"
 BEST = "best.json"
 OPTUNA_DB = "optuna.db"
+DRIVERS = "drivers.json"
 
 
 class Status(str, Enum):
     """What became of a trial. A str, so rows and tables compare it with plain strings."""
 
     COMPLETED = "completed"  # trained to the horizon (--max-epochs)
-    STOPPED = "stopped"  # ended early: by ASHA at a rung, or by the time budget
+    STOPPED = "stopped"  # stopped early by ASHA at a rung, and by nothing else
+    CUT = "cut"  # its run reached --time-budget before the horizon; --resume continues it
     DIVERGED = "diverged"  # its loss went NaN/inf; it stopped after that epoch
     ERRORED = "errored"  # it raised (out of memory, a bug) and was not restarted
     RUNNING = "running"  # training now
@@ -49,6 +54,8 @@ class Status(str, Enum):
 
 
 ENDED = (Status.COMPLETED, Status.STOPPED, Status.DIVERGED, Status.ERRORED)
+# Rows a resumed search continues from their last checkpoint, as the same trial.
+CONTINUABLE = (Status.RUNNING, Status.INTERRUPTED, Status.CUT)
 TRIAL_STATUSES = tuple(s.value for s in Status if s is not Status.REJECTED)
 
 
@@ -71,6 +78,20 @@ TRIAL_COLUMNS = (
 )
 HISTORY_COLUMNS = ["trial_id", "epoch", "status", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
                    "epoch_seconds", "images_per_second", "time_total_s", "wall_time", "node_id"]
+
+
+def milestones(grace: int, horizon: int, reduction_factor: int) -> list[int]:
+    """ASHA's rung epochs, placed as Ray's ASHA places them for one bracket (grace x rf^k).
+
+    >>> milestones(1, 3, 2), milestones(2, 20, 3), milestones(1, 27, 3)
+    ([1, 2], [2, 6, 18], [1, 3, 9, 27])
+    """
+    import math
+
+    # Ray's own arithmetic (floor of log(horizon / grace) / log(rf), plus one), so the rungs
+    # land where Ray's ASHA put them for the same flags.
+    count = int(math.log(horizon / grace) / math.log(reduction_factor) + 1)
+    return [grace * reduction_factor ** k for k in range(count)]
 
 
 def cell(value: Any) -> Any:
@@ -163,23 +184,65 @@ def rank(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(scored, key=lambda r: -number(r["best_val_acc"]))
 
 
-def rejected_count(folder: str | Path) -> int | None:
-    """Configs rejected for the parameter budget, from the Optuna study (None if unreadable)."""
+def optuna_url(folder: str | Path) -> str:
+    """The Optuna storage URL of the experiment's study."""
+    return f"sqlite:///{Path(folder).resolve() / OPTUNA_DB}"
+
+
+def load_study(folder: str | Path) -> Any:
+    """The experiment's Optuna study, read-only use; None if there is none or it is unreadable."""
     import optuna
 
-    db = Path(folder) / OPTUNA_DB
-    if not db.is_file():
+    if not (Path(folder) / OPTUNA_DB).is_file():
         return None
     try:
-        storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
-        name = optuna.get_all_study_names(storage)[0]
-        study = optuna.load_study(study_name=name, storage=storage)
+        storage = optuna.storages.RDBStorage(optuna_url(folder))
+        return optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
     except Exception:  # a locked or damaged database must not break a table
+        return None
+
+
+def rejected_count(folder: str | Path) -> int | None:
+    """Configs rejected for the parameter budget, from the Optuna study (None if unreadable)."""
+    study = load_study(folder)
+    if study is None:
         return None
     return sum(1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get("status") == Status.REJECTED)
 
 
+def read_drivers(folder: str | Path) -> list[dict[str, Any]]:
+    """drivers.json: one entry per driver run (run, started, last, gpus, gpu_share)."""
+    path = Path(folder) / DRIVERS
+    try:
+        return json.loads(path.read_text()) if path.is_file() else []
+    except json.JSONDecodeError:
+        return []
+
+
+def ran_seconds(folder: str | Path) -> float:
+    """The time the search really ran: each driver run from its start to its last report."""
+    return sum(max(0.0, float(d["last"]) - float(d["started"])) for d in read_drivers(folder))
+
+
 # ----------------------------------------------------------------------------- writers
+def write_trials(folder: str | Path, rows: Iterable[dict[str, Any]]) -> None:
+    write_text(Path(folder) / TRIALS, trials_csv_text(rows))
+
+
+def write_best(folder: str | Path, best: dict[str, Any]) -> None:
+    write_json(Path(folder) / BEST, best)
+
+
+def write_settings(folder: str | Path, settings: dict[str, Any]) -> None:
+    write_json(Path(folder) / SETTINGS, settings)
+
+
+def record_driver(folder: str | Path, entry: dict[str, Any]) -> None:
+    """Add or update this driver run's entry (keyed by `run`) in drivers.json."""
+    drivers = [d for d in read_drivers(folder) if d.get("run") != entry["run"]]
+    write_json(Path(folder) / DRIVERS, drivers + [entry])
+
+
 def trials_csv_text(rows: Iterable[dict[str, Any]]) -> str:
     """trials.csv's content for `rows` (extra keys ignored, missing ones empty)."""
     buffer = io.StringIO()

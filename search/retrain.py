@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from trainable.checkpoint import write_json
+from search.records import read_settings
 from trainable.cli import ArgumentParser, read_json, run_main
 from trainable.config import parse_overrides, validate_config
 from trainable.data import DATASETS, DataSpec
@@ -34,10 +35,9 @@ DEFAULT_EMA_DECAY = 0.999
 
 def config_from_experiment(folder: Path, trial: str | None) -> dict[str, Any]:
     """The config of `trial` (or of best.json) in a search experiment folder."""
-    from search.records import BEST, SETTINGS, config_from_row, read_best, read_trials
+    from search.records import BEST, TRIALS, config_from_row, read_best, read_settings, read_trials
 
-    if not (folder / SETTINGS).is_file():
-        raise UserError(f"{folder} is not an experiment of this tool (no settings.json)")
+    read_settings(folder)  # UserError if it is not an experiment of this tool
     if trial is None:
         best = read_best(folder)
         if best is None:
@@ -46,7 +46,7 @@ def config_from_experiment(folder: Path, trial: str | None) -> dict[str, Any]:
     for row in read_trials(folder):
         if row["trial_id"] == trial:
             return config_from_row(row)
-    raise UserError(f"no trial {trial!r} in {folder / 'trials.csv'}")
+    raise UserError(f"no trial {trial!r} in {folder / TRIALS}")
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -177,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.experiment:
         folder = Path(args.experiment)
         config = config_from_experiment(folder, args.trial)
-        settings = read_json(folder / "settings.json", "settings file")
+        settings = read_settings(folder)
         out = Path(args.out) if args.out else folder / "final"
     else:
         config = read_json(args.config, "config file")

@@ -11,6 +11,7 @@ never run. ASHA stops weak trials at its rungs. Everything lands in --storage/--
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import re
 import sys
@@ -18,9 +19,11 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from trainable.cli import ArgumentParser, read_json, run_main
+import numpy as np
+
+from trainable.cli import ArgumentParser, run_main
 from trainable.config import parse_overrides
 from trainable.data import DATASETS, DataSpec, TrainArrays
 from trainable.errors import UserError
@@ -31,7 +34,9 @@ if TYPE_CHECKING:
 # Flags that define what is searched: a --resume that changes one would mix two searches.
 SEARCH_DEFINING = ("param_budget", "space", "overrides", "max_epochs", "grace_epochs", "reduction_factor", "dataset",
                    "data_dir", "val_fraction", "subset", "seed", "warm_start", "sampler", "scheduler")
-# Flags a --resume takes anew when given (the resources and the time it may run).
+# Flags a --resume takes anew: the resources and the time it may run. One not given takes
+# its default, not the saved value: a search begun on a CPU box and resumed on a GPU box
+# uses that box's GPUs (--gpus defaults to all of them).
 RESUMABLE = ("gpus", "cpus", "gpus_per_trial", "cpus_per_trial", "address", "time_budget", "max_failures",
              "compile", "checkpoint_every", "verbose")
 SAMPLERS = ("tpe", "random")
@@ -52,6 +57,7 @@ class SearchSettings:
     """Everything a search is run with; saved as settings.json in the experiment."""
 
     name: str = ""
+    study: str = ""  # the Optuna study's name: the experiment's name when it began (a folder may be renamed)
     storage: str = "runs"
     gpus: int | None = None  # None: every GPU this machine has
     cpus: int | None = None
@@ -185,31 +191,77 @@ def check_gpus(s: SearchSettings) -> int:
     return s.gpus
 
 
-def prepare_folder(s: SearchSettings) -> SearchSettings:
-    """Check that a new search's folder is free, or load the saved settings to resume one."""
-    from search.records import SETTINGS
+def content_hash(path: str | Path) -> str:
+    """sha256 of a file's bytes: a --space file that changed since the search began is refused."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
+
+def data_hash(data: TrainArrays) -> str:
+    """A hash of the training images and labels the trials see (after any --subset is applied
+    in the trials, the same arrays): a dataset whose content changed is refused on --resume."""
+    digest = hashlib.blake2b(digest_size=16)
+    for array in (data.images, data.labels):
+        digest.update(str(array.shape).encode())
+        digest.update(np.ascontiguousarray(array).data)
+    digest.update("\n".join(data.classes).encode())
+    return digest.hexdigest()
+
+
+def absolute_paths(s: SearchSettings) -> SearchSettings:
+    """--data-dir and --space as absolute paths, so settings.json means the same from any folder."""
+    return replace(s, data_dir=str(Path(s.data_dir).resolve()) if s.data_dir else None,
+                   space=str(Path(s.space).resolve()) if s.space else None)
+
+
+def prepare_folder(s: SearchSettings) -> SearchSettings:
+    """Check that a new search's folder is free, or load the saved settings to resume one.
+
+    The experiment is the folder the user named (--storage/--name, from where the command
+    runs): a moved or renamed experiment resumes in place, and nothing is created elsewhere.
+    """
+    from search.records import SETTINGS, read_settings
+
+    s = absolute_paths(s)
     folder = s.folder
     if s.resume:
         if not (folder / SETTINGS).is_file():
             raise UserError(f"nothing to resume: {folder} is not an experiment of this tool (no {SETTINGS})")
+        raw = read_settings(folder)
         known = set(SearchSettings.__dataclass_fields__)
-        saved = SearchSettings(**{k: v for k, v in read_json(folder / SETTINGS, "settings file").items() if k in known})
+        saved = SearchSettings(**{k: v for k, v in raw.items() if k in known})
         given = s.extra.get("given")
         changed = [k for k in SEARCH_DEFINING
                    if (given is None or k in given) and k != "grace_epochs" and getattr(s, k) != getattr(saved, k)]
         if s.grace_epochs is not None and s.grace != saved.grace:
             changed.append("grace_epochs")
+        if saved.space and "space_hash" in raw:
+            if not Path(saved.space).is_file():
+                raise UserError(f"the search's --space file {saved.space} is gone; put it back to resume")
+            if content_hash(saved.space) != raw["space_hash"]:
+                changed.append("space (its file changed since the search began)")
         if changed:
             flags = ", ".join("--" + k.replace("_", "-") for k in changed)
             raise UserError(f"--resume cannot change what is searched ({flags} differ from {folder / SETTINGS})")
-        # Resources and the time budget are this run's, counted from now; the rest is saved.
-        fresh = {k: getattr(s, k) for k in RESUMABLE if given is None or k in given}
+        # Resources and the time budget are this run's (given, or the defaults), counted from
+        # now; what defines the search is the saved one; the folder is where it was found.
+        defaults = SearchSettings()
+        fresh = {k: getattr(s, k) if given is None or k in given else getattr(defaults, k) for k in RESUMABLE}
         return replace(saved, **fresh, trials=s.trials if given is None or "trials" in given else saved.trials,
-                       resume=True, extra=s.extra)
+                       name=s.name, storage=s.storage, study=saved.study or saved.name, resume=True,
+                       extra={**s.extra, "data_hash": raw.get("data_hash")})
     if folder.exists() and any(folder.iterdir()):
         raise UserError(f"experiment {folder} already exists; pass --resume to continue it, or choose another --name")
-    return s
+    return replace(s, study=s.name)
+
+
+def check_same_data(s: SearchSettings, data: TrainArrays) -> str:
+    """The data's hash; on --resume, UserError if it differs from the one the search began with."""
+    digest = data_hash(data)
+    saved = s.extra.get("data_hash")
+    if s.resume and saved and saved != digest:
+        raise UserError(f"--resume cannot change what is searched: the dataset at {s.data_dir or s.dataset} "
+                        "differs from the one the search began with")
+    return digest
 
 
 @dataclass
@@ -219,14 +271,6 @@ class Resources:
     gpus: int
     gpus_per_trial: float
     concurrent: int
-
-
-# Ray reuses a trial's actor for the next trial only if the previous training thread ends
-# within TUNE_FUNCTION_THREAD_TIMEOUT_S (default 2 s). A trial stopped by ASHA ends at its
-# next report, so after up to an epoch: with the default, a reuse after a long epoch fails,
-# the next trial errors before it starts, and Ray 2.60 keeps its concurrency slot (a CPU
-# search here fell to one trial at a time). Waiting for the epoch to end costs nothing more.
-WORKER_ENV = {"TUNE_FUNCTION_THREAD_TIMEOUT_S": "3600"}
 
 
 @contextmanager
@@ -239,7 +283,7 @@ def ray_session(s: SearchSettings) -> Iterator[None]:
         return
     ray.init(address=s.address, num_cpus=None if s.address else s.cpus or os.cpu_count(),
              num_gpus=None if s.address else s.gpus, include_dashboard=False, configure_logging=False,
-             log_to_driver=s.verbose > 1, runtime_env={"env_vars": WORKER_ENV})
+             log_to_driver=s.verbose > 1)
     try:
         yield
     finally:
@@ -272,7 +316,7 @@ def build_searcher(s: SearchSettings, num_classes: int) -> "BudgetedOptunaSearch
     import optuna
 
     from search.budget import check_space_fits, startup_trials
-    from search.records import OPTUNA_DB, read_trials
+    from search.records import optuna_url, read_trials
     from search.searcher import BudgetedOptunaSearch
     from search.space import WARM_START, default_space, load_space
 
@@ -284,64 +328,86 @@ def build_searcher(s: SearchSettings, num_classes: int) -> "BudgetedOptunaSearch
     sampler = (optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=startup)
                if startup else optuna.samplers.RandomSampler(seed=s.seed))
     s.folder.mkdir(parents=True, exist_ok=True)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{s.folder / OPTUNA_DB}")
-    study = optuna.create_study(study_name=s.name, storage=storage, sampler=sampler, direction="maximize",
+    storage = optuna.storages.RDBStorage(optuna_url(s.folder))
+    study = optuna.create_study(study_name=s.study or s.name, storage=storage, sampler=sampler, direction="maximize",
                                 load_if_exists=True)
     searcher = BudgetedOptunaSearch(study, storage, space, s.param_budget, num_classes, fixed, s.max_epochs,
                                     startup=startup)
     if s.resume:
-        queued = searcher.continue_interrupted(read_trials(s.folder))
+        queued, fixed = searcher.continue_interrupted(read_trials(s.folder))
+        fix_rows(s.folder, fixed)
         if queued:
-            print(f"resuming {s.name}: {queued} interrupted trial(s) continue from their last checkpoint", flush=True)
+            print(f"resuming {s.name}: {queued} interrupted or cut trial(s) continue from their last checkpoint",
+                  flush=True)
     elif s.warm_start and warm:
         for params in warm if isinstance(warm, list) else [warm]:
             study.enqueue_trial(params)
     return searcher
 
 
+def fix_rows(folder: Path, fixed: dict[str, str]) -> None:
+    """Write the statuses `BudgetedOptunaSearch.settle` found for rows the table never closed."""
+    from search.records import read_trials, write_trials
+
+    if fixed:
+        write_trials(folder, [{**r, "status": fixed.get(r["trial_id"], r["status"])} for r in read_trials(folder)])
+
+
+def build_scheduler(s: SearchSettings) -> Any:
+    """ASHA on epochs with the rung records of earlier driver runs (`search.rungs`), or FIFO."""
+    from ray.tune.schedulers import FIFOScheduler
+
+    from search.records import read_history
+    from search.rungs import RungScheduler
+
+    if s.scheduler != "asha":
+        return FIFOScheduler()
+    return RungScheduler(s.max_epochs, s.grace, s.reduction_factor).from_history(read_history(s.folder))
+
+
 def build_tuner(s: SearchSettings, searcher: Any, trainable: Any, resources: Resources, remaining: int,
                 table: Any) -> Any:
     """One Ray Tune experiment (a `run-*` folder) for what is left of the search."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     return tune.Tuner(
         tune.with_resources(trainable, {"cpu": s.cpus_per_trial, "gpu": resources.gpus_per_trial}),
         tune_config=tune.TuneConfig(
             metric="val_acc", mode="max", search_alg=searcher, num_samples=remaining,
-            scheduler=(ASHAScheduler(max_t=s.max_epochs, grace_period=s.grace, reduction_factor=s.reduction_factor)
-                       if s.scheduler == "asha" else FIFOScheduler()),
+            scheduler=build_scheduler(s),
             max_concurrent_trials=resources.concurrent, reuse_actors=True,
             trial_dirname_creator=trial_dirname,
             time_budget_s=parse_duration(s.time_budget) if s.time_budget else None,
         ),
         run_config=tune.RunConfig(
-            name=time.strftime("run-%Y%m%d-%H%M%S"), storage_path=s.ray_storage, verbose=s.verbose,
+            name=table.driver["run"], storage_path=s.ray_storage, verbose=s.verbose,
             callbacks=[table],
             # Two per trial: trials.csv names the newest, and the one before stays until a
             # newer one is on record, so a driver killed at any moment finds one to continue.
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            # None at the end: nothing is left to continue after the last epoch (a class
+            # trainable would otherwise save a 60 MB state there).
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_at_end=False),
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
         ),
     )
 
 
-def run_search(s: SearchSettings, trial_fn: Callable[..., None] | None = None) -> SearchOutcome:
+def run_search(s: SearchSettings, trial_cls: type | None = None) -> SearchOutcome:
     """Run (or resume) a search to the end and return its outcome; the CLI only prints it.
 
     Steps: settings -> data -> searcher -> tuner -> summary. Every driver run is a fresh Ray
     Tune experiment; what a resume carries on from is this tool's own files (settings.json,
     optuna.db, trials.csv with each trial's last checkpoint, history.csv), so it works
-    wherever the previous driver stopped. `trial_fn` replaces `search.trial.run_trial` (same
-    signature); the fault tests use it to make a trial fail the way a GPU would.
+    wherever the previous driver stopped. `trial_cls` replaces `search.trial.SearchTrial` (a
+    subclass of it); the fault tests use one to make a trial fail the way a GPU would.
     """
     import optuna
     from ray import tune
 
     from search.experiment import TrialTable, summary
-    from search.records import ENDED, SETTINGS, count_statuses, read_best, read_trials, rejected_count
-    from search.trial import TrialOptions, run_trial
-    from trainable.checkpoint import write_json
+    from search.records import (ENDED, count_statuses, ran_seconds, read_best, read_trials, rejected_count,
+                                write_settings)
+    from search.trial import SearchTrial, TrialOptions
 
     check_settings(s)
     if not s.address and os.environ.get("RAY_ADDRESS"):
@@ -350,6 +416,7 @@ def run_search(s: SearchSettings, trial_fn: Callable[..., None] | None = None) -
     s = prepare_folder(s)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per study is noise in a search
     data, num_classes = load_search_data(s)
+    digest = check_same_data(s, data)
     if s.address is None:
         check_gpus(s)  # refuse --gpus 64 before starting anything
     with ray_session(s):
@@ -357,26 +424,30 @@ def run_search(s: SearchSettings, trial_fn: Callable[..., None] | None = None) -
         searcher = build_searcher(s, num_classes)
         if not s.resume:
             saved = {k: v for k, v in asdict(s).items() if k not in ("extra", "resume")}
-            write_json(s.folder / SETTINGS, {**saved, "grace_epochs": s.grace, "gpus": resources.gpus,
-                                             "gpu_share": resources.gpus_per_trial})
+            write_settings(s.folder, {**saved, "grace_epochs": s.grace, "gpus": resources.gpus,
+                                      "gpu_share": resources.gpus_per_trial, "data_hash": digest,
+                                      "space_hash": content_hash(s.space) if s.space else None})
         ended = sum(r["status"] in {e.value for e in ENDED} for r in read_trials(s.folder))
         remaining = max(0, s.trials - ended)
         options = TrialOptions(threads=s.cpus_per_trial, compile=s.compile, checkpoint_every=s.checkpoint_every,
                                gpu_share=resources.gpus_per_trial)
-        trainable = tune.with_parameters(trial_fn or run_trial, data=data, spec=s.data_spec, options=options)
-        table = TrialTable(s.folder, resources.gpus_per_trial, s.max_epochs)
+        trainable = tune.with_parameters(trial_cls or SearchTrial, data=data, spec=s.data_spec, options=options)
         start = time.time()
+        budget = parse_duration(s.time_budget) if s.time_budget else None
+        table = TrialTable(s.folder, resources.gpus_per_trial, s.max_epochs, time.strftime("run-%Y%m%d-%H%M%S"),
+                           deadline=start + budget if budget else None)
         if remaining:
             build_tuner(s, searcher, trainable, resources, remaining, table).fit()
         wall = time.time() - start
-        searcher.settle(read_trials(s.folder))
+        fix_rows(s.folder, searcher.settle(read_trials(s.folder))[1])
 
     rows, best = read_trials(s.folder), read_best(s.folder)
     counts = count_statuses(rows)
     ended = sum(counts.get(e.value, 0) for e in ENDED)
     deadline_hit = bool(s.time_budget) and wall >= parse_duration(s.time_budget) * 0.95
     rejected = rejected_count(s.folder) or 0
-    text = summary(s.folder, rows, best, rejected, wall, resources.gpus_per_trial > 0, s.trials, deadline_hit)
+    text = summary(s.folder, rows, best, rejected, wall, ran_seconds(s.folder), resources.gpus_per_trial > 0,
+                   s.trials, deadline_hit)
     return SearchOutcome(s.folder, counts, rejected, best, wall, text, ended >= s.trials or deadline_hit)
 
 
@@ -425,7 +496,9 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile each trial's model (pays only on long trials)")
     g.add_argument("--checkpoint-every", type=int,
                    help=f"epochs between trial checkpoints; a lost trial redoes at most this many (default {d.checkpoint_every})")
-    g.add_argument("--max-failures", type=int, help="restarts of a trial whose worker died (default 2)")
+    g.add_argument("--max-failures", type=int,
+                   help="restarts of a trial whose worker or node died, from its last checkpoint (default 2); "
+                        "a trial that raises (out of memory, a bug) ends as errored and is not restarted")
     g.add_argument("--verbose", type=int, choices=[0, 1, 2, 3], help="Ray's progress output (default 1)")
     return p
 

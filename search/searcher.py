@@ -15,8 +15,12 @@ Ray releases. Here the SQLite study is the whole state:
 - trials that reach the horizon are COMPLETE with their last val_acc; ASHA-stopped and
   diverged ones are PRUNED (TPE ranks them by their last value); errored ones FAIL;
 - warm-start configs are `study.enqueue_trial` entries of a new study;
-- on --resume the study is reloaded: trials still RUNNING that were launched are continued
-  (`continue_interrupted`), ones never launched are closed as FAIL.
+- on --resume the study is reloaded and reconciled with trials.csv (`settle`): trials
+  still RUNNING that were launched (interrupted, or cut by the deadline) are continued
+  (`continue_interrupted`), ones never launched are closed as FAIL, and rows the table
+  never closed take the state Optuna has;
+- an epoch trained again after a continue replaces its old intermediate value: the
+  newest figure of an epoch is the one that counts, everywhere.
 
 Ray trial ids map to Optuna trial numbers; that map is the only state of our own.
 """
@@ -32,7 +36,7 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from search.budget import complete_config, over_budget
-from search.records import ENDED, Status, ended_status
+from search.records import CONTINUABLE, ENDED, Status, ended_status
 from search.space import SpaceFn
 from trainable.config import validate_config
 from trainable.errors import UserError
@@ -44,6 +48,8 @@ CONSTRAINT = "params_over_budget"
 # A continued trial's config carries the id it had before the driver stopped, so its rows,
 # history and Optuna trial stay one trial. `search.trial` removes it before training.
 CONTINUES = "continues_trial"
+# What a finished Optuna trial's state means for its row, when the searcher recorded no status.
+FINISHED_AS = {TrialState.COMPLETE: Status.COMPLETED, TrialState.PRUNED: Status.STOPPED, TrialState.FAIL: Status.ERRORED}
 # Consecutive rejections after which the search gives up: the space has (almost) nothing
 # under the budget, and asking further would spin forever.
 MAX_REJECTIONS_IN_A_ROW = 2000
@@ -142,7 +148,15 @@ class BudgetedOptunaSearch(Searcher):
     def _report(self, trial_id: str, result: dict[str, Any]) -> None:
         number = self.numbers.get(trial_id)
         epoch, value = result.get("epoch"), result.get(self.metric)
-        if number is None or epoch is None or value is None or epoch in self.reported[trial_id]:
+        if number is None or epoch is None or value is None:
+            return
+        if int(epoch) in self.reported[trial_id]:
+            # An epoch trained again (the trial continued from an older checkpoint): its new
+            # figure replaces the old one, as in history.csv and trials.csv. Optuna's
+            # Trial.report keeps the first value of a step, so this goes through the storage.
+            study_id = self.storage.get_study_id_from_name(self.study.study_name)
+            internal = self.storage.get_trial_id_from_study_id_trial_number(study_id, number)
+            self.storage.set_trial_intermediate_value(internal, int(epoch), float(value))
             return
         self._trial(number).report(float(value), int(epoch))
         self.reported[trial_id].add(int(epoch))
@@ -160,6 +174,9 @@ class BudgetedOptunaSearch(Searcher):
             # Errored, or removed before its first result: nothing for TPE to learn.
             self._close(number, Status.ERRORED if error else Status.STOPPED, None)
             return
+        if result.get("status") == Status.ERRORED:  # it raised inside the trial (search.trial)
+            self._close(number, Status.ERRORED, None)
+            return
         status = ended_status(int(result.get("epoch") or 0), self.horizon, str(result.get("status", "ok")))
         self._close(number, status, result.get(self.metric))
 
@@ -175,42 +192,57 @@ class BudgetedOptunaSearch(Searcher):
             logger.info("trial %s was already finished in the Optuna study (%s)", number, exc)
 
     # --- resuming --------------------------------------------------------------------------
-    def settle(self, rows: list[dict[str, str]]) -> list[tuple[int, str, str | None]]:
-        """Close the Optuna trials still RUNNING that the trial table says are over.
+    def settle(self, rows: list[dict[str, str]]) -> tuple[list[tuple[int, str, str | None]], dict[str, str]]:
+        """Reconcile the Optuna study with the trial table (trials.csv's `rows`), both ways.
 
-        `rows` are trials.csv's rows. A RUNNING Optuna trial is closed as FAIL if it was
-        never launched (asked, then the driver stopped), or as its row says if the row
-        ended (the driver stopped before telling Optuna, or a deadline ended it). The rest
-        were interrupted: returned as (number, trial id, last checkpoint or None).
+        Ray tells the searcher that a trial ended before it tells the trial table, and the
+        deadline ends trials without telling either; a driver killed in between leaves the
+        two disagreeing. Returns (interrupted, fixed):
+
+        - a RUNNING Optuna trial that was never launched (asked, then the driver stopped) is
+          closed as FAIL; one whose row ended (the driver stopped before telling Optuna) is
+          closed as its row says; the rest (rows running, interrupted or cut) are
+          `interrupted`: (number, trial id, last checkpoint or None), to be continued;
+        - a row still running, interrupted or cut whose Optuna trial is finished (Optuna was
+          told, the table was not) gets the status Optuna recorded: `fixed` maps its trial
+          id to that status, for the caller to write.
         """
         by_id = {r["trial_id"]: r for r in rows}
         interrupted = []
-        for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        fixed: dict[str, str] = {}
+        for frozen in self.study.get_trials(deepcopy=False):
             original = frozen.user_attrs.get("ray_trial_id")
             row = by_id.get(original) if original else None
-            if original is None:
-                self._close(frozen.number, Status.ERRORED, None)
-            elif row is not None and row.get("status") in ENDED:
-                value = row.get("last_val_acc")
-                self._close(frozen.number, Status(row["status"]), float(value) if value else None)
-            else:
-                interrupted.append((frozen.number, original, (row or {}).get("checkpoint") or None))
-        return interrupted
+            if frozen.state == TrialState.RUNNING:
+                if original is None:
+                    self._close(frozen.number, Status.ERRORED, None)
+                elif row is not None and row.get("status") in ENDED:
+                    value = row.get("last_val_acc")
+                    self._close(frozen.number, Status(row["status"]), float(value) if value else None)
+                else:
+                    interrupted.append((frozen.number, original, (row or {}).get("checkpoint") or None))
+            elif row is not None and row.get("status") in CONTINUABLE and frozen.state != TrialState.WAITING:
+                fixed[original] = frozen.user_attrs.get("status") or FINISHED_AS[frozen.state].value
+        return interrupted, fixed
 
-    def continue_interrupted(self, rows: list[dict[str, str]]) -> int:
-        """After a driver stopped: settle the study, and queue the interrupted trials so the
-        next launches continue them (same Optuna trial, same row) from their checkpoints."""
-        interrupted = self.settle(rows)
+    def continue_interrupted(self, rows: list[dict[str, str]]) -> tuple[int, dict[str, str]]:
+        """After a driver stopped: settle the study, and queue the interrupted and cut trials
+        so the next launches continue them (same Optuna trial, same row) from their
+        checkpoints. Returns (how many were queued, the rows `settle` fixed)."""
+        interrupted, fixed = self.settle(rows)
         self.pending.extend(interrupted)
-        return len(interrupted)
+        return len(interrupted), fixed
 
     # Ray saves the searcher with each experiment snapshot. The study is in SQLite already;
     # the map from Ray ids to Optuna numbers is all there is to keep.
+    STATE = ("numbers", "reported", "pending", "rejected", "exhausted")
+
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as handle:
-            pickle.dump({"numbers": self.numbers, "reported": self.reported, "rejected": self.rejected}, handle)
+            pickle.dump({key: getattr(self, key) for key in self.STATE}, handle)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as handle:
             state = pickle.load(handle)
-        self.numbers, self.reported, self.rejected = state["numbers"], state["reported"], state["rejected"]
+        for key in self.STATE:
+            setattr(self, key, state[key])

@@ -66,10 +66,8 @@ def ray_cluster():
     for _ in range(2):
         cluster.add_node(num_cpus=1, num_gpus=0)
     cluster.wait_for_nodes()
-    from search.run import WORKER_ENV
-
-    ray.init(address=cluster.address, configure_logging=False, log_to_driver=False,
-             runtime_env={"env_vars": WORKER_ENV})
+    # Started as a notebook or a cluster's driver would be: no environment of this tool's.
+    ray.init(address=cluster.address, configure_logging=False, log_to_driver=False)
     yield cluster
     ray.shutdown()
     cluster.shutdown()

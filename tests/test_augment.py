@@ -85,12 +85,24 @@ def test_mixup_and_cutmix_train_on_soft_targets(synthetic, tiny_config):
     assert 0 <= metrics["train_acc"] <= 1 and metrics["train_loss"] > 0
 
 
-def test_soft_targets_compose_with_label_smoothing():
-    logits = torch.randn(4, 10)
-    hard = torch.tensor([1, 2, 3, 4])
-    soft = torch.nn.functional.one_hot(hard, 10).float()
-    smoothed = torch.nn.functional.cross_entropy(logits, soft, label_smoothing=0.1)
-    assert torch.allclose(smoothed, torch.nn.functional.cross_entropy(logits, hard, label_smoothing=0.1))
+def test_soft_targets_compose_with_label_smoothing(synthetic, tiny_config):
+    # The training step takes one-hot soft targets (what MixUp/CutMix make) and class ids
+    # alike: with label smoothing, the same loss and the same update.
+    from trainable.data import to_device
+    from trainable.loop import Trainer
+
+    data = to_device(synthetic, "cpu", val_fraction=0.25)
+    hard_trainer, soft_trainer = (Trainer({**tiny_config, "label_smoothing": 0.1}, data) for _ in range(2))
+    images = torch.rand(8, 3, 32, 32)
+    hard = data.train_y[:8]
+    _, hard_loss = hard_trainer._train_step(images, hard)
+    _, soft_loss = soft_trainer._train_step(images, torch.nn.functional.one_hot(hard, 10).float())
+    assert torch.allclose(hard_loss, soft_loss)
+    smoothing_off = Trainer({**tiny_config, "label_smoothing": 0.0}, data)
+    _, plain_loss = smoothing_off._train_step(images, hard)
+    assert not torch.allclose(plain_loss, hard_loss)  # the smoothing really applied
+    for a, b in zip(hard_trainer.model.parameters(), soft_trainer.model.parameters()):
+        assert torch.allclose(a, b)
 
 
 def test_resume_is_exact_with_policy_and_mixing(synthetic, tiny_config):

@@ -9,6 +9,7 @@ import trainable.data
 from search.retrain import main as retrain_main
 from trainable.data import Dataset, make_synthetic
 from trainable.loop import Trainer
+from search.trial import SearchTrial
 
 
 def _watched(name: str) -> property:
@@ -49,12 +50,16 @@ def watched(monkeypatch):
     trainable.data._PREPARED.clear()
 
 
-def trial_without_a_test_split(config, data, spec, options):
-    """The real trial, after checking that what reached it holds no test image."""
-    from search.trial import run_trial
+class TrialWithoutATestSplit(SearchTrial):
+    """The real trial, after checking that what reached it holds exactly the training images:
+    the same count, and not one of the test images (the synthetic set is made again here)."""
 
-    assert not any("test" in name for name in vars(data)), vars(data).keys()
-    return run_trial(config, data, spec, options)
+    def setup(self, config, data, spec, options):
+        base = make_synthetic(n_train=300, n_test=100)
+        assert len(data.images) == len(base.train_images) == len(data.labels)
+        train = {bytes(image) for image in data.images}
+        assert not any(bytes(image) in train for image in base.test_images.numpy()), "a test image reached a trial"
+        super().setup(config, data, spec, options)
 
 
 def test_a_search_never_reads_the_test_split(watched, ray_session, space_file, tmp_path):
@@ -65,7 +70,7 @@ def test_a_search_never_reads_the_test_split(watched, ray_session, space_file, t
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
     outcome = run_search(settings(tmp_path, space_file, name="honest", trials=2, max_epochs=2),
-                         trial_fn=trial_without_a_test_split)
+                         trial_cls=TrialWithoutATestSplit)
     assert outcome.counts.get("completed", 0) + outcome.counts.get("stopped", 0) == 2
     assert watched == [], "the search read the test split"
 

@@ -117,3 +117,73 @@ def test_the_gpu_path_and_the_cpu_path_agree(images):
         for op, magnitude in PolicyAugment(policy).draw(len(images), generator, torch.device("cpu")):
             assert torch.equal(apply_ops(images, op, magnitude, grouped=True),
                                apply_ops(images, op, magnitude, grouped=False))
+
+
+class HostToDevice:
+    """Records every copy from host memory onto the `meta` device while active: ops that take a
+    CPU tensor (not a 0-dim scalar, which a kernel takes by value) and return a meta tensor, and
+    the tensor constructors given Python data and a device (they copy without dispatching an op).
+    On a GPU each such copy from pageable memory waits for the stream."""
+
+    def __init__(self, monkeypatch):
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_flatten
+
+        copies = self.copies = []
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                inputs = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)]
+                outputs = [a for a in tree_flatten(out)[0] if isinstance(a, torch.Tensor)]
+                host = [a for a in inputs if a.device.type == "cpu" and (a.ndim > 0 or "copy" in str(func))]
+                if host and any(o.device.type == "meta" for o in outputs):
+                    copies.append(str(func))
+                return out
+
+        self.mode = Mode()
+        for name in ("tensor", "as_tensor"):
+            original = getattr(torch, name)
+
+            def constructor(data, *args, _original=original, _name=name, **kwargs):
+                device = kwargs.get("device")
+                if device is not None and torch.device(device).type != "cpu" and not (
+                        isinstance(data, torch.Tensor) and data.device.type != "cpu"):
+                    copies.append(f"torch.{_name}")
+                return _original(data, *args, **kwargs)
+
+            monkeypatch.setattr(torch, name, constructor)
+
+    def __enter__(self):
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.mode.__exit__(*exc)
+
+
+@pytest.mark.parametrize("policy", ["trivialaugment", "randaugment", "autoaugment", None])
+def test_an_augmented_step_copies_nothing_from_the_host(monkeypatch, policy):
+    from trainable.augment import augment_batch, make_mixer, tta_views, shift_mirror
+    from trainable.config import with_defaults
+
+    device = torch.device("meta")  # shapes and dispatch without a GPU: what would run on one
+    images = torch.empty(64, 3, 32, 32, dtype=torch.uint8, device=device)
+    labels = torch.empty(64, dtype=torch.int64, device=device)
+    mean, std = torch.zeros(1, 3, 1, 1, device=device), torch.ones(1, 3, 1, 1, device=device)
+    augment = PolicyAugment(policy) if policy else None
+    mixer = make_mixer(with_defaults({"mixup_alpha": 0.2, "cutmix_alpha": 1.0}), 10)
+    augment_batch(images, mean, std, cutout_size=16, policy=augment)  # the first step makes the constants
+    recorder = HostToDevice(monkeypatch)
+    with recorder:
+        for flip in (True, False):
+            out = augment_batch(images, mean, std, flip=flip, cutout_size=16, policy=augment)
+            mixer(out, labels)
+        for dy, dx, mirrored in tta_views({"flip": True, "crop_padding": 4}):
+            shift_mirror(images, dy, dx, mirrored)
+    assert recorder.copies == []
+    # The recorder sees the copies it is there for.
+    with recorder:
+        torch.tensor([1.0, 2.0], device=device)
+        torch.ones(3).to(device)
+    assert recorder.copies == ["torch.tensor", "aten._to_copy.default"]

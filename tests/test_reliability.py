@@ -18,7 +18,7 @@ import analysis
 from conftest import check_resumed, rows_of, settings
 from search.records import read_history
 from search.run import run_search
-from search.trial import run_trial
+from search.trial import SearchTrial
 
 FAULT_SPACE = '''
 def space(trial):
@@ -34,23 +34,22 @@ WARM_START = [{"lr": 1e12, "batch_size": 64}, {"lr": 0.05, "batch_size": 32}, {"
 '''
 
 
-def trial_that_runs_out_of_memory(config, data, spec, options):
-    """run_trial, except that batch size 32 hits CUDA OOM in its first epoch, as on a full GPU,
-    and batch size 16 fails to allocate cuDNN workspace while its data is uploaded."""
-    import search.trial
-    import trainable.loop as loop
+class TrialThatRunsOutOfMemory(SearchTrial):
+    """The real trial, except that batch size 32 hits CUDA OOM in its first epoch, as on a full
+    GPU, and batch size 16 fails to allocate cuDNN workspace while its data is uploaded."""
 
-    if config["batch_size"] == 32:
-        def out_of_memory(self):
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (simulated)")
-
-        loop.Trainer.train_epoch = out_of_memory  # this worker process only
-    if config["batch_size"] == 16:
-        def upload_fails(*args):
+    def device_data(self):
+        if self.config_seen["batch_size"] == 16:
             raise RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED (simulated out of memory)")
+        return super().device_data()
 
-        search.trial.cached_device_data = upload_fails
-    return run_trial(config, data, spec, options)
+    def step(self):
+        if self.trainer is not None and self.config_seen["batch_size"] == 32:
+            def out_of_memory():
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (simulated)")
+
+            self.trainer.train_epoch = out_of_memory  # this trial's trainer only
+        return super().step()
 
 
 def test_divergence_and_oom_end_their_trials_and_the_search_goes_on(ray_session, tmp_path):
@@ -59,21 +58,26 @@ def test_divergence_and_oom_end_their_trials_and_the_search_goes_on(ray_session,
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
     space = tmp_path / "fault_space.py"
     space.write_text(FAULT_SPACE)
+    # --max-failures is for workers that died: an error inside a trial is not restarted.
     outcome = run_search(settings(tmp_path, space, name="faults", trials=6, max_epochs=3, param_budget=10**6,
-                                  max_failures=0),
-                         trial_fn=trial_that_runs_out_of_memory)
+                                  max_failures=2),
+                         trial_cls=TrialThatRunsOutOfMemory)
     rows = {r["trial_id"]: r for r in rows_of(outcome.folder)}
     diverged = next(r for r in rows.values() if r["lr"] == str(1e12))
     assert diverged["status"] == "diverged" and diverged["epochs_trained"] == "1"
     errored = [r for r in rows.values() if r["status"] == "errored"]
     assert errored and all("out of memory" in r["error"].lower() for r in errored)
     assert {r["batch_size"] for r in errored} == {"16", "32"}  # training and upload both caught
+    assert all(r["restarts"] == "0" for r in errored), [r["restarts"] for r in errored]
     healthy = [r for r in rows.values() if r["batch_size"] == "64" and float(r["lr"]) < 1.0]
     assert len(rows) == 6
     assert all(r["status"] in ("completed", "stopped") for r in healthy)
     table = analysis.load(outcome.folder)
     assert set(table["status"]) >= {"diverged", "errored"}
     assert table.loc[table["status"] == "errored", "error"].str.contains("out of memory").all()
+    study = optuna.load_study(study_name="faults", storage=f"sqlite:///{outcome.folder / 'optuna.db'}")
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(failed) == len(errored)  # the searcher heard of every error
 
 
 SLOW_SPACE = '''
@@ -228,28 +232,28 @@ def test_a_writer_killed_at_any_moment_leaves_old_or_new(tmp_path, kind, kills):
     assert all(name.endswith(".tmp") for name in leftovers)  # a killed write leaves at most a temp file
 
 
-def trial_with_slow_teardown(config, data, spec, options):
-    """run_trial whose clean-up takes 3 s, as freeing a large trial does on a busy machine:
-    longer than Ray's default wait (2 s) for a finished trial's thread."""
-    import types
+class TrialWithSlowTeardown(SearchTrial):
+    """The real trial whose clean-up takes 3 s, as freeing a large trial does on a busy machine:
+    longer than Ray's default wait (2 s) for a function trainable's thread."""
 
-    import search.trial
-
-    search.trial.gc = types.SimpleNamespace(collect=lambda: time.sleep(3))
-    return run_trial(config, data, spec, options)
+    def _free(self):
+        time.sleep(3)
+        super()._free()
 
 
 def test_a_worker_is_reused_after_a_slow_teardown(ray_session, space_file, tmp_path):
-    # Ray reuses a worker for the next trial only once the last one's thread has ended. With
-    # its default 2 s wait, a slower teardown made the next trial error before it started
-    # ("Could not re-use actor") and Ray kept its concurrency slot: a CPU search fell to one
-    # trial at a time. The search's Ray session waits for the thread instead.
+    # A function trainable's actor is reused only once its training thread has ended, within
+    # TUNE_FUNCTION_THREAD_TIMEOUT_S (2 s by default): a slower teardown made the next trial
+    # error before it started and Ray kept its concurrency slot (a CPU search fell to one
+    # trial at a time). The class trainable has no thread. The shared Ray session of the
+    # tests is started without that variable, like a notebook's or a cluster's.
     from ray import cloudpickle
 
+    assert "TUNE_FUNCTION_THREAD_TIMEOUT_S" not in os.environ
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     # Without the fix the search stalls for good; the time budget turns that into a failure.
     outcome = run_search(settings(tmp_path, space_file, name="reuse", trials=5, max_epochs=2, grace_epochs=1,
-                                  time_budget="150s"), trial_fn=trial_with_slow_teardown)
+                                  time_budget="150s"), trial_cls=TrialWithSlowTeardown)
     rows = rows_of(outcome.folder)
     assert len(rows) == 5 and all(r["status"] in ("completed", "stopped") for r in rows), \
         [(r["trial_id"], r["status"], r["error"]) for r in rows]

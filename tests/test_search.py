@@ -18,6 +18,7 @@ from search.budget import check_space_fits, over_budget, startup_trials
 from search.records import read_history
 from search.run import SearchSettings, check_settings, main, prepare_folder, run_search, settings_from_args
 from search.searcher import BudgetedOptunaSearch
+from search.trial import SearchTrial
 from search.space import WARM_START, YamlSpace, default_space, load_space
 from trainable.errors import UserError
 from trainable.model import count_params
@@ -165,18 +166,16 @@ def test_grace_defaults_to_the_horizon_when_shorter():
         check_settings(settings_from_args(["--max-epochs", "1", "--grace-epochs", "2"]))
 
 
-def test_resume_takes_the_resources_and_time_budget_it_is_given(finished_search):
+def test_resume_takes_the_resources_and_time_budget_it_is_given(finished_search, space_file):
     saved = SearchSettings(name="exp", storage=str(finished_search.folder.parent), resume=True, gpus=0,
                            gpus_per_trial=0.5, cpus_per_trial=2, time_budget="10m", trials=8,
                            extra={"given": ["name", "storage", "resume", "gpus_per_trial", "cpus_per_trial",
                                             "time_budget"]})
     merged = prepare_folder(saved)
     assert (merged.gpus_per_trial, merged.cpus_per_trial, merged.time_budget) == (0.5, 2, "10m")
-    assert merged.max_epochs == 3 and merged.space == finished_search_space(finished_search)
-
-
-def finished_search_space(outcome):
-    return json.loads((outcome.folder / "settings.json").read_text())["space"]
+    assert merged.max_epochs == 3 and merged.space == str(space_file.resolve())
+    # Not given: the defaults, not the saved values (a CPU search resumed on a GPU box uses its GPUs).
+    assert merged.gpus is None and merged.cpus is None
 
 
 def test_search_checkpoints_every_second_epoch(finished_search):
@@ -253,7 +252,8 @@ def test_time_budget_ends_the_search_gracefully(ray_session, space_file, tmp_pat
     assert time.time() - start < 110
     rows = rows_of(outcome.folder)
     assert 0 < len(rows) < 1000  # it stopped early, keeping what finished
-    assert all(r["status"] in ("completed", "stopped") for r in rows)
+    assert all(r["status"] in ("completed", "stopped", "cut") for r in rows)
+    assert any(r["status"] == "cut" for r in rows)  # trials were running at the deadline: cut, not "stopped"
     assert (outcome.folder / "best.json").is_file() and "stopped at its time budget" in outcome.summary
     assert outcome.complete  # a deadline is an ending the user asked for
     # A resume runs for the budget it is given, counted from the resume: not the first
@@ -264,14 +264,14 @@ def test_time_budget_ends_the_search_gracefully(ray_session, space_file, tmp_pat
     assert len(rows_of(resumed.folder)) >= len(rows) and "stopped at its time budget" in resumed.summary
 
 
-def trial_that_deletes_the_data_first(config, data, spec, options):
+class TrialThatDeletesTheDataFirst(SearchTrial):
     """The real trial, after removing the data folder the driver loaded: no trial may need it."""
-    import shutil
 
-    from search.trial import run_trial
+    def setup(self, config, data, spec, options):
+        import shutil
 
-    shutil.rmtree(spec.data_dir, ignore_errors=True)
-    return run_trial(config, data, spec, options)
+        shutil.rmtree(spec.data_dir, ignore_errors=True)
+        super().setup(config, data, spec, options)
 
 
 def test_trials_get_the_data_from_the_driver_not_the_disk(ray_session, space_file, tmp_path, monkeypatch):
@@ -283,7 +283,7 @@ def test_trials_get_the_data_from_the_driver_not_the_disk(ray_session, space_fil
     write_folder(tmp_path / "images", sizes=((16, 16),), per_class=20)
     outcome = run_search(settings(tmp_path, space_file, name="gone", trials=3, max_epochs=2, dataset="imagefolder",
                                   data_dir=str(tmp_path / "images"), subset=None),
-                         trial_fn=trial_that_deletes_the_data_first)
+                         trial_cls=TrialThatDeletesTheDataFirst)
     assert not (tmp_path / "images").exists()
     rows = rows_of(outcome.folder)
     assert len(rows) == 3 and all(r["status"] in ("completed", "stopped") for r in rows), rows

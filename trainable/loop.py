@@ -15,12 +15,12 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
 
-from trainable.augment import augment_batch, normalize, shift_mirror, tta_views
+from trainable.augment import augment_batch, make_mixer, normalize, shift_mirror, tta_views
 from trainable.config import with_defaults
 from trainable.data import DeviceData
 from trainable.model import build_model, count_params
@@ -93,20 +93,6 @@ def predict_logits(
             total = logits if total is None else total + logits
         out.append(total / len(views))
     return torch.cat(out) if out else torch.zeros(0)
-
-
-def make_mixer(config: dict[str, Any], num_classes: int) -> Callable[..., Any] | None:
-    """torchvision's MixUp and/or CutMix (one of the two per mixed batch), or None when both alphas are 0."""
-    from torchvision.transforms import v2
-
-    mixers = []
-    if config["mixup_alpha"] > 0:
-        mixers.append(v2.MixUp(alpha=config["mixup_alpha"], num_classes=num_classes))
-    if config["cutmix_alpha"] > 0:
-        mixers.append(v2.CutMix(alpha=config["cutmix_alpha"], num_classes=num_classes))
-    if not mixers:
-        return None
-    return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:

@@ -9,19 +9,25 @@ whole batch:
 - the geometric ops (shear, translate, rotate) are one grid_sample with a per-image
   inverse affine matrix, built with torchvision's formula and grid, so they land on the
   same pixels as `torchvision.transforms.v2.functional.affine` / `rotate` (nearest, fill 0);
-- the blend ops (brightness, color, contrast, sharpness) broadcast a per-image factor
-  through torchvision's arithmetic (torchvision takes one factor per call);
+- the blend ops (brightness, color, contrast, sharpness) are one blend: each image with its
+  own op's degenerate image and factor, through torchvision's arithmetic (torchvision takes
+  one factor per call);
 - posterize and solarize take a per-image bit mask and threshold;
 - autocontrast, equalize and invert have no magnitude and already work per image on a
   batch in torchvision: its functions are called directly.
 
 Each image's result is picked from its own op's output with `torch.where`, so nothing
-depends on how many images drew an op, and no step reads a value back to the host.
+depends on how many images drew an op, and no step reads a value back to the host. Ops a
+policy cannot draw (invert, for TrivialAugment and RandAugment) are never computed, and
+the constants (magnitude tables, the warp grid, the sharpness kernel) are made once per
+device: no step copies anything from the host either.
 Ops, magnitude bins and signs are those of torchvision's TrivialAugmentWide (31 bins),
 RandAugment (31 bins, magnitude m) and AutoAugment's CIFAR-10 policy (10 bins).
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -90,16 +96,22 @@ def _inverse_affine(angle: torch.Tensor, tx: torch.Tensor, ty: torch.Tensor, she
     return torch.stack([m0, m1, m2, m3, m4, m5], dim=1).view(-1, 2, 3)
 
 
-def _warp(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """Nearest-neighbour warp of uint8 images by per-image inverse matrices, zeros outside."""
-    batch, _, height, width = images.shape
-    device = images.device
-    # torchvision's grid: pixel centres relative to the image centre, then divided by half the size.
+@functools.lru_cache(maxsize=16)
+def _base_grid(device: torch.device, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """torchvision's grid (pixel centres relative to the image centre, homogeneous) and the
+    half-size it is divided by: made once per device and size, never again in a step."""
     xs = torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, width, device=device)
     ys = torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, height, device=device)
     base = torch.stack([xs.expand(height, width), ys.unsqueeze(1).expand(height, width),
                         torch.ones(height, width, device=device)], dim=-1).view(1, height * width, 3)
-    scale = torch.tensor([0.5 * width, 0.5 * height], device=device)
+    scale = torch.stack([torch.full((), 0.5 * width, device=device), torch.full((), 0.5 * height, device=device)])
+    return base, scale
+
+
+def _warp(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Nearest-neighbour warp of uint8 images by per-image inverse matrices, zeros outside."""
+    batch, _, height, width = images.shape
+    base, scale = _base_grid(images.device, height, width)
     grid = base.expand(batch, -1, -1).bmm(theta.transpose(1, 2) / scale).view(batch, height, width, 2)
     out = F.grid_sample(images.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
     return out.round().to(images.dtype)
@@ -137,18 +149,37 @@ def _gray(images: torch.Tensor) -> torch.Tensor:
     return (r * 0.2989 + g * 0.587 + b * 0.114).unsqueeze(1).floor_()
 
 
-def sharpen(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """torchvision's adjust_sharpness with a factor per image (the border keeps its pixels)."""
-    channels = images.shape[1]
+@functools.lru_cache(maxsize=16)
+def _smooth_kernel(device: torch.device, channels: int) -> torch.Tensor:
+    """torchvision's sharpness kernel, built once per device (a constant, never a per-step copy)."""
     a, b = 1.0 / 13.0, 5.0 / 13.0
-    kernel = torch.tensor([[a, a, a], [a, b, a], [a, a, a]], device=images.device).expand(channels, 1, 3, 3)
+    kernel = torch.full((3, 3), a, device=device)
+    kernel[1, 1] = b
+    return kernel.expand(channels, 1, 3, 3)
+
+
+def _smoothed(images: torch.Tensor) -> torch.Tensor:
+    """adjust_sharpness's degenerate image: the smoothed image inside, the original border."""
     out = images.float()
-    blurred = F.conv2d(out, kernel, groups=channels).round_()
-    inner = out[..., 1:-1, 1:-1]
-    alpha = (1.0 - factor).view(-1, 1, 1, 1)
+    blurred = F.conv2d(out, _smooth_kernel(images.device, images.shape[1]), groups=images.shape[1]).round_()
     out = out.clone()
-    out[..., 1:-1, 1:-1] = inner + alpha * (blurred - inner)
-    return out.clamp_(0, 255).to(images.dtype)
+    out[..., 1:-1, 1:-1] = blurred
+    return out
+
+
+def sharpen(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """torchvision's adjust_sharpness with a factor per image: a blend with `_smoothed`."""
+    return _blend(images, _smoothed(images), factor)
+
+
+def blends(images: torch.Tensor, op: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+    """Brightness, color, contrast and sharpness as one blend, each image with its own op's
+    degenerate image (black, gray, mean gray, smoothed) and factor 1 + magnitude."""
+    gray = _gray(images)
+    other = torch.where((op == OP["color"]).view(-1, 1, 1, 1), gray, _smoothed(images))
+    other = torch.where((op == OP["contrast"]).view(-1, 1, 1, 1), gray.mean(dim=(1, 2, 3), keepdim=True), other)
+    other = torch.where((op == OP["brightness"]).view(-1, 1, 1, 1), 0.0, other)
+    return _blend(images, other, 1.0 + magnitude)
 
 
 def _posterize(images: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
@@ -160,13 +191,17 @@ def _solarize(images: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
     return torch.where(images >= (255.0 * magnitude).view(-1, 1, 1, 1), 255 - images, images)
 
 
-# Each op as a function of (uint8 images, magnitudes, op ids) of the images it applies to.
+# The ops in groups that each run as one function of (uint8 images, magnitudes, op ids):
+# the geometric ops are one warp, the blend ops one blend.
+GROUPS = {
+    "geometric": ("shear_x", "shear_y", "translate_x", "translate_y", "rotate"),
+    "blend": ("brightness", "color", "contrast", "sharpness"),
+    "posterize": ("posterize",), "solarize": ("solarize",), "autocontrast": ("autocontrast",),
+    "equalize": ("equalize",), "invert": ("invert",),
+}
 _OPS = {
     "geometric": lambda x, m, op: geometric(x, op, m),
-    "brightness": lambda x, m, op: _blend(x, torch.zeros((), device=x.device), 1.0 + m),
-    "color": lambda x, m, op: _blend(x, _gray(x), 1.0 + m),
-    "contrast": lambda x, m, op: _blend(x, _gray(x).mean(dim=(1, 2, 3), keepdim=True), 1.0 + m),
-    "sharpness": lambda x, m, op: sharpen(x, 1.0 + m),
+    "blend": lambda x, m, op: blends(x, op, m),
     "posterize": lambda x, m, op: _posterize(x, m),
     "solarize": lambda x, m, op: _solarize(x, m),
     "autocontrast": lambda x, m, op: TF.autocontrast(x),
@@ -176,13 +211,19 @@ _OPS = {
 
 
 def _chosen(name: str, op: torch.Tensor) -> torch.Tensor:
-    if name == "geometric":
-        return (op >= OP["shear_x"]) & (op <= OP["rotate"])
-    return op == OP[name]
+    members = [OP[member] for member in GROUPS[name]]
+    if len(members) == 1:
+        return op == members[0]
+    return (op >= min(members)) & (op <= max(members))  # each group's ops are contiguous in OPS
+
+
+def groups_of(op_names: "set[str] | tuple[str, ...]") -> tuple[str, ...]:
+    """The groups that hold any of `op_names`: the only ones a policy drawing them need run."""
+    return tuple(name for name, members in GROUPS.items() if set(members) & set(op_names))
 
 
 def apply_ops(images: torch.Tensor, op: torch.Tensor, magnitude: torch.Tensor,
-              grouped: bool | None = None) -> torch.Tensor:
+              grouped: bool | None = None, groups: tuple[str, ...] = tuple(GROUPS)) -> torch.Tensor:
     """Apply to each uint8 image (B, 3, H, W) its own op (an index into OPS) at its magnitude.
 
     On a GPU every op runs over the whole batch and `torch.where` keeps each image's own
@@ -195,14 +236,14 @@ def apply_ops(images: torch.Tensor, op: torch.Tensor, magnitude: torch.Tensor,
         grouped = images.device.type == "cpu"
     if grouped:
         out = images.clone()
-        for name, fn in _OPS.items():
+        for name in groups:
             index = _chosen(name, op).nonzero().flatten()
             if len(index):
-                out[index] = fn(images[index], magnitude[index], op[index])
+                out[index] = _OPS[name](images[index], magnitude[index], op[index])
         return out
     out = images
-    for name, fn in _OPS.items():
-        out = torch.where(_chosen(name, op).view(-1, 1, 1, 1), fn(images, magnitude, op), out)
+    for name in groups:
+        out = torch.where(_chosen(name, op).view(-1, 1, 1, 1), _OPS[name](images, magnitude, op), out)
     return out
 
 
@@ -219,15 +260,31 @@ class PolicyAugment:
         if policy not in POLICIES or policy == "none":
             raise ValueError(f"unknown policy {policy!r}")
         self.policy, self.n, self.m = policy, n, m
-        self.table = magnitude_table(policy, image_size)
-        self.signed = torch.tensor([name in SIGNED for name in OPS])
-        self.wide = torch.tensor([OP[name] for name in WIDE_OPS])
-        steps = [[(OP[name], p, -1 if level is None else level) for name, p, level in sub] for sub in CIFAR10_POLICY]
-        self.sub_policies = torch.tensor(steps, dtype=torch.float32)  # (25, 2, 3): op, probability, bin
+        self.image_size = image_size
+        drawn = WIDE_OPS if policy != "autoaugment" else {name for sub in CIFAR10_POLICY for name, _, _ in sub}
+        self.groups = groups_of(drawn)  # ops the policy cannot draw are never computed
+        self._constants: dict[torch.device, dict[str, torch.Tensor]] = {}
+
+    def constants(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """The policy's tables on `device`, made on the first batch there and kept: no step
+        copies anything from the host (each copy from pageable memory waits for the GPU)."""
+        device = torch.device(device)
+        if device not in self._constants:
+            steps = [[(OP[name], p, -1 if level is None else level) for name, p, level in sub]
+                     for sub in CIFAR10_POLICY]
+            self._constants[device] = {
+                "table": magnitude_table(self.policy, self.image_size).to(device),
+                "signed": torch.tensor([name in SIGNED for name in OPS]).to(device),
+                "wide": torch.tensor([OP[name] for name in WIDE_OPS]).to(device),
+                "sub_policies": torch.tensor(steps, dtype=torch.float32).to(device),  # (25, 2, 3): op, p, bin
+                "m": torch.tensor(self.m).to(device),
+            }
+        return self._constants[device]
 
     def draw(self, batch: int, generator: torch.Generator | None, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The (op, signed magnitude) of each step for each image: one step, n, or two."""
-        table, signed = self.table.to(device), self.signed.to(device)
+        const = self.constants(device)
+        table, signed = const["table"], const["signed"]
 
         def rand(*shape: int) -> torch.Tensor:
             return torch.rand(*shape, device=device, generator=generator)
@@ -238,17 +295,17 @@ class PolicyAugment:
             return torch.where(flip, -magnitude, magnitude)
 
         if self.policy == "trivialaugment":
-            op = self.wide.to(device)[torch.randint(len(WIDE_OPS), (batch,), device=device, generator=generator)]
+            op = const["wide"][torch.randint(len(WIDE_OPS), (batch,), device=device, generator=generator)]
             level = torch.randint(table.shape[1], (batch,), device=device, generator=generator)
             return [(op, with_sign(op, level))]
         if self.policy == "randaugment":
             steps = []
             for _ in range(self.n):
-                op = self.wide.to(device)[torch.randint(len(WIDE_OPS), (batch,), device=device, generator=generator)]
-                steps.append((op, with_sign(op, torch.full((batch,), self.m, device=device))))
+                op = const["wide"][torch.randint(len(WIDE_OPS), (batch,), device=device, generator=generator)]
+                steps.append((op, with_sign(op, const["m"].expand(batch))))
             return steps
-        chosen = self.sub_policies.to(device)[torch.randint(len(CIFAR10_POLICY), (batch,), device=device,
-                                                            generator=generator)]
+        chosen = const["sub_policies"][torch.randint(len(CIFAR10_POLICY), (batch,), device=device,
+                                                     generator=generator)]
         steps = []
         for step in range(2):
             op, probability, level = chosen[:, step, 0].long(), chosen[:, step, 1], chosen[:, step, 2].long()
@@ -258,7 +315,7 @@ class PolicyAugment:
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         for op, magnitude in self.draw(len(images), generator, images.device):
-            images = apply_ops(images, op, magnitude)
+            images = apply_ops(images, op, magnitude, groups=self.groups)
         return images
 
 

@@ -1,0 +1,117 @@
+"""ASHA counted in epochs, keyed by the tool's own trial ids, with rungs that survive a resume.
+
+Why not Ray's `ASHAScheduler` as it is: it keys its rung records by Ray's trial id and
+keeps them only in Ray's experiment snapshot. This tool runs each driver run as a fresh
+Ray experiment and continues an interrupted trial under a new Ray id, so after a resume
+Ray's ASHA would start with empty rungs (the first trials after it passed every rung) and
+would judge a continued trial again at rungs it had already passed. Its clock was also
+`training_iteration`, which restarts at 1 in a continued trial whose epoch is k+1.
+
+`RungScheduler` is a Ray `FIFOScheduler` (Ray's public scheduler interface) that applies
+ASHA's rule exactly as Ray's `AsyncHyperBandScheduler` does with one bracket:
+
+- rungs at grace x rf^k epochs below the horizon;
+- the first result of a trial at or past a rung it has no record at is judged there: it
+  is stopped if its value is below the (1 - 1/rf) quantile of the values already recorded
+  at that rung, and its value is recorded either way;
+- a trial that reaches the horizon is stopped (it has finished).
+
+Its records are keyed by the trial's row id in trials.csv (a continued trial keeps it),
+counted in epochs, and rebuilt on --resume from history.csv (`from_history`), where every
+epoch's figure is kept: the rungs are derived from the tool's own files, not saved twice.
+The rule itself is `judge`, a pure function.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import numpy as np
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+from search.records import milestones
+from search.searcher import CONTINUES
+
+
+def judge(recorded: dict[str, float], value: float, reduction_factor: int) -> bool:
+    """ASHA's rule at one rung: True to promote `value` given the values already `recorded`.
+
+    >>> judge({}, 0.1, 3), judge({"a": 0.5, "b": 0.6, "c": 0.7}, 0.62, 3), judge({"a": 0.5, "b": 0.6}, 0.59, 2)
+    (True, False, True)
+    """
+    if not recorded:
+        return True
+    return not value < np.nanpercentile(list(recorded.values()), (1 - 1 / reduction_factor) * 100)
+
+
+def row_id(trial: Any) -> str:
+    """The trial's id in trials.csv: the one it continues, or its own."""
+    continues = trial.config.get(CONTINUES)
+    return continues["trial_id"] if continues else trial.trial_id
+
+
+class RungScheduler(FIFOScheduler):
+    """Asynchronous successive halving on `epoch`, with rung records that outlive a driver run."""
+
+    def __init__(self, horizon: int, grace: int, reduction_factor: int, metric: str = "val_acc",
+                 mode: str = "max", time_attr: str = "epoch"):
+        super().__init__()
+        self._metric, self._mode = metric, mode
+        self.horizon, self.reduction_factor, self.time_attr = horizon, reduction_factor, time_attr
+        self.sign = 1.0 if mode == "max" else -1.0
+        # Ascending milestones, each with {row id: signed value recorded there}.
+        self.rungs: list[tuple[int, dict[str, float]]] = [(m, {}) for m in milestones(grace, horizon,
+                                                                                       reduction_factor)]
+        self.stopped: set[str] = set()  # row ids this scheduler stopped early
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        return True  # fixed at construction; Tune's metric and mode are the same ones
+
+    def from_history(self, rows: Iterable[dict[str, Any]]) -> "RungScheduler":
+        """Rebuild the rung records from history.csv's rows (`search.records.read_history`).
+
+        A trial's record at a rung is its figure at that rung's epoch: the epoch at which an
+        uninterrupted run judged it. An epoch trained again keeps its newest figure.
+        """
+        for row in rows:
+            value = row.get(self._metric)
+            if value is None or row.get("status") == "errored":
+                continue
+            for milestone, recorded in self.rungs:
+                if int(row["epoch"]) == milestone:
+                    recorded[row["trial_id"]] = self.sign * float(value)
+        return self
+
+    def decide(self, key: str, epoch: int, value: float | None) -> str:
+        """STOP or CONTINUE for trial `key` reporting `value` at `epoch` (records it as it goes)."""
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return TrialScheduler.CONTINUE
+        if epoch >= self.horizon:
+            return TrialScheduler.STOP  # finished; nothing to judge
+        signed = self.sign * float(value)
+        # The highest rung reached that has no record of this trial judges it (as Ray's
+        # ASHA walks its rungs from the top); lower rungs were passed before.
+        for milestone, recorded in reversed(self.rungs):
+            if epoch < milestone:
+                continue
+            if key in recorded:
+                if epoch == milestone:
+                    recorded[key] = signed  # the same epoch trained again: its newest figure
+                return TrialScheduler.CONTINUE
+            promote = judge(recorded, signed, self.reduction_factor)
+            recorded[key] = signed
+            if not promote:
+                self.stopped.add(key)
+                return TrialScheduler.STOP
+            return TrialScheduler.CONTINUE
+        return TrialScheduler.CONTINUE
+
+    # --- Ray's TrialScheduler interface -----------------------------------------------------
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+        if self.time_attr not in result or result.get("status") == "errored":
+            return TrialScheduler.CONTINUE
+        return self.decide(row_id(trial), int(result[self.time_attr]), result.get(self._metric))
+
+    def debug_string(self) -> str:
+        return "ASHA on epochs: " + " | ".join(f"epoch {m}: {len(r)} recorded" for m, r in self.rungs)

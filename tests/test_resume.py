@@ -1,0 +1,282 @@
+"""Resume and records that hold anywhere: the folder, the rungs, the deadline, both ledgers."""
+
+import json
+import shutil
+import time
+import types
+
+import numpy as np
+import optuna
+import pytest
+
+import analysis
+from conftest import rows_of, settings
+from search.experiment import TrialTable
+from ray.tune.search import Searcher
+
+from search.records import ran_seconds, read_drivers, read_history
+from search.run import check_same_data, data_hash, prepare_folder, run_search
+from search.rungs import RungScheduler
+from search.searcher import CONTINUES, BudgetedOptunaSearch
+from search.space import load_space
+from trainable.data import TrainArrays, make_synthetic
+from trainable.errors import UserError
+
+SLOW_SPACE = '''
+def space(trial):
+    return {"blocks": [1, 1], "widths": [16, 32], "batch_size": 32, "warmup_epochs": 0,
+            "lr": trial.suggest_float("lr", 1e-3, 1e-2, log=True)}
+'''
+
+
+# ----------------------------------------------------------------------------- the folder
+def test_a_resume_from_another_folder_continues_the_experiment_it_names(ray_session, space_file, tmp_path,
+                                                                        monkeypatch):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    monkeypatch.chdir(a)
+    run_search(settings("runs", space_file, name="e", trials=2, max_epochs=2))
+    monkeypatch.chdir(b)
+    outcome = run_search(settings("../a/runs", space_file, name="e", trials=4, max_epochs=2, resume=True))
+    assert list(b.iterdir()) == []  # nothing created where the command ran
+    assert outcome.folder == (a / "runs" / "e").resolve()
+    assert len(rows_of(a / "runs" / "e")) == 4 and outcome.complete
+    # Moved and renamed, it resumes in place, with the same Optuna study.
+    moved = tmp_path / "elsewhere" / "e2"
+    moved.parent.mkdir()
+    shutil.move(str(a / "runs" / "e"), moved)
+    outcome = run_search(settings(str(moved.parent), space_file, name="e2", trials=5, max_epochs=2, resume=True))
+    assert len(rows_of(moved)) == 5 and outcome.complete
+    storage = optuna.storages.RDBStorage(f"sqlite:///{moved / 'optuna.db'}")
+    assert optuna.get_all_study_names(storage) == ["e"]
+    launched = [t for t in optuna.load_study(study_name="e", storage=storage).trials if "ray_trial_id" in t.user_attrs]
+    assert len(launched) == 5
+
+
+def test_settings_hold_absolute_paths_and_a_changed_space_file_is_refused(finished_search, space_file, tmp_path,
+                                                                           monkeypatch):
+    saved = json.loads((finished_search.folder / "settings.json").read_text())
+    assert saved["space"] == str(space_file.resolve()) and saved["space_hash"] and saved["data_hash"]
+    monkeypatch.chdir(tmp_path)
+    copy = tmp_path / "copy"
+    shutil.copytree(finished_search.folder, copy / "exp")
+    space = tmp_path / "space.py"
+    space.write_text(space_file.read_text())
+    moved = json.loads((copy / "exp" / "settings.json").read_text())
+    (copy / "exp" / "settings.json").write_text(json.dumps({**moved, "space": str(space)}))
+    resumed = prepare_folder(settings(str(copy), space, name="exp", resume=True))
+    assert resumed.folder == copy / "exp"
+    space.write_text(space_file.read_text() + "\n# edited\n")
+    with pytest.raises(UserError, match="space"):
+        prepare_folder(settings(str(copy), space, name="exp", resume=True))
+    space.unlink()
+    with pytest.raises(UserError, match="gone"):
+        prepare_folder(settings(str(copy), space, name="exp", resume=True))
+
+
+def test_a_dataset_that_changed_is_refused_on_resume(tmp_path):
+    data = TrainArrays.of(make_synthetic(n_train=100, n_test=10))
+    resumed = settings(tmp_path, tmp_path / "space.py", resume=True)
+    resumed.extra["data_hash"] = data_hash(data)
+    assert check_same_data(resumed, data) == data_hash(data)
+    changed = TrainArrays(data.images.copy(), data.labels, data.classes)
+    changed.images[0, 0, 0, 0] ^= 1  # one pixel of one image
+    with pytest.raises(UserError, match="dataset"):
+        check_same_data(resumed, changed)
+
+
+# ----------------------------------------------------------------------------- the rungs
+def _stream(seed: int, trials: int = 20, horizon: int = 9):
+    """Results as an asynchronous search makes them: (trial, epoch, val_acc), trials interleaved."""
+    rng = np.random.default_rng(seed)
+    skill = rng.uniform(0.2, 0.8, trials)
+    epochs = {t: 0 for t in range(trials)}
+    live = list(range(3))
+    nxt = 3
+    out = []
+    while live:
+        t = live[rng.integers(len(live))]
+        epochs[t] += 1
+        out.append((f"t{t}", epochs[t], float(skill[t] + 0.02 * epochs[t] + rng.normal(0, 0.03))))
+        if epochs[t] >= horizon or rng.random() < 0.05:
+            live.remove(t)
+            if nxt < trials:
+                live.append(nxt)
+                nxt += 1
+    return out
+
+
+def _trial(trial_id, continues=None):
+    config = {CONTINUES: {"trial_id": continues, "checkpoint": None}} if continues else {}
+    return types.SimpleNamespace(trial_id=trial_id, config=config)
+
+
+@pytest.mark.parametrize("seed,grace,horizon,factor", [(0, 1, 9, 3), (1, 1, 9, 3), (2, 2, 20, 3), (3, 1, 12, 2),
+                                                       (4, 1, 27, 3)])
+def test_rungs_decide_as_rays_asha_does(seed, grace, horizon, factor):
+    from ray.tune.schedulers import ASHAScheduler
+
+    ray_asha = ASHAScheduler(time_attr="epoch", metric="val_acc", mode="max", max_t=horizon, grace_period=grace,
+                             reduction_factor=factor)
+    ours = RungScheduler(horizon, grace, factor)
+    stopped: set = set()
+    agree = 0
+    for trial_id, epoch, value in _stream(seed, horizon=horizon):
+        if trial_id in stopped:
+            continue
+        trial = _trial(trial_id)
+        if epoch == 1:
+            ray_asha.on_trial_add(None, trial)
+        result = {"epoch": epoch, "val_acc": value}
+        theirs = ray_asha.on_trial_result(None, trial, result)
+        assert ours.on_trial_result(None, trial, result) == theirs, (trial_id, epoch)
+        agree += 1
+        if theirs == "STOP":
+            stopped.add(trial_id)
+    assert agree > 30 and len(stopped) > 3  # the stream really exercised the rungs
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_rungs_after_a_resume_decide_as_an_uninterrupted_run(seed):
+    from ray.tune.schedulers import ASHAScheduler
+
+    # The uninterrupted run, with Ray's ASHA as the reference.
+    stream = _stream(seed)
+    reference = ASHAScheduler(time_attr="epoch", metric="val_acc", mode="max", max_t=9, grace_period=1,
+                              reduction_factor=3)
+    expected, done = [], set()
+    for trial_id, epoch, value in stream:
+        if trial_id in done:
+            continue
+        if epoch == 1:
+            reference.on_trial_add(None, _trial(trial_id))
+        decision = reference.on_trial_result(None, _trial(trial_id), {"epoch": epoch, "val_acc": value})
+        expected.append((trial_id, decision))
+        if decision == "STOP":
+            done.add(trial_id)
+    # The same results, with the driver stopped halfway: the first half's records are what
+    # history.csv holds, and the continued trials come back under new Ray ids at epoch k+1.
+    half = len(stream) // 2
+    first = RungScheduler(9, 1, 3)
+    decisions, history, stopped = [], [], set()
+    for trial_id, epoch, value in stream[:half]:
+        if trial_id in stopped:
+            continue
+        decision = first.on_trial_result(None, _trial(trial_id), {"epoch": epoch, "val_acc": value})
+        decisions.append((trial_id, decision))
+        history.append({"trial_id": trial_id, "epoch": epoch, "val_acc": value, "status": "ok"})
+        if decision == "STOP":
+            stopped.add(trial_id)
+    second = RungScheduler(9, 1, 3).from_history(history)
+    for trial_id, epoch, value in stream[half:]:
+        if trial_id in stopped:
+            continue
+        decision = second.on_trial_result(None, _trial("new-" + trial_id, continues=trial_id),
+                                          {"epoch": epoch, "val_acc": value})
+        decisions.append((trial_id, decision))
+        if decision == "STOP":
+            stopped.add(trial_id)
+    assert decisions == expected
+    assert sum(d == "STOP" for _, d in decisions[len(decisions) // 2:]) >= 1  # stops happened after the resume
+
+
+# ----------------------------------------------------------------------------- the deadline
+def test_trials_cut_by_the_deadline_are_continued_to_the_horizon(ray_session, tmp_path):
+    space = tmp_path / "slow_space.py"
+    space.write_text(SLOW_SPACE)
+    args = dict(name="deadline", trials=2, max_epochs=20, scheduler="fifo", param_budget=10**6, subset=1600,
+                checkpoint_every=1)
+    first = run_search(settings(tmp_path, space, time_budget="25s", **args))
+    rows = {r["trial_id"]: r for r in rows_of(first.folder)}
+    cut = [r for r in rows.values() if r["status"] == "cut"]
+    assert cut and all(0 < int(r["epochs_trained"]) < 20 for r in cut), rows
+    assert "cut by the time budget" in first.summary and not first.counts.get("stopped")
+    before = {r["trial_id"]: int(r["epochs_trained"]) for r in cut}
+
+    time.sleep(6)  # the driver is down for a while before the resume
+    second = run_search(settings(tmp_path, space, resume=True, **args))
+    after = {r["trial_id"]: r for r in rows_of(second.folder)}
+    assert set(after) == set(rows)  # the same trials, no new ones
+    assert all(r["status"] == "completed" and r["epochs_trained"] == "20" for r in after.values())
+    history = analysis.curves(second.folder)
+    for trial_id, epochs_before in before.items():
+        epochs = history.loc[history["trial_id"] == trial_id, "epoch"].tolist()
+        assert sorted(set(epochs)) == list(range(1, 21))
+        assert epochs.count(1) == 1, f"the cut trial started over: {epochs}"
+    study = optuna.load_study(study_name="deadline", storage=f"sqlite:///{second.folder / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    # The time the search ran is the two runs, not the pause between them.
+    assert len(read_drivers(second.folder)) == 2
+    span = max(h["wall_time"] for h in read_history(second.folder)) - read_drivers(second.folder)[0]["started"]
+    assert ran_seconds(second.folder) < span - 5
+
+
+# ----------------------------------------------------------------------------- both ledgers
+def test_a_row_the_table_never_closed_is_settled_from_optuna(finished_search, space_file, tmp_path):
+    folder = tmp_path / "exp"
+    shutil.copytree(finished_search.folder, folder)
+    text = (folder / "trials.csv").read_text()
+    rows = rows_of(folder)
+    phantom = next(r for r in rows if r["status"] == "stopped")
+    # A driver killed after Ray told the searcher and before it told the table.
+    lines = text.splitlines()
+    index = next(i for i, line in enumerate(lines) if line.startswith(phantom["trial_id"] + ","))
+    lines[index] = lines[index].replace(",stopped,", ",running,", 1)
+    (folder / "trials.csv").write_text("\n".join(lines) + "\n")
+    outcome = run_search(settings(tmp_path, space_file, name="exp", trials=8, resume=True))
+    after = {r["trial_id"]: r for r in rows_of(folder)}
+    assert len(after) == 8 and after[phantom["trial_id"]]["status"] == "stopped"
+    study = optuna.load_study(study_name="exp", storage=f"sqlite:///{folder / 'optuna.db'}")
+    assert len([t for t in study.trials if "ray_trial_id" in t.user_attrs]) == 8  # no trial launched
+    assert outcome.complete
+
+
+def test_the_searcher_saves_what_it_has_pending_and_whether_it_is_exhausted(tmp_path):
+    space, _ = load_space(str(_space_file(tmp_path)))
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    study = optuna.create_study(storage=storage, direction="maximize")
+    searcher = BudgetedOptunaSearch(study, storage, space, 10**6, 10, {"epochs": 3, "seed": 0}, 3)
+    searcher.suggest("a")
+    searcher.pending.append((0, "a", "/somewhere/checkpoint"))
+    searcher.exhausted = True
+    searcher.save(str(tmp_path / "state.pkl"))
+    again = BudgetedOptunaSearch(study, storage, space, 10**6, 10, {"epochs": 3, "seed": 0}, 3)
+    again.restore(str(tmp_path / "state.pkl"))
+    assert again.pending == [(0, "a", "/somewhere/checkpoint")] and again.exhausted
+    assert again.numbers == {"a": 0} and again.suggest("b") == Searcher.FINISHED
+
+
+def _space_file(tmp_path):
+    path = tmp_path / "space.py"
+    path.write_text(SLOW_SPACE)
+    return path
+
+
+def test_an_epoch_trained_again_keeps_its_newest_figures_everywhere(tmp_path):
+    space, _ = load_space(str(_space_file(tmp_path)))
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    study = optuna.create_study(storage=storage, direction="maximize")
+    searcher = BudgetedOptunaSearch(study, storage, space, 10**6, 10, {"epochs": 4, "seed": 0}, 4)
+    config = searcher.suggest("r1")
+    table = TrialTable(tmp_path, 0.0, 4)
+    first = types.SimpleNamespace(trial_id="r1", config=config)
+    for epoch, value in [(1, 0.3), (2, 0.6), (3, 0.5)]:
+        result = {"epoch": epoch, "val_acc": value, "time_total_s": float(epoch), "params": 1}
+        table.on_trial_result(0, [], first, result)
+        searcher.on_trial_result("r1", result)
+    assert table.rows["r1"]["best_val_acc"] == 0.6
+    # The driver stopped; the trial continues from its epoch-1 checkpoint under a new Ray id
+    # and trains epochs 2 and 3 again, worse this time.
+    searcher.pending.append((searcher.numbers.pop("r1"), "r1", None))
+    table = TrialTable(tmp_path, 0.0, 4)
+    again = types.SimpleNamespace(trial_id="r2", config={**searcher.suggest("r2")})
+    for epoch, value in [(2, 0.4), (3, 0.45)]:
+        result = {"epoch": epoch, "val_acc": value, "time_total_s": float(epoch), "params": 1}
+        table.on_trial_result(0, [], again, result)
+        searcher.on_trial_result("r2", result)
+    newest = {1: 0.3, 2: 0.4, 3: 0.45}
+    assert {h["epoch"]: h["val_acc"] for h in read_history(tmp_path)} == newest
+    assert study.trials[0].intermediate_values == newest
+    row = table.rows["r1"]
+    assert (row["best_val_acc"], row["best_epoch"]) == (0.45, 3)
+    assert table.best()["val_acc"] == 0.45 and table.best()["metrics"]["epoch"] == 3
