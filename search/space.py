@@ -55,10 +55,13 @@ def default_space(trial: optuna.Trial, fixed: dict[str, Any] | None = None) -> d
         "blocks": pick("blocks", lambda: [trial.suggest_int(f"blocks_{i}", 1, 6) for i in range(n_stages)]),
         "widths": pick("widths", widths),
         "stem_width": pick("stem_width", lambda: trial.suggest_categorical("stem_width", [None, 16])),
-        "preact": pick("preact", lambda: trial.suggest_categorical("preact", [False, True])),
+        "block": pick("block", lambda: trial.suggest_categorical("block", ["basic", "preact", "shake"])),
         "kernel_size": pick("kernel_size", lambda: trial.suggest_categorical("kernel_size", [3, 5])),
         "skip_kernel_size": pick("skip_kernel_size", lambda: trial.suggest_categorical("skip_kernel_size", [1, 3])),
         "dropout": pick("dropout", lambda: trial.suggest_float("dropout", 0.0, 0.3)),
+        "drop_path": pick("drop_path", lambda: trial.suggest_float("drop_path", 0.0, 0.3)),
+        "zero_init_residual": pick("zero_init_residual",
+                                   lambda: trial.suggest_categorical("zero_init_residual", [False, True])),
         "optimizer": pick("optimizer", lambda: trial.suggest_categorical("optimizer", ["adamw", "sgd"])),
     }
     # The two optimizers live on different lr and weight-decay scales, so each gets its own
@@ -73,6 +76,8 @@ def default_space(trial: optuna.Trial, fixed: dict[str, Any] | None = None) -> d
     config["warmup_epochs"] = pick("warmup_epochs", lambda: trial.suggest_int("warmup_epochs", 0, 5))
     config["batch_size"] = pick("batch_size", lambda: trial.suggest_categorical("batch_size", [64, 128, 256]))
     config["label_smoothing"] = pick("label_smoothing", lambda: trial.suggest_float("label_smoothing", 0.0, 0.2))
+    # SAM doubles a step's cost; under a time budget TPE weighs that against what it gains.
+    config["sam_rho"] = pick("sam_rho", lambda: trial.suggest_categorical("sam_rho", [0.0, 0.05, 0.1]))
     config["cutout"] = pick("cutout", lambda: trial.suggest_categorical("cutout", [0, 8, 12, 16]))
     config["augment_policy"] = pick("augment_policy", lambda: trial.suggest_categorical(
         "augment_policy", ["none", "trivialaugment", "randaugment", "autoaugment"]))
@@ -92,14 +97,14 @@ def default_space(trial: optuna.Trial, fixed: dict[str, Any] | None = None) -> d
 #    the family of the 96.3% AutoAugment result in the known recipes.
 SEED_START: dict[str, Any] = {
     "n_stages": 3, "blocks_0": 3, "blocks_1": 5, "blocks_2": 3, "width_base": 64, "width_growth": 2.0,
-    "stem_width": None, "preact": False, "kernel_size": 3, "skip_kernel_size": 1, "dropout": 0.0,
-    "optimizer": "adamw", "adamw_lr": 2e-3, "adamw_weight_decay": 5e-2, "warmup_epochs": 2, "batch_size": 128,
+    "stem_width": None, "block": "basic", "kernel_size": 3, "skip_kernel_size": 1, "dropout": 0.0,
+    "drop_path": 0.0, "zero_init_residual": False, "sam_rho": 0.0, "optimizer": "adamw", "adamw_lr": 2e-3, "adamw_weight_decay": 5e-2, "warmup_epochs": 2, "batch_size": 128,
     "label_smoothing": 0.0, "cutout": 0, "augment_policy": "none", "mixup_alpha": 0.0, "cutmix_alpha": 0.0,
 }
 WRN_START: dict[str, Any] = {
     "n_stages": 3, "blocks_0": 6, "blocks_1": 6, "blocks_2": 6, "width_base": 32, "width_growth": 2.0,
-    "stem_width": 16, "preact": True, "kernel_size": 3, "skip_kernel_size": 1, "dropout": 0.0,
-    "optimizer": "sgd", "sgd_lr": 0.1, "sgd_weight_decay": 5e-4, "sgd_momentum": 0.9, "warmup_epochs": 1,
+    "stem_width": 16, "block": "preact", "kernel_size": 3, "skip_kernel_size": 1, "dropout": 0.0,
+    "drop_path": 0.0, "zero_init_residual": False, "sam_rho": 0.0, "optimizer": "sgd", "sgd_lr": 0.1, "sgd_weight_decay": 5e-4, "sgd_momentum": 0.9, "warmup_epochs": 1,
     "batch_size": 128, "label_smoothing": 0.0, "cutout": 16, "augment_policy": "trivialaugment",
     "mixup_alpha": 0.0, "cutmix_alpha": 0.0,
 }

@@ -88,18 +88,18 @@ def test_preactivation_counts_match_counts_by_hand():
     # stage 2: 64 + 18,432 + 128 + 36,864 + 2,048 = 57,536; five more 73,984 each -> 427,456
     # stage 3: 128 + 73,728 + 256 + 147,456 + 8,192 = 229,760; five more 295,424 each -> 1,706,880
     # final bn(128) 256, head 128*10 + 10 = 1,290.  Total 2,243,546 (the published WRN-40-2 size).
-    wrn_40_2 = {"blocks": [6, 6, 6], "widths": [32, 64, 128], "stem_width": 16, "preact": True}
+    wrn_40_2 = {"blocks": [6, 6, 6], "widths": [32, 64, 128], "stem_width": 16, "block": "preact"}
     assert count_params(wrn_40_2) == 432 + 107_232 + 427_456 + 1_706_880 + 256 + 1_290 == 2_243_546
     # WRN-16-4 ([2,2,2] x [64,128,256], stem 16): 432 + 121,248 + 525,184 + 2,098,944 + 512 + 2,570.
-    wrn_16_4 = {"blocks": [2, 2, 2], "widths": [64, 128, 256], "stem_width": 16, "preact": True}
+    wrn_16_4 = {"blocks": [2, 2, 2], "widths": [64, 128, 256], "stem_width": 16, "block": "preact"}
     assert count_params(wrn_16_4) == 432 + 121_248 + 525_184 + 2_098_944 + 512 + 2_570 == 2_748_890
     # The same shape with post-activation blocks (BN after the stem and in each shortcut).
-    assert count_params({**wrn_40_2, "preact": False}) == 2_243_994
+    assert count_params({**wrn_40_2, "block": "basic"}) == 2_243_994
     model = build_model(wrn_16_4)
     assert sum(p.numel() for p in model.parameters()) == 2_748_890
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
 def test_layer_table_names_the_block_form():
-    assert "pre-activation" in layer_summary({"blocks": [1, 1], "widths": [8, 16], "preact": True}).splitlines()[0]
+    assert "pre-activation" in layer_summary({"blocks": [1, 1], "widths": [8, 16], "block": "preact"}).splitlines()[0]
     assert "post-activation" in layer_summary({"blocks": [1, 1], "widths": [8, 16]}).splitlines()[0]

@@ -88,7 +88,7 @@ def test_warm_starts_are_the_seed_model_and_a_wrn():
     seed, wrn = (default_space(optuna.trial.FixedTrial(params)) for params in WARM_START)
     assert seed["blocks"] == [3, 5, 3] and seed["widths"] == [64, 128, 256] and seed["augment_policy"] == "none"
     assert count_params(seed) == 4_918_602
-    assert wrn["preact"] and wrn["augment_policy"] == "trivialaugment" and wrn["cutout"] == 16
+    assert wrn["block"] == "preact" and wrn["augment_policy"] == "trivialaugment" and wrn["cutout"] == 16
     assert (wrn["optimizer"], wrn["lr"], wrn["weight_decay"], wrn["batch_size"]) == ("sgd", 0.1, 5e-4, 128)
     assert count_params(wrn) == 2_243_546
 

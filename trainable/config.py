@@ -23,9 +23,19 @@ DEFAULTS: dict[str, Any] = {
     "skip_kernel_size": 1,  # K: projection shortcut kernel, used only when the shape changes
     "stem_width": None,  # None means widths[0]
     "dropout": 0.0,  # before the linear head
-    # Pre-activation blocks (BN-ReLU-conv, a final BN-ReLU before the pool): the WRN and
-    # PreAct-ResNet form. WRN-40-2 is blocks [6,6,6], widths [32,64,128], stem_width 16.
-    "preact": False,
+    # The residual block: basic (conv-BN-ReLU, post-activation, the seed's), preact
+    # (BN-ReLU-conv, a final BN-ReLU before the pool: the WRN / PreAct-ResNet form; WRN-40-2 is
+    # blocks [6,6,6], widths [32,64,128], stem_width 16), or shake (Shake-Shake: two
+    # ReLU-conv-BN-ReLU-conv-BN branches mixed with random per-image weights in training and
+    # 0.5 each at evaluation; 26 2x32d is blocks [4,4,4], widths [32,64,128], stem_width 16,
+    # 2,923,162 params, 96.5% at 1,800 epochs and 97.5% with AutoAugment).
+    "block": "basic",
+    # Stochastic depth: each block's residual branch is dropped per image in training with a
+    # probability rising linearly with depth to this rate at the last block (0 disables).
+    "drop_path": 0.0,
+    # The last BatchNorm of every residual branch starts at zero, so each block starts as its
+    # shortcut: deep nets train from step one as if shallow (Goyal et al.; off by default).
+    "zero_init_residual": False,
     # --- optimisation (seed: AdamW, warm-up then cosine) ---
     "optimizer": "adamw",  # adamw | sgd (sgd always uses Nesterov momentum)
     "lr": 2e-3,  # peak learning rate, reached at the end of warm-up
@@ -35,6 +45,10 @@ DEFAULTS: dict[str, Any] = {
     "epochs": 50,  # the horizon the cosine schedule spans
     "batch_size": 128,
     "label_smoothing": 0.0,
+    # Sharpness-aware minimisation: each step takes its gradient at the weights moved by rho
+    # along the normalised gradient (two forward/backward passes per step; 0 disables).
+    # Reported gains on CIFAR-10 WRNs: about half a point, at twice the step time.
+    "sam_rho": 0.0,
     # --- augmentation, done per batch on the training device ---
     "crop_padding": 4,  # random crop from a reflect-padded image; 0 disables
     "flip": True,  # random horizontal flip
@@ -53,6 +67,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 OPTIMIZERS = ("adamw", "sgd")
+BLOCKS = ("basic", "preact", "shake")
 POLICIES = ("none", "trivialaugment", "randaugment", "autoaugment")
 
 
@@ -82,6 +97,9 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     """
     if not isinstance(config, dict):
         raise ConfigError(f"a config must be a JSON object, got {type(config).__name__}")
+    if isinstance(config.get("preact"), bool) and "block" not in config:
+        # Configs written before `block` said `preact`: the same model.
+        config = {**{k: v for k, v in config.items() if k != "preact"}, "block": "preact" if config["preact"] else "basic"}
     unknown = sorted(set(config) - set(DEFAULTS))
     if unknown:
         raise ConfigError(
@@ -125,7 +143,13 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     for key in ("crop_padding", "cutout", "seed"):
         if not _is_int(cfg[key]) or cfg[key] < 0:
             raise ConfigError(f"'{key}' must be an integer >= 0, got {cfg[key]!r}")
-    for key in ("flip", "preact"):
+    if cfg["block"] not in BLOCKS:
+        raise ConfigError(f"'block' must be one of {', '.join(BLOCKS)}, got {cfg['block']!r}")
+    if not _is_number(cfg["drop_path"]) or not 0 <= cfg["drop_path"] < 1:
+        raise ConfigError(f"'drop_path' must be in [0, 1), got {cfg['drop_path']!r}")
+    if not _is_number(cfg["sam_rho"]) or cfg["sam_rho"] < 0:
+        raise ConfigError(f"'sam_rho' must be a number >= 0, got {cfg['sam_rho']!r}")
+    for key in ("flip", "zero_init_residual"):
         if not isinstance(cfg[key], bool):
             raise ConfigError(f"'{key}' must be true or false, got {cfg[key]!r}")
     if cfg["augment_policy"] not in POLICIES:
@@ -206,7 +230,8 @@ def with_defaults(config: dict[str, Any]) -> dict[str, Any]:
     return {**DEFAULTS, **config}
 
 
-ARCHITECTURE_KEYS = ("blocks", "widths", "kernel_size", "skip_kernel_size", "stem_width", "dropout", "preact")
+ARCHITECTURE_KEYS = ("blocks", "widths", "kernel_size", "skip_kernel_size", "stem_width", "dropout", "block",
+                     "drop_path", "zero_init_residual")
 
 
 def architecture_of(config: dict[str, Any]) -> dict[str, Any]:

@@ -204,17 +204,42 @@ class Trainer:
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.mixed)
 
+    def _loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with self._autocast():
+            logits = self.forward(self._prepare(images))
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.config["label_smoothing"])
+        return logits, loss
+
     def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward, loss, backward and optimizer step of one batch; returns (logits, loss).
 
         `labels` are class ids, or (B, classes) soft targets from MixUp/CutMix; label
         smoothing applies to both (cross_entropy smooths probability targets too).
+
+        With `sam_rho` > 0 (SAM), the gradient that steps the weights is taken at the weights
+        moved by rho along the normalised gradient of the batch, then the move is undone:
+        two forward/backward passes on the same (augmented, mixed) batch. The norm and the
+        move stay on the device (foreach ops): no host sync. The returned logits and loss
+        are the first pass's, at the weights being trained.
         """
-        with self._autocast():
-            logits = self.forward(self._prepare(images))
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.config["label_smoothing"])
+        logits, loss = self._loss(images, labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        rho = self.config["sam_rho"]
+        if rho > 0:
+            params = [p for p in self.model.parameters() if p.grad is not None]
+            grads = [p.grad for p in params]
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            moves = torch._foreach_mul(grads, rho / (norm + 1e-12))
+            with torch.no_grad():
+                torch._foreach_add_(params, moves)
+            try:
+                self.optimizer.zero_grad(set_to_none=True)
+                _, perturbed = self._loss(images, labels)
+                perturbed.backward()
+            finally:  # back to the weights being trained, even if the pass failed (compile fallback)
+                with torch.no_grad():
+                    torch._foreach_sub_(params, moves)
         self.optimizer.step()
         return logits, loss
 

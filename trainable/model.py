@@ -12,9 +12,22 @@ import json
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from trainable.config import architecture_of, validate_config, with_defaults
+
+
+def drop_path(branch: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: zero the residual branch of each image with probability `rate` in
+    training and scale the kept ones by 1 / (1 - rate); the identity at evaluation.
+
+    The mask is drawn on the branch's device: no value goes to or from the host.
+    """
+    if not training or rate <= 0:
+        return branch
+    keep = torch.rand(branch.shape[0], 1, 1, 1, device=branch.device) >= rate
+    return branch * keep.to(branch.dtype) / (1.0 - rate)
 
 
 class BasicBlock(nn.Module):
@@ -23,8 +36,9 @@ class BasicBlock(nn.Module):
     The shortcut is the identity when the shape is kept, else a KxK strided conv + BN.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int, kernel: int, skip_kernel: int):
+    def __init__(self, in_ch: int, out_ch: int, stride: int, kernel: int, skip_kernel: int, drop: float = 0.0):
         super().__init__()
+        self.drop = drop
         self.conv1 = nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, bias=False)
         self.bn1 = nn.BatchNorm2d(out_ch)
         self.conv2 = nn.Conv2d(out_ch, out_ch, kernel, 1, kernel // 2, bias=False)
@@ -36,10 +50,13 @@ class BasicBlock(nn.Module):
                 nn.BatchNorm2d(out_ch),
             )
 
+    def last_norms(self) -> list[nn.BatchNorm2d]:
+        return [self.bn2]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return torch.relu(out + self.shortcut(x))
+        return torch.relu(drop_path(out, self.drop, self.training) + self.shortcut(x))
 
 
 class PreActBlock(nn.Module):
@@ -49,8 +66,9 @@ class PreActBlock(nn.Module):
     input, as in WRN; otherwise the identity of the raw input.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int, kernel: int, skip_kernel: int):
+    def __init__(self, in_ch: int, out_ch: int, stride: int, kernel: int, skip_kernel: int, drop: float = 0.0):
         super().__init__()
+        self.drop = drop
         self.bn1 = nn.BatchNorm2d(in_ch)
         self.conv1 = nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, bias=False)
         self.bn2 = nn.BatchNorm2d(out_ch)
@@ -59,19 +77,85 @@ class PreActBlock(nn.Module):
         if stride != 1 or in_ch != out_ch:
             self.shortcut = nn.Conv2d(in_ch, out_ch, skip_kernel, stride, skip_kernel // 2, bias=False)
 
+    def last_norms(self) -> list[nn.BatchNorm2d]:
+        # Its branch ends in a conv; a zero bn2 makes what that conv sees zero (ReLU(0) = 0).
+        return [self.bn2]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         act = torch.relu(self.bn1(x))
         skip = x if self.shortcut is None else self.shortcut(act)
         out = self.conv1(act)
         out = self.conv2(torch.relu(self.bn2(out)))
-        return out + skip
+        return drop_path(out, self.drop, self.training) + skip
+
+
+def shake(a: torch.Tensor, b: torch.Tensor, training: bool) -> torch.Tensor:
+    """Shake-Shake's mix of two branches: per image, alpha * a + (1 - alpha) * b going forward
+    and beta, 1 - beta for the gradients (alpha, beta ~ U(0, 1), independent); 0.5 each at
+    evaluation. The backward weights come from a detached correction, not a custom autograd
+    function, so torch.compile sees plain tensor ops.
+    """
+    if not training:
+        return 0.5 * (a + b)
+    shape = (a.shape[0], 1, 1, 1)
+    alpha = torch.rand(shape, device=a.device, dtype=a.dtype)
+    beta = torch.rand(shape, device=a.device, dtype=a.dtype)
+    return beta * a + (1 - beta) * b + ((alpha - beta) * (a - b)).detach()
+
+
+class ShakeBlock(nn.Module):
+    """Two ReLU-conv-BN-ReLU-conv-BN branches mixed by `shake`, plus a shortcut.
+
+    When the shape changes, the shortcut is Shake-Shake's: ReLU, then two strided 1x1 convs
+    to half the channels each, the second on the input shifted by one pixel, concatenated
+    and batch-normalised (`skip_kernel_size` does not apply).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, kernel: int, skip_kernel: int, drop: float = 0.0):
+        super().__init__()
+        self.drop, self.stride = drop, stride
+
+        def branch() -> nn.Sequential:
+            return nn.Sequential(
+                nn.ReLU(), nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(out_ch),
+                nn.ReLU(inplace=True), nn.Conv2d(out_ch, out_ch, kernel, 1, kernel // 2, bias=False),
+                nn.BatchNorm2d(out_ch))
+
+        self.branch_a, self.branch_b = branch(), branch()
+        self.project = None
+        if stride != 1 or in_ch != out_ch:
+            self.project = nn.ModuleList([nn.Conv2d(in_ch, out_ch // 2, 1, bias=False),
+                                          nn.Conv2d(in_ch, out_ch - out_ch // 2, 1, bias=False)])
+            self.project_bn = nn.BatchNorm2d(out_ch)
+
+    def last_norms(self) -> list[nn.BatchNorm2d]:
+        return [self.branch_a[-1], self.branch_b[-1]]
+
+    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        if self.project is None:
+            return x
+        x = torch.relu(x)
+        shifted = F.pad(x[:, :, 1:, 1:], (0, 1, 0, 1))  # the other half sees the pixels one step on
+        a = self.project[0](F.avg_pool2d(x, 1, self.stride))
+        b = self.project[1](F.avg_pool2d(shifted, 1, self.stride))
+        return self.project_bn(torch.cat([a, b], dim=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mixed = shake(self.branch_a(x), self.branch_b(x), self.training)
+        return drop_path(mixed, self.drop, self.training) + self.shortcut(x)
+
+
+BLOCK_TYPES = {"basic": BasicBlock, "preact": PreActBlock, "shake": ShakeBlock}
 
 
 class ResNet(nn.Module):
-    """Stem conv3x3 (+ BN + ReLU unless pre-activation), stages of blocks, pool, dropout, linear.
+    """Stem conv3x3 (+ BN, + ReLU for basic blocks), stages of blocks, pool, dropout, linear.
 
-    With `preact`, blocks are `PreActBlock`s, the stem is a bare conv (the first block's BN
-    follows it) and a final BN + ReLU comes before the pool, as in WRN.
+    Pre-activation blocks have a bare conv stem (the first block's BN follows it) and a final
+    BN + ReLU before the pool, as in WRN; Shake-Shake's stem is conv + BN (each branch starts
+    with a ReLU) and a final ReLU before the pool. `drop_path` is the stochastic depth rate
+    of the last block, rising linearly from the first; `zero_init_residual` zeroes the last
+    BatchNorm of every residual branch.
     """
 
     def __init__(
@@ -82,28 +166,41 @@ class ResNet(nn.Module):
         skip_kernel_size: int = 1,
         stem_width: int | None = None,
         dropout: float = 0.0,
-        preact: bool = False,
+        block: str = "basic",
+        drop_path: float = 0.0,
+        zero_init_residual: bool = False,
         num_classes: int = 10,
     ):
         super().__init__()
         stem_width = stem_width or widths[0]
         conv = nn.Conv2d(3, stem_width, 3, 1, 1, bias=False)
-        self.stem = nn.Sequential(conv) if preact else nn.Sequential(conv, nn.BatchNorm2d(stem_width), nn.ReLU(inplace=True))
-        block_type = PreActBlock if preact else BasicBlock
+        stem = {"basic": [nn.BatchNorm2d(stem_width), nn.ReLU(inplace=True)], "preact": [],
+                "shake": [nn.BatchNorm2d(stem_width)]}[block]
+        self.stem = nn.Sequential(conv, *stem)
+        block_type = BLOCK_TYPES[block]
+        total = sum(blocks)
         stages = []
         in_ch = stem_width
+        depth = 0
         for index, (count, width) in enumerate(zip(blocks, widths)):
             layers = []
-            for block in range(count):
-                stride = 2 if index > 0 and block == 0 else 1
-                layers.append(block_type(in_ch, width, stride, kernel_size, skip_kernel_size))
+            for position in range(count):
+                stride = 2 if index > 0 and position == 0 else 1
+                depth += 1
+                layers.append(block_type(in_ch, width, stride, kernel_size, skip_kernel_size,
+                                         drop=drop_path * depth / total))
                 in_ch = width
             stages.append(nn.Sequential(*layers))
         self.stages = nn.Sequential(*stages)
-        self.final = nn.Sequential(nn.BatchNorm2d(in_ch), nn.ReLU(inplace=True)) if preact else nn.Sequential()
+        final = {"basic": [], "preact": [nn.BatchNorm2d(in_ch), nn.ReLU(inplace=True)], "shake": [nn.ReLU()]}[block]
+        self.final = nn.Sequential(*final)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(in_ch, num_classes)
+        if zero_init_residual:
+            for module in self.modules():
+                for norm in getattr(module, "last_norms", lambda: [])():
+                    nn.init.zeros_(norm.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.final(self.stages(self.stem(x)))
@@ -165,8 +262,9 @@ def layer_summary(config: dict[str, Any], num_classes: int = 10, image_size: int
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     line = "-" * 64
-    form = ("pre-activation blocks (BN-ReLU-conv)" if cfg["preact"] else "post-activation blocks (conv-BN-ReLU)")
-    out = [f"BasicBlocks {cfg['blocks']} x {cfg['widths']}, {form}", line,
+    form = {"basic": "BasicBlocks, post-activation (conv-BN-ReLU)", "preact": "BasicBlocks, pre-activation (BN-ReLU-conv)",
+            "shake": "Shake-Shake blocks (two ReLU-conv-BN branches)"}[cfg["block"]]
+    out = [f"{form}: {cfg['blocks']} x {cfg['widths']}", line,
            f"{'Layer (type)':>25}  {'Output Shape':>25}  {'Param #':>10}", "=" * 64]
     out += [f"{name:>25}  {shape:>25}  {params:>10,}" for name, shape, params in rows]
     out += ["=" * 64, f"Total params: {total:,}", f"Non-trainable params: {total - trainable:,}"]

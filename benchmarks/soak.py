@@ -1,0 +1,102 @@
+"""Benchmark: a thousand-trial search through the real driver, to see what grows with it.
+
+    python -m benchmarks.run --only soak --out bench/            # 1,000 trials, about an hour on 2 cores
+    python -m benchmarks.run --only soak --quick --out bench/    # 60 trials
+
+Tiny trials (synthetic images, the built-in space under the 5M budget, 1 to 2 epochs each
+under ASHA) so that the driver, not training, is what is measured: the searcher's time per
+launched trial (Optuna's TPE reads every trial on every ask, and budget rejections are
+trials too), the driver's memory, and the time to write trials.csv and history.csv per
+result, each taken near 100 launched trials and near the end. At the end: every row is in
+trials.csv once and no Optuna trial is left running. A 4-GPU search launches more than
+1,000 trials an hour, so the driver must keep up with one launch every 3 s.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as handle:
+        line = next(line for line in handle if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+def run(data_dir: str | None, quick: bool, out: Path | None = None) -> dict[str, Any]:
+    import optuna
+
+    import search.experiment
+    from search.records import HistoryLog, read_trials
+    from search.run import SearchSettings, run_search
+    from search.searcher import BudgetedOptunaSearch
+
+    trials = 60 if quick else 1000
+    marks = (20, trials) if quick else (100, trials)
+    launches: list[tuple[int, float, float]] = []  # (launched so far, seconds of this suggest, RSS MB)
+    writes: dict[str, list[tuple[int, float]]] = {"trials_csv": [], "history_csv": []}
+
+    suggest, write_trials, append = BudgetedOptunaSearch.suggest, search.experiment.write_trials, HistoryLog.append
+
+    def timed_suggest(self: BudgetedOptunaSearch, trial_id: str) -> Any:
+        start = time.perf_counter()
+        config = suggest(self, trial_id)
+        if isinstance(config, dict):
+            launches.append((len(launches) + 1, time.perf_counter() - start, _rss_mb()))
+        return config
+
+    def timed_write(folder: Any, rows: Any) -> None:
+        rows = list(rows)
+        start = time.perf_counter()
+        write_trials(folder, rows)
+        writes["trials_csv"].append((len(rows), time.perf_counter() - start))
+
+    def timed_append(self: HistoryLog, row: dict[str, Any]) -> None:
+        start = time.perf_counter()
+        append(self, row)
+        writes["history_csv"].append((len(launches), time.perf_counter() - start))
+
+    BudgetedOptunaSearch.suggest, search.experiment.write_trials, HistoryLog.append = (
+        timed_suggest, timed_write, timed_append)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            settings = SearchSettings(name="soak", storage=str(out or tmp), gpus=0, trials=trials, max_epochs=2,
+                                      grace_epochs=1, reduction_factor=2, dataset="synthetic", subset=48,
+                                      warm_start=False, verbose=0, checkpoint_every=1,
+                                      overrides={"batch_size": 16})
+            start = time.time()
+            outcome = run_search(settings)
+            wall = time.time() - start
+            rows = read_trials(outcome.folder)
+            study = optuna.load_study(study_name="soak", storage=f"sqlite:///{outcome.folder / 'optuna.db'}")
+            running = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+            optuna_trials = len(study.trials)
+    finally:
+        BudgetedOptunaSearch.suggest, search.experiment.write_trials, HistoryLog.append = (
+            suggest, write_trials, append)
+
+    def near(series: list[tuple[int, float]], mark: int, width: int) -> float:
+        """Median seconds of the entries whose count lies in (mark - width, mark]."""
+        values = [seconds for count, seconds in series if mark - width < count <= mark]
+        return statistics.median(values) if values else float("nan")
+
+    width = max(5, marks[0] // 5)
+    result: dict[str, Any] = {
+        "trials": trials, "wall_seconds": wall, "rows": len(rows), "unique_rows": len({r["trial_id"] for r in rows}),
+        "optuna_trials": optuna_trials, "optuna_running_at_end": running, "rejected_for_budget": outcome.rejected,
+        "counts": outcome.counts,
+    }
+    for mark in marks:
+        rss = [mb for count, _, mb in launches if count <= mark]
+        result[f"at_{mark}"] = {
+            "driver_rss_mb": rss[-1] if rss else None,
+            "suggest_seconds_per_launch": near([(c, s) for c, s, _ in launches], mark, width),
+            "trials_csv_write_seconds": near(writes["trials_csv"], mark, width),
+            "history_csv_append_seconds": near(writes["history_csv"], mark, width),
+        }
+    result["launches_per_hour_driver_bound"] = 3600 / max(1e-9, result[f"at_{marks[-1]}"]["suggest_seconds_per_launch"])
+    return result
