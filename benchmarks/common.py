@@ -48,13 +48,46 @@ def timed(fn: Callable[[], Any], dev: torch.device) -> tuple[float, Any]:
     return time.perf_counter() - start, out
 
 
+def stratified(dataset: Dataset, n_train: int | None, n_test: int | None = None) -> Dataset:
+    """A class-balanced, seeded subset of each split (an ImageFolder lists images class by
+    class, so its first N images would be one class)."""
+    from trainable.data import stratified_subset
+
+    def part(images: torch.Tensor, labels: torch.Tensor, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if n is None or n >= len(labels):
+            return images, labels
+        chosen = stratified_subset(labels, n, 0)
+        return images[chosen], labels[chosen]
+
+    train, test = part(dataset.train_images, dataset.train_labels, n_train), part(
+        dataset.test_images, dataset.test_labels, n_test)
+    return Dataset(*train, *test, dataset.classes)
+
+
 def images(data_dir: str | None, subset: int | None) -> tuple[Dataset, str]:
     """Real images from an ImageFolder (CIFAR-10 JPEGs) when given, else the synthetic set."""
     if data_dir:
         dataset, source = load_dataset("imagefolder", data_dir), f"imagefolder {data_dir}"
     else:
         dataset, source = make_synthetic(n_train=subset or 2000, n_test=200), "synthetic (no --data-dir)"
-    if subset and subset < len(dataset.train_images):
-        dataset = Dataset(dataset.train_images[:subset], dataset.train_labels[:subset], dataset.test_images,
-                          dataset.test_labels, dataset.classes)
-    return dataset, source
+    return stratified(dataset, subset), source
+
+
+def count_ops(fn: Callable[[], Any]) -> int:
+    """How many aten ops `fn` dispatches that compute (views, which launch nothing, left out):
+    on a GPU each is about one kernel launch.
+
+    Counted with a TorchDispatchMode, so it works on the `meta` device: shapes, no data.
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        ops = 0
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            Count.ops += not func.is_view
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn()
+    return Count.ops

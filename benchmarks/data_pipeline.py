@@ -6,6 +6,11 @@
 
 Then the same two with TrivialAugment added: ours per image on the whole batch
 (`trainable.policy`), against torchvision's TrivialAugmentWide per image in the DataLoader.
+The DataLoader keeps its workers (persistent) and is warmed up before it is timed.
+
+Also the ops (aten ops, about one GPU kernel each) per augmented batch of 128 for crop +
+flip + cutout and each policy, next to the seed model's forward and backward: counted on
+the `meta` device, so the same on every machine.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import device, images, timed
+from benchmarks.common import count_ops, device, images, timed
 from trainable.augment import augment_batch
 from trainable.data import channel_stats
 
@@ -44,7 +49,33 @@ def run(data_dir: str | None, quick: bool, batch_size: int = 128, dev: torch.dev
     for label, policy in (("", False), ("policy_", True)):
         measured = compare(dataset, dev, batch_size, policy, workers or os.cpu_count() or 1)
         result.update({label + key: value for key, value in measured.items()})
+    result["policy_cost_vs_crop_flip"] = result["ours_images_per_s"] / result["policy_ours_images_per_s"]
+    result["ops_per_batch"] = ops_per_batch(batch_size)
     return result
+
+
+def ops_per_batch(batch_size: int = 128) -> dict[str, int]:
+    """Aten ops of one augmented batch (crop + flip + cutout 16, then each policy) and of the
+    seed model's forward + backward on it, on the meta device."""
+    import torch.nn.functional as F
+
+    from trainable.model import build_model
+    from trainable.policy import PolicyAugment
+
+    meta = torch.device("meta")
+    x = torch.empty(batch_size, 3, 32, 32, dtype=torch.uint8, device=meta)
+    mean, std = torch.zeros(1, 3, 1, 1, device=meta), torch.ones(1, 3, 1, 1, device=meta)
+    out: dict[str, int] = {}
+    for name in ("none", "trivialaugment", "randaugment", "autoaugment"):
+        policy = PolicyAugment(name) if name != "none" else None
+        augment_batch(x, mean, std, cutout_size=16, policy=policy)  # constants are made on the first batch
+        label = "crop_flip_cutout" if name == "none" else f"crop_flip_cutout_{name}"
+        out[label] = count_ops(lambda: augment_batch(x, mean, std, cutout_size=16, policy=policy))
+    model = build_model({"blocks": [3, 5, 3], "widths": [64, 128, 256]}).to(meta)
+    labels = torch.empty(batch_size, dtype=torch.int64, device=meta)
+    images = torch.empty(batch_size, 3, 32, 32, device=meta)
+    out["seed_model_forward_backward"] = count_ops(lambda: F.cross_entropy(model(images), labels).backward())
+    return out
 
 
 def compare(dataset: Any, dev: torch.device, batch_size: int, trivialaugment: bool, workers: int,
@@ -81,8 +112,12 @@ def compare(dataset: Any, dev: torch.device, batch_size: int, trivialaugment: bo
     steps += [T.RandomErasing(p=1.0, scale=(cutout**2 / 1024,) * 2, ratio=(1.0, 1.0))] if cutout else []
     transform = T.Compose(steps)
     seed_set = SeedStyleImages(x.permute(0, 2, 3, 1).numpy(), y.numpy(), transform)
+    # Persistent workers, warmed up: their start-up is not charged to the epoch measured.
     loader = torch.utils.data.DataLoader(seed_set, batch_size=batch_size, shuffle=True, num_workers=workers,
-                                         pin_memory=dev.type == "cuda", persistent_workers=False)
+                                         pin_memory=dev.type == "cuda", persistent_workers=workers > 0)
+    for index, _ in enumerate(loader):
+        if index >= 2 * max(1, workers):
+            break
 
     def seed_epoch() -> int:
         count = 0

@@ -79,7 +79,7 @@ def test_images_with_different_ops_get_their_own(images):
 def test_trivialaugment_draws_ops_uniformly():
     policy = PolicyAugment("trivialaugment")
     n = 14_000
-    [(ops, magnitudes)] = policy.draw(n, torch.Generator().manual_seed(1), torch.device("cpu"))
+    [(ops, magnitudes, _)] = policy.draw(n, torch.Generator().manual_seed(1), torch.device("cpu"))
     shares = op_frequencies(ops)
     assert shares["invert"] == 0  # TrivialAugmentWide has no invert
     # 1,000 expected per op; a binomial's sd is about 30.5: 5 sd either way.
@@ -94,7 +94,7 @@ def test_randaugment_and_autoaugment_draws():
     generator = torch.Generator().manual_seed(2)
     steps = PolicyAugment("randaugment", n=3, m=9).draw(4000, generator, torch.device("cpu"))
     assert len(steps) == 3
-    ops, magnitudes = steps[0]
+    ops, magnitudes, _ = steps[0]
     assert magnitudes[ops == OP["rotate"]].abs().unique().tolist() == pytest.approx([9.0])  # bin 9 of 0..30 deg
     first, second = PolicyAugment("autoaugment").draw(20000, generator, torch.device("cpu"))
     # Sub-policy 0 applies invert with probability 0.1, so invert shows in the first step ~0.1/25 of the time.
@@ -114,9 +114,12 @@ def test_the_gpu_path_and_the_cpu_path_agree(images):
     # The GPU's whole-batch-and-select path, run here on the CPU, against the CPU's grouped one.
     generator = torch.Generator().manual_seed(3)
     for policy in ("trivialaugment", "autoaugment"):
-        for op, magnitude in PolicyAugment(policy).draw(len(images), generator, torch.device("cpu")):
-            assert torch.equal(apply_ops(images, op, magnitude, grouped=True),
-                               apply_ops(images, op, magnitude, grouped=False))
+        for op, magnitude, theta in PolicyAugment(policy).draw(len(images), generator, torch.device("cpu")):
+            expected = apply_ops(images, op, magnitude, grouped=True)
+            assert torch.equal(expected, apply_ops(images, op, magnitude, grouped=False))
+            # The affine matrices from the policy's table are the ones computed from the magnitudes.
+            assert torch.equal(expected, apply_ops(images, op, magnitude, grouped=False, theta=theta))
+            assert torch.equal(expected, apply_ops(images, op, magnitude, grouped=True, theta=theta))
 
 
 class HostToDevice:
