@@ -16,7 +16,7 @@ import pandas as pd
 from analysis import plots
 from analysis.table import narrow, to_markdown
 from analysis.trials import STATUSES, load_experiment, rejected_count, settings_of
-from search.records import load_study, milestones, ran_seconds
+from search.records import load_study, milestones, ran_seconds, read_auto
 from trainable.checkpoint import write_text
 from trainable.cli import ArgumentParser, run_main
 
@@ -74,6 +74,29 @@ def totals(table: pd.DataFrame, curves: pd.DataFrame, folder: Path) -> dict[str,
     }
 
 
+def stage_table(folder: Path) -> pd.DataFrame | None:
+    """search.auto's stages from auto.json: planned and used minutes and what each decided."""
+    record = read_auto(folder)
+    if record is None:
+        return None
+    rows = []
+    for stage, entry in record.get("stages", {}).items():
+        if stage == "search":
+            outcome = f"best trial {entry.get('best')}"
+        elif stage == "confirm":
+            tau = entry.get("kendall_tau")
+            outcome = (f"top {len(entry.get('search_order', []))} at {entry.get('confirm_epochs')} epochs; Kendall tau "
+                       f"{'n/a' if tau is None else f'{tau:.2f}'}; pick {'changed' if entry.get('pick_changed') else 'held'}")
+        elif stage == "retrain":
+            outcome = f"trial {entry.get('trial_id')}, {entry.get('epochs')} epochs x {entry.get('seeds')} seed(s)"
+        else:
+            outcome = f"{entry.get('rows')} rows to {entry.get('submission')}"
+        rows.append({"stage": stage, "status": entry.get("status"),
+                     "planned_min": round(entry.get("planned_s", 0) / 60, 2),
+                     "used_min": round(entry.get("used_s", 0) / 60, 2), "outcome": outcome})
+    return pd.DataFrame(rows, columns=["stage", "status", "planned_min", "used_min", "outcome"])
+
+
 def make_report(path: str | Path, out: str | Path) -> dict[str, Path]:
     """Write every plot, report.md and report.html into `out`; return the files written."""
     folder, out = Path(path), Path(out)
@@ -101,7 +124,11 @@ def make_report(path: str | Path, out: str | Path) -> dict[str, Path]:
         f"reduction factor {settings.get('reduction_factor')})",
     ]
     title = f"Search report: {folder.name}"
-    md = [f"# {title}", "", *[f"- {line}" for line in total_lines], "", "## Top 10 trials", "", to_markdown(top), ""]
+    md = [f"# {title}", "", *[f"- {line}" for line in total_lines], ""]
+    stages = stage_table(folder)
+    if stages is not None:
+        md += ["## Stages (search.auto)", "", to_markdown(stages), ""]
+    md += ["## Top 10 trials", "", to_markdown(top), ""]
     for caption, file in files.items():
         md += [f"## {caption}", "", f"![{caption}]({file.name})", ""]
     if note:
@@ -109,7 +136,10 @@ def make_report(path: str | Path, out: str | Path) -> dict[str, Path]:
     write_text(out / "report.md", "\n".join(md))
 
     body = [f"<h1>{html.escape(title)}</h1>", "<ul>", *[f"<li>{html.escape(line)}</li>" for line in total_lines],
-            "</ul>", "<h2>Top 10 trials</h2>", top.to_html(index=False, border=0)]
+            "</ul>"]
+    if stages is not None:
+        body += ["<h2>Stages (search.auto)</h2>", stages.to_html(index=False, border=0)]
+    body += ["<h2>Top 10 trials</h2>", top.to_html(index=False, border=0)]
     for caption, file in files.items():
         data = base64.b64encode(file.read_bytes()).decode()
         body += [f"<h2>{html.escape(caption)}</h2>",

@@ -6,6 +6,7 @@
       trials.csv      one row per launched trial, rewritten atomically as trials report and end
       history.csv     one row per trial epoch, appended as results arrive
       best.json       the best trial so far (see `rank`), its config, metrics and exact params
+      auto.json       search.auto's plan, each stage's planned and used seconds and results
       drivers.json    one entry per driver run: when it started and last reported (the time the
                       search really ran, without the downtime between runs)
       run-*/          Ray Tune's own folders, one per driver run; nothing here reads them
@@ -35,6 +36,7 @@ HISTORY = "history.csv"
 BEST = "best.json"
 OPTUNA_DB = "optuna.db"
 DRIVERS = "drivers.json"
+AUTO = "auto.json"  # search.auto's plan and stages, when the experiment is one of its runs
 
 
 class Status(str, Enum):
@@ -210,6 +212,12 @@ def rejected_count(folder: str | Path) -> int | None:
     return sum(1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get("status") == Status.REJECTED)
 
 
+def read_auto(folder: str | Path) -> dict[str, Any] | None:
+    """auto.json (`search.auto`'s record), or None if the experiment has none."""
+    path = Path(folder) / AUTO
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def read_drivers(folder: str | Path) -> list[dict[str, Any]]:
     """drivers.json: one entry per driver run (run, started, last, gpus, gpu_share)."""
     path = Path(folder) / DRIVERS
@@ -235,6 +243,10 @@ def write_best(folder: str | Path, best: dict[str, Any]) -> None:
 
 def write_settings(folder: str | Path, settings: dict[str, Any]) -> None:
     write_json(Path(folder) / SETTINGS, settings)
+
+
+def write_auto(folder: str | Path, record: dict[str, Any]) -> None:
+    write_json(Path(folder) / AUTO, record)
 
 
 def record_driver(folder: str | Path, entry: dict[str, Any]) -> None:

@@ -249,7 +249,10 @@ def prepare_folder(s: SearchSettings) -> SearchSettings:
         return replace(saved, **fresh, trials=s.trials if given is None or "trials" in given else saved.trials,
                        name=s.name, storage=s.storage, study=saved.study or saved.name, resume=True,
                        extra={**s.extra, "data_hash": raw.get("data_hash")})
-    if folder.exists() and any(folder.iterdir()):
+    from search.records import AUTO
+
+    # auto.json alone is `search.auto`'s record, written before its search stage begins.
+    if folder.exists() and any(path.name != AUTO for path in folder.iterdir()):
         raise UserError(f"experiment {folder} already exists; pass --resume to continue it, or choose another --name")
     return replace(s, study=s.name)
 
@@ -504,8 +507,14 @@ def build_parser() -> ArgumentParser:
 
 
 def settings_from_args(argv: Sequence[str] | None) -> SearchSettings:
-    # Every flag defaults to None, so a --resume can tell what was given from what was not.
-    args = vars(build_parser().parse_args(argv))
+    return settings_from_parsed(vars(build_parser().parse_args(argv)))
+
+
+def settings_from_parsed(args: dict[str, Any]) -> SearchSettings:
+    """SearchSettings from `build_parser`'s parsed flags (a dict; `search.auto` adds its own).
+
+    Every flag defaults to None, so a --resume can tell what was given from what was not.
+    """
     overrides = args.pop("set")
     args["overrides"] = parse_overrides(overrides, {"epochs": "--max-epochs", "seed": "--seed"}) if overrides else None
     given = sorted(k for k, v in args.items() if v is not None)
