@@ -58,13 +58,17 @@ def run(data_dir: str | None, quick: bool, batch_size: int = 128) -> dict[str, A
     results: dict[str, Any] = {"source": source, "device": str(dev), "model": arch,
                                "params": count_params(arch), "images": n, "batch_size": batch_size}
 
-    def ours(compile_model: bool) -> float:
-        trainer = Trainer(config, data, compile_model=compile_model)
-        timed(trainer.train_epoch, dev)  # warm-up: cudnn autotuning, compilation
+    def ours(compile_model: bool, policy: str = "none") -> float:
+        trainer = Trainer({**config, "augment_policy": policy}, data, compile_model=compile_model)
+        timed(trainer.train_epoch, dev)  # warm-up: cudnn autotuning, compilation, the policy's constants
         seconds, _ = timed(trainer.train_epoch, dev)
         return trainer.steps_per_epoch * trainer.batch_size / seconds
 
     results["ours_images_per_s"] = ours(False)
+    # The same step with TrivialAugment (the space draws a policy 3 times in 4): its cost
+    # relative to crop + flip alone.
+    results["ours_trivialaugment_images_per_s"] = ours(False, "trivialaugment")
+    results["trivialaugment_step_cost"] = results["ours_images_per_s"] / results["ours_trivialaugment_images_per_s"]
     if on_cuda:
         results["ours_compiled_images_per_s"] = ours(True)
 

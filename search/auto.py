@@ -524,8 +524,9 @@ def build_auto_parser() -> Any:
     p.prog = "python -m search.auto"
     p.description = __doc__.split("\n\n")[0]
     g = p.add_argument_group("search.auto: from data to submission under --time-budget (required)")
-    g.add_argument("--input", help="unlabelled images to predict: pickle with b'data' and b'ids', .npy, or a folder")
-    g.add_argument("--out", dest="auto_out", default="submission.csv", help="the submission CSV (default submission.csv)")
+    g.add_argument("--input", metavar="PATH", help="unlabelled images to predict: pickle with b'data' and b'ids', .npy, or a folder")
+    g.add_argument("--out", dest="auto_out", metavar="CSV", default="submission.csv",
+                   help="the submission CSV (default submission.csv)")
     g.add_argument("--confirm", type=int, default=4, help="top search configs trained again at the longer horizon (default 4)")
     g.add_argument("--confirm-factor", type=int, default=3, help="the confirm horizon as a multiple of --max-epochs (default 3)")
     g.add_argument("--seeds", type=int, help="retrain seeds (default: one per GPU, so they cost no wall time; 1 on a CPU)")
