@@ -99,4 +99,37 @@ def run(data_dir: str | None, quick: bool, out: Path | None = None) -> dict[str,
             "history_csv_append_seconds": near(writes["history_csv"], mark, width),
         }
     result["launches_per_hour_driver_bound"] = 3600 / max(1e-9, result[f"at_{marks[-1]}"]["suggest_seconds_per_launch"])
+    result["table_cost"] = table_cost(200 if quick else 1000)
     return result
+
+
+def table_cost(trials: int = 1000, results_per_trial: int = 2) -> dict[str, Any]:
+    """The driver's table (`search.experiment.TrialTable`) fed `trials` x `results_per_trial`
+    results without Ray: seconds per result near 100 and near `trials` trials, with trials.csv
+    rewritten on every result (as before) and at most once a second (as now)."""
+    import types
+
+    import search.experiment
+    from search.experiment import TrialTable
+
+    out: dict[str, Any] = {}
+    for label, interval in (("every_result", 0.0), ("throttled", search.experiment.WRITE_INTERVAL_S)):
+        saved, search.experiment.WRITE_INTERVAL_S = search.experiment.WRITE_INTERVAL_S, interval
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                table = TrialTable(tmp, 0.0, results_per_trial)
+                costs: list[tuple[int, float]] = []
+                for index in range(trials):
+                    trial = types.SimpleNamespace(trial_id=f"t{index:05d}", config={"blocks": [1, 1], "widths": [8, 16]})
+                    table.on_trial_start(0, [], trial)
+                    for epoch in range(1, results_per_trial + 1):
+                        start = time.perf_counter()
+                        table.on_trial_result(0, [], trial, {"epoch": epoch, "val_acc": 0.5, "time_total_s": 1.0,
+                                                             "params": 100})
+                        costs.append((index + 1, time.perf_counter() - start))
+                    table.on_trial_complete(0, [], trial)
+        finally:
+            search.experiment.WRITE_INTERVAL_S = saved
+        out[label] = {f"seconds_per_result_near_{mark}": statistics.median(
+            [c for n, c in costs if mark - 20 < n <= mark]) for mark in (100, trials)}
+    return out

@@ -219,6 +219,14 @@ _OPS = {
     "equalize": lambda x, m, op, theta: TF.equalize(x),
     "invert": lambda x, m, op, theta: TF.invert(x),
 }
+# On the CPU each blend op runs on its own images: there the arithmetic is the cost, and
+# the fused blend would smooth (a convolution) images that only needed a brightness change.
+_BLEND_OPS = {
+    "brightness": lambda x, m: _blend(x, torch.zeros((), device=x.device), 1.0 + m),
+    "color": lambda x, m: _blend(x, _gray(x), 1.0 + m),
+    "contrast": lambda x, m: _blend(x, _gray(x).mean(dim=(1, 2, 3), keepdim=True), 1.0 + m),
+    "sharpness": lambda x, m: sharpen(x, 1.0 + m),
+}
 
 
 def _chosen(name: str, op: torch.Tensor) -> torch.Tensor:
@@ -249,6 +257,12 @@ def apply_ops(images: torch.Tensor, op: torch.Tensor, magnitude: torch.Tensor,
     if grouped:
         out = images.clone()
         for name in groups:
+            if name == "blend":
+                for member, fn in _BLEND_OPS.items():
+                    index = (op == OP[member]).nonzero().flatten()
+                    if len(index):
+                        out[index] = fn(images[index], magnitude[index])
+                continue
             index = _chosen(name, op).nonzero().flatten()
             if len(index):
                 out[index] = _OPS[name](images[index], magnitude[index], op[index],
