@@ -284,7 +284,9 @@ def ray_session(s: SearchSettings) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    ray.init(address=s.address, num_cpus=None if s.address else s.cpus or os.cpu_count(),
+    # "local" starts a Ray of this run's own even when another runs on this machine (Ray
+    # would otherwise join one it finds, with its resources and not the ones asked for).
+    ray.init(address=s.address or "local", num_cpus=None if s.address else s.cpus or os.cpu_count(),
              num_gpus=None if s.address else s.gpus, include_dashboard=False, configure_logging=False,
              log_to_driver=s.verbose > 1)
     try:
