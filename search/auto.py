@@ -77,8 +77,9 @@ class Plan:
     seeds: int
 
     def describe(self) -> str:
-        lines = [f"plan for {self.total_s / 60:.1f} min (epoch of a middle-sized config: about "
-                 f"{self.epoch_s_estimate:.1f} s here, from a short probe; {self.concurrent} trials at once):"]
+        lines = [f"plan for {self.total_s / 60:.1f} min (an epoch of a middle-sized config under the budget: "
+                 f"about {self.epoch_s_estimate:.1f} s here, from a few timed steps; {self.concurrent} trials "
+                 "at once; the retrain is sized later from the epoch times the search measures):"]
         lines.append(f"  search   {self.seconds['search'] / 60:6.1f} min: ASHA to {self.max_epochs} epochs, "
                      f"about {self.expected_trials} trials")
         lines.append(f"  confirm  {self.seconds['confirm'] / 60:6.1f} min: the top {self.confirm_configs} configs "
@@ -136,6 +137,23 @@ def ray_session_for(s: SearchSettings) -> Any:
     return ray_session(s)
 
 
+def probe_config(budget: int) -> dict[str, Any]:
+    """The probe's model: [2,2,2] x [48,96,192] (the middle of the built-in space under 5M,
+    1.1M params), narrowed to about half of a smaller budget.
+
+    >>> probe_config(5_000_000)["widths"], probe_config(200_000)["widths"]
+    ([48, 96, 192], [16, 32, 64])
+    """
+    import math
+
+    from trainable.model import count_params
+
+    middle = {"blocks": [2, 2, 2], "widths": [48, 96, 192]}
+    scale = math.sqrt(min(1.0, budget / 2 / count_params(middle)))  # params grow with width squared
+    base = max(8, int(round(48 * scale / 8)) * 8)
+    return {"blocks": [2, 2, 2], "widths": [base, 2 * base, 4 * base]}
+
+
 def probe_epoch_seconds(s: SearchSettings, train_images: int, gpus: int) -> float:
     """Seconds of one training epoch of a middle-sized config of the space on the search's
     device, from a few timed steps (the plan's estimate; stages 1-2 measure the real ones)."""
@@ -150,8 +168,7 @@ def probe_epoch_seconds(s: SearchSettings, train_images: int, gpus: int) -> floa
         torch.set_num_threads(s.cpus_per_trial)  # as a trial will have
     steps, batch = 4, 128
     data = to_device(make_synthetic(n_train=batch * (steps + 1), n_test=8), device, val_fraction=0.0)
-    trainer = Trainer({"blocks": [2, 2, 2], "widths": [48, 96, 192], "epochs": 1, "warmup_epochs": 0,
-                       "batch_size": batch}, data)
+    trainer = Trainer({**probe_config(s.param_budget), "epochs": 1, "warmup_epochs": 0, "batch_size": batch}, data)
     trainer.steps_per_epoch = 1
     trainer.train_epoch()  # warm-up
     trainer.steps_per_epoch = steps
@@ -455,6 +472,10 @@ def run_auto(s: SearchSettings, a: AutoSettings) -> dict[str, Any]:
             if entry.get("status") == "done":
                 continue
             resume = s.resume and entry.get("status") == "running"
+            if stage == "search":  # killed before the search wrote its settings: it starts afresh
+                from search.records import SETTINGS
+
+                resume = resume and (s.folder / SETTINGS).exists()
             # What is left of the deadline, shared among this stage and the ones after it
             # in the plan's proportions: a late stage takes from the next, not the deadline.
             left = total - record.used()
