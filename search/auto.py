@@ -314,11 +314,40 @@ def space(trial):
 '''
 
 
+def fitting(s: SearchSettings, top: list[tuple[str, dict[str, Any], float]], epochs: int,
+            seconds: float) -> list[tuple[str, dict[str, Any], float]]:
+    """The first of the search's top configs whose confirm runs fit in `seconds` (at least two):
+    each needs `epochs` epochs at the epoch time the search measured for it, and the stage
+    runs as many at once as the search did. Cutting every one of K configs halfway would
+    confirm nothing; fewer configs run to the horizon do."""
+    import statistics
+
+    from search.records import read_history
+
+    times: dict[str, list[float]] = {}
+    for h in read_history(s.folder):
+        if h.get("epoch_seconds"):
+            times.setdefault(h["trial_id"], []).append(h["epoch_seconds"])
+    _, concurrent = planned_concurrency(s)
+    needs = [epochs * statistics.median(times.get(trial_id) or [0.0]) / concurrent for trial_id, _, _ in top]
+    count = len(top)
+    while count > 2 and sum(needs[:count]) > seconds * SAFETY:
+        count -= 1
+    if count < len(top):
+        print(f"confirm: {count} of the top {len(top)} configs fit in {seconds / 60:.1f} min at {epochs} epochs",
+              flush=True)
+    if sum(needs[:count]) > seconds:
+        print(f"confirm: the top {count} need about {sum(needs[:count]) / 60:.1f} min at {epochs} epochs and the "
+              f"stage has {seconds / 60:.1f}: the deadline will cut them (a larger confirm share in --shares "
+              "lets them finish)", flush=True)
+    return top[:count]
+
+
 def stage_confirm(s: SearchSettings, a: AutoSettings, seconds: float, resume: bool) -> dict[str, Any]:
     """Train the search's top configs at the longer horizon, as a search experiment of its own."""
     from search.run import run_search
 
-    top = ranked_configs(s.folder)[:a.confirm]
+    top = fitting(s, ranked_configs(s.folder)[:a.confirm], a.confirm_factor * s.max_epochs, seconds)
     if not top:
         raise UserError("the search finished no epoch: nothing to confirm (give it more --time-budget)")
     folder = s.folder / "confirm"
