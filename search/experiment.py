@@ -16,7 +16,8 @@ from typing import Any
 from ray.tune import Callback
 
 from search.records import (ENDED, CONFIG_COLUMNS, HistoryLog, Status, cell, config_from_row, count_statuses,
-                            ended_status, rank, read_history, read_trials, record_driver, write_best, write_trials)
+                            ended_status, number, rank, read_history, read_trials, record_driver, write_best,
+                            write_trials)
 from search.searcher import CONTINUES
 
 
@@ -69,11 +70,12 @@ class TrialTable(Callback):
     """
 
     def __init__(self, folder: str | Path, gpus_per_trial: float, horizon: int, run_name: str = "run",
-                 deadline: float | None = None):
+                 deadline: float | None = None, num_classes: int = 10):
         self.folder = Path(folder)
         self.gpus_per_trial = gpus_per_trial
         self.horizon = horizon
         self.deadline = deadline  # time.time() at which --time-budget ends this driver run
+        self.num_classes = num_classes
         self.versions = library_versions()
         self.rows: dict[str, dict[str, Any]] = {r["trial_id"]: dict(r) for r in read_trials(self.folder)}
         # Every epoch's figures per trial, the newest of an epoch trained twice: best_val_acc
@@ -81,11 +83,16 @@ class TrialTable(Callback):
         self.epochs: dict[str, dict[int, dict[str, Any]]] = {}
         for row in read_history(self.folder):
             self.epochs.setdefault(row["trial_id"], {})[row["epoch"]] = row
+        # A killed driver's last table can lag its history.csv (the table is written at most
+        # once a second): its rows' figures are taken from the history, which is complete.
+        lagging = [trial_id for trial_id in self.rows if self._figures_from_history(trial_id)]
         self.ids: dict[str, str] = {}  # Ray trial id -> the trial id of its row
         self.history = HistoryLog(self.folder)
         self.driver = {"run": run_name, "started": time.time(), "last": time.time(), "gpu_share": gpus_per_trial}
         self.written = 0.0  # when the table was last written
         self.dirty = False  # a change not written yet
+        if lagging:
+            self.write()
 
     # --- Ray Tune callback hooks -------------------------------------------------------
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -160,6 +167,23 @@ class TrialTable(Callback):
         self.write()
 
     # --- the rows -------------------------------------------------------------------------
+    def _figures_from_history(self, trial_id: str) -> bool:
+        """Set a row's epoch figures from its history; True if the row had them otherwise."""
+        epochs = self.epochs.get(trial_id)
+        best = best_epoch(epochs) if epochs else None
+        if best is None:
+            return False
+        row, last = self.rows[trial_id], max(epochs)
+        figures = {"epochs_trained": last, "last_val_acc": epochs[last].get("val_acc"),
+                   "best_val_acc": epochs[best]["val_acc"], "best_epoch": best}
+        if number(row.get("params")) is None:  # written at its start, before its first result
+            from trainable.model import count_params
+
+            figures["params"] = count_params(config_from_row(row), self.num_classes)
+        changed = any(number(row.get(k)) != number(v) for k, v in figures.items())
+        row.update(figures)
+        return changed
+
     def _end(self, row: dict[str, Any]) -> None:
         if row.get("status") not in (Status.DIVERGED, Status.ERRORED):
             row["status"] = ended_status(int(float(row.get("epochs_trained") or 0)), self.horizon).value

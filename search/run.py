@@ -440,7 +440,7 @@ def run_search(s: SearchSettings, trial_cls: type | None = None) -> SearchOutcom
         start = time.time()
         budget = parse_duration(s.time_budget) if s.time_budget else None
         table = TrialTable(s.folder, resources.gpus_per_trial, s.max_epochs, time.strftime("run-%Y%m%d-%H%M%S"),
-                           deadline=start + budget if budget else None)
+                           deadline=start + budget if budget else None, num_classes=num_classes)
         if remaining:
             build_tuner(s, searcher, trainable, resources, remaining, table).fit()
         wall = time.time() - start

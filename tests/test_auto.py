@@ -142,9 +142,13 @@ def test_auto_resumes_after_a_kill_in_each_stage_to_the_same_files(auto_run, ray
     folder = tmp_path / "runs" / "whole"
     resume: list = []
     for stage in ("search", "confirm", "retrain"):
-        proc = subprocess.Popen(args + resume, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
-        _wait_for_stage(folder, stage, proc)
+        log = tmp_path / f"before-{stage}.log"
+        with open(log, "w") as handle:
+            proc = subprocess.Popen(args + resume, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            _wait_for_stage(folder, stage, proc)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{log.read_text()[-3000:]}") from None
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         resume = ["--resume"]
