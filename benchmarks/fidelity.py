@@ -19,11 +19,12 @@ from typing import Any
 from benchmarks.search_efficiency import BUDGET, SPACE
 
 
-def run(data_dir: str | None, quick: bool, out: Path | None = None) -> dict[str, Any]:
+def run(data_dir: str | None, quick: bool, out: Path | None = None, seeds: int = 3) -> dict[str, Any]:
+    """Each seed's search and confirm stage in `out` (finished ones are read back, not rerun)."""
     from search.auto import AutoSettings, stage_confirm
     from search.run import SearchSettings, run_search
 
-    seeds = [0] if quick else [0, 1, 2]
+    seeds = [0] if quick else list(range(seeds))
     out = Path(out or tempfile.mkdtemp())
     out.mkdir(parents=True, exist_ok=True)
     space = out / "fidelity_space.py"
