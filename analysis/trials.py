@@ -31,8 +31,8 @@ def _row(raw: dict[str, str]) -> dict[str, Any]:
     """A trials.csv row, typed: the config by its keys' types, the figures as numbers."""
     config = config_from_row(raw)
     row: dict[str, Any] = {key: config.get(key) for key in COLUMNS if key in config}
-    as_int = ("params", "epochs_trained", "best_epoch", "horizon")
-    for key in ("params", "epochs_trained", "best_val_acc", "best_epoch", "last_val_acc", "horizon",
+    as_int = ("params", "macs", "epochs_trained", "best_epoch", "horizon")
+    for key in ("params", "macs", "latency_ms", "epochs_trained", "best_val_acc", "best_epoch", "last_val_acc", "horizon",
                 "wall_seconds", "gpu_seconds"):
         value = number(raw.get(key))
         row[key] = int(value) if value is not None and key in as_int else value

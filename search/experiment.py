@@ -15,9 +15,9 @@ from typing import Any
 
 from ray.tune import Callback
 
-from search.records import (ENDED, CONFIG_COLUMNS, HistoryLog, Status, cell, config_from_row, count_statuses,
-                            ended_status, number, rank, read_history, read_trials, record_driver, write_best,
-                            write_trials)
+from search.records import (COST_COLUMN, ENDED, CONFIG_COLUMNS, HistoryLog, Status, cell, config_from_row,
+                            count_statuses, ended_status, front_rows, number, rank, read_history, read_trials,
+                            record_driver, write_best, write_front, write_trials)
 from search.searcher import CONTINUES
 
 
@@ -70,12 +70,13 @@ class TrialTable(Callback):
     """
 
     def __init__(self, folder: str | Path, gpus_per_trial: float, horizon: int, run_name: str = "run",
-                 deadline: float | None = None, num_classes: int = 10):
+                 deadline: float | None = None, num_classes: int = 10, costs: Any = None):
         self.folder = Path(folder)
         self.gpus_per_trial = gpus_per_trial
         self.horizon = horizon
         self.deadline = deadline  # time.time() at which --time-budget ends this driver run
         self.num_classes = num_classes
+        self.costs = costs  # `search.costs.Costs`: MACs and latency per row; with an objective, front.json
         self.versions = library_versions()
         self.rows: dict[str, dict[str, Any]] = {r["trial_id"]: dict(r) for r in read_trials(self.folder)}
         # Every epoch's figures per trial, the newest of an epoch trained twice: best_val_acc
@@ -107,6 +108,8 @@ class TrialTable(Callback):
             return
         row["status"] = Status.RUNNING.value
         row["params"] = result.get("params", row.get("params"))
+        if self.costs is not None and self.costs.probe is not None and number(row.get("latency_ms")) is None:
+            row.update(self.costs.figures(config_from_row(row)))  # its latency, once measured
         row["epochs_trained"] = result.get("epoch", 0)
         row["last_val_acc"] = result.get("val_acc")
         # Time over every run of the trial: what it had when continued, plus this run's.
@@ -200,6 +203,8 @@ class TrialTable(Callback):
                 row = {"trial_id": row_id, "horizon": self.horizon, "versions": self.versions, "restarts": 0}
                 # Config cells as trials.csv holds them, so live rows and rows read back parse alike.
                 row.update({key: str(cell(config.get(key))) for key in CONFIG_COLUMNS})
+                if self.costs is not None:
+                    row.update(self.costs.figures(config))
                 self.rows[row_id] = row
         return self.rows[self.ids[trial.trial_id]]
 
@@ -221,8 +226,28 @@ class TrialTable(Callback):
         best = self.best()
         if best:
             write_best(self.folder, best)
+        if self.costs is not None and self.costs.objective:
+            write_front(self.folder, self.front())
         self.driver["last"] = time.time()
         record_driver(self.folder, self.driver)
+
+    def front(self) -> dict[str, Any]:
+        """front.json: the non-dominated trials of val_acc against the cost, cheapest first."""
+        from search.pareto import knee
+
+        objective = self.costs.objective
+        members = []
+        for row in front_rows(self.rows.values(), objective):
+            member = {"trial_id": row["trial_id"], "val_acc": number(row["best_val_acc"]),
+                      "epoch": int(number(row["best_epoch"])), "status": str(row["status"])}
+            for key in ("params", "macs", "latency_ms"):
+                value = number(row.get(key))
+                member[key] = value if value is None or key == "latency_ms" else int(value)
+            members.append({**member, "config": config_from_row(row)})
+        column = COST_COLUMN[objective]
+        at = knee([(m["val_acc"], m[column]) for m in members])
+        return {"objective": objective, "cost_column": column, "metric": "val_acc",
+                "knee": members[at]["trial_id"] if at is not None else None, "members": members}
 
     def best(self) -> dict[str, Any] | None:
         """The best trial by `records.rank` (highest val_acc at any epoch, diverged ones excluded)."""

@@ -7,6 +7,8 @@
       history.csv     one row per trial epoch, appended as results arrive
       best.json       the best trial so far (see `rank`), its config, metrics and exact params
       auto.json       search.auto's plan, each stage's planned and used seconds and results
+      front.json      with --minimize: the non-dominated trials (accuracy against the cost)
+      latency.json    with --minimize latency: each architecture's measured latency
       drivers.json    one entry per driver run: when it started and last reported (the time the
                       search really ran, without the downtime between runs)
       run-*/          Ray Tune's own folders, one per driver run; nothing here reads them
@@ -37,6 +39,10 @@ BEST = "best.json"
 OPTUNA_DB = "optuna.db"
 DRIVERS = "drivers.json"
 AUTO = "auto.json"  # search.auto's plan and stages, when the experiment is one of its runs
+FRONT = "front.json"  # --minimize: the Pareto front of accuracy against the cost
+LATENCY = "latency.json"  # --minimize latency: measured latency per architecture
+OBJECTIVES = ("params", "macs", "latency")  # what --minimize trades against val_acc
+COST_COLUMN = {"params": "params", "macs": "macs", "latency": "latency_ms"}  # its trials.csv column
 
 
 class Status(str, Enum):
@@ -74,7 +80,7 @@ def ended_status(epochs_trained: int, horizon: int, reported: str = "ok") -> Sta
 
 CONFIG_COLUMNS = [key for key in DEFAULTS if key != "epochs"]
 TRIAL_COLUMNS = (
-    ["trial_id", "status", "params"] + CONFIG_COLUMNS
+    ["trial_id", "status", "params", "macs", "latency_ms"] + CONFIG_COLUMNS
     + ["epochs_trained", "best_val_acc", "best_epoch", "last_val_acc", "horizon",
        "wall_seconds", "gpu_seconds", "restarts", "error", "checkpoint", "versions"]
 )
@@ -186,6 +192,23 @@ def rank(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(scored, key=lambda r: -number(r["best_val_acc"]))
 
 
+def front_rows(rows: Iterable[dict[str, Any]], objective: str) -> list[dict[str, Any]]:
+    """The trials no other trial beats on both best_val_acc and the `objective`'s cost,
+    cheapest first. Diverged trials and rows without both figures are left out (`rank`).
+
+    >>> rows = [{"trial_id": t, "status": "completed", "best_val_acc": a, "params": p}
+    ...         for t, a, p in [("a", 0.9, 400), ("b", 0.8, 100), ("c", 0.7, 300), ("d", 0.85, 200)]]
+    >>> [r["trial_id"] for r in front_rows(rows, "params")]
+    ['b', 'd', 'a']
+    """
+    from search.pareto import front_indices
+
+    column = COST_COLUMN[objective]
+    scored = [r for r in rank(rows) if number(r.get(column)) is not None]
+    members = [scored[i] for i in front_indices([(number(r["best_val_acc"]), -number(r[column])) for r in scored])]
+    return sorted(members, key=lambda r: number(r[column]))
+
+
 def optuna_url(folder: str | Path) -> str:
     """The Optuna storage URL of the experiment's study."""
     return f"sqlite:///{Path(folder).resolve() / OPTUNA_DB}"
@@ -218,6 +241,21 @@ def read_auto(folder: str | Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def read_front(folder: str | Path) -> list[dict[str, Any]] | None:
+    """front.json's members (see `search.experiment.front_members`), or None without one."""
+    path = Path(folder) / FRONT
+    return json.loads(path.read_text())["members"] if path.is_file() else None
+
+
+def read_latency(folder: str | Path) -> dict[str, dict[str, Any]]:
+    """latency.json: architecture key -> its latency record (`trainable.cost.measure_latency`)."""
+    path = Path(folder) / LATENCY
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError:  # torn by a kill: measured again
+        return {}
+
+
 def read_drivers(folder: str | Path) -> list[dict[str, Any]]:
     """drivers.json: one entry per driver run (run, started, last, gpus, gpu_share)."""
     path = Path(folder) / DRIVERS
@@ -247,6 +285,14 @@ def write_settings(folder: str | Path, settings: dict[str, Any]) -> None:
 
 def write_auto(folder: str | Path, record: dict[str, Any]) -> None:
     write_json(Path(folder) / AUTO, record)
+
+
+def write_front(folder: str | Path, front: dict[str, Any]) -> None:
+    write_json(Path(folder) / FRONT, front)
+
+
+def write_latency(folder: str | Path, measured: dict[str, dict[str, Any]]) -> None:
+    write_json(Path(folder) / LATENCY, measured)
 
 
 def record_driver(folder: str | Path, entry: dict[str, Any]) -> None:

@@ -6,6 +6,10 @@
 Optuna (TPE, define-by-run) proposes configs; each is counted exactly before it can become
 a Ray Tune trial, and those at or over --param-budget are told to Optuna as infeasible and
 never run. ASHA stops weak trials at its rungs. Everything lands in --storage/--name.
+
+With --minimize params|macs|latency the search is a Pareto search: the study trades
+val_acc against that cost (multi-objective TPE, the budget still a constraint), MO-ASHA
+promotes by non-dominated sorting at each rung, and front.json holds the front.
 """
 
 from __future__ import annotations
@@ -23,17 +27,20 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
+from search.records import OBJECTIVES
 from trainable.cli import ArgumentParser, run_main
 from trainable.config import parse_overrides
 from trainable.data import DATASETS, DataSpec, TrainArrays
 from trainable.errors import UserError
 
+
 if TYPE_CHECKING:
+    from search.costs import Costs, Probe
     from search.searcher import BudgetedOptunaSearch
 
 # Flags that define what is searched: a --resume that changes one would mix two searches.
 SEARCH_DEFINING = ("param_budget", "space", "overrides", "max_epochs", "grace_epochs", "reduction_factor", "dataset",
-                   "data_dir", "val_fraction", "subset", "seed", "warm_start", "sampler", "scheduler")
+                   "data_dir", "val_fraction", "subset", "seed", "warm_start", "sampler", "scheduler", "minimize")
 # Flags a --resume takes anew: the resources and the time it may run. One not given takes
 # its default, not the saved value: a search begun on a CPU box and resumed on a GPU box
 # uses that box's GPUs (--gpus defaults to all of them).
@@ -74,6 +81,7 @@ class SearchSettings:
     warm_start: bool = True
     sampler: str = "tpe"  # random: the baseline the benchmarks compare against
     scheduler: str = "asha"  # fifo: every trial runs to --max-epochs
+    minimize: str | None = None  # params, macs or latency: a Pareto search against val_acc
     seed: int = 0
     time_budget: str | None = None
     dataset: str = "cifar10"
@@ -163,6 +171,8 @@ def check_settings(s: SearchSettings) -> None:
         raise UserError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {s.sampler!r}")
     if s.scheduler not in SCHEDULERS:
         raise UserError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {s.scheduler!r}")
+    if s.minimize is not None and s.minimize not in OBJECTIVES:
+        raise UserError(f"--minimize must be one of {', '.join(OBJECTIVES)}, got {s.minimize!r}")
     if s.dataset not in DATASETS:
         raise UserError(f"unknown --dataset {s.dataset!r}; choose one of {', '.join(DATASETS)}")
     if s.subset is not None and s.subset <= 0:
@@ -274,6 +284,7 @@ class Resources:
     gpus: int
     gpus_per_trial: float
     concurrent: int
+    probe: "Probe | None" = None  # where --minimize latency measures, when it does
 
 
 @contextmanager
@@ -305,7 +316,31 @@ def plan_resources(s: SearchSettings) -> Resources:
         concurrent = max(1, int(gpus / gpus_per_trial))
     else:
         concurrent = max(1, int(ray.cluster_resources().get("CPU", 1)) // s.cpus_per_trial)
-    return Resources(gpus, gpus_per_trial, concurrent)
+    resources = Resources(gpus, gpus_per_trial, concurrent)
+    return latency_probe(s, resources) if s.minimize == "latency" else resources
+
+
+def latency_probe(s: SearchSettings, resources: Resources) -> Resources:
+    """Set one trial slot aside for the latency probe (`search.costs`), so that it times its
+    passes alone on its device: a whole GPU when there are two or more, one trial's CPUs on
+    a CPU search. Where none can be spared, the probe shares and its records say so."""
+    from search.costs import Probe
+
+    gpus, share, concurrent = resources.gpus, resources.gpus_per_trial, resources.concurrent
+    if gpus >= 2:
+        probe = Probe("cuda", {"num_gpus": 1, "num_cpus": s.cpus_per_trial}, True, s.cpus_per_trial)
+        concurrent = max(1, int((gpus - 1) / share))
+    elif gpus == 1:
+        probe = Probe("cuda", {"num_gpus": 0, "num_cpus": 0}, False, s.cpus_per_trial)
+    elif concurrent >= 2:
+        probe = Probe("cpu", {"num_cpus": s.cpus_per_trial}, True, s.cpus_per_trial)
+        concurrent -= 1
+    else:
+        probe = Probe("cpu", {"num_cpus": 0}, False, s.cpus_per_trial)
+    if not probe.isolated:
+        print(f"note: latency is measured beside the trials ({'one GPU' if gpus else 'one CPU slot'}): "
+              "figures are marked not isolated", flush=True)
+    return replace(resources, concurrent=concurrent, probe=probe)
 
 
 def load_search_data(s: SearchSettings) -> tuple[TrainArrays, int]:
@@ -316,7 +351,7 @@ def load_search_data(s: SearchSettings) -> tuple[TrainArrays, int]:
     return TrainArrays.of(dataset), dataset.num_classes
 
 
-def build_searcher(s: SearchSettings, num_classes: int) -> "BudgetedOptunaSearch":
+def build_searcher(s: SearchSettings, num_classes: int, costs: "Costs | None" = None) -> "BudgetedOptunaSearch":
     """The searcher over this experiment's Optuna study: created, or reloaded to resume."""
     import optuna
 
@@ -334,10 +369,11 @@ def build_searcher(s: SearchSettings, num_classes: int) -> "BudgetedOptunaSearch
                if startup else optuna.samplers.RandomSampler(seed=s.seed))
     s.folder.mkdir(parents=True, exist_ok=True)
     storage = optuna.storages.RDBStorage(optuna_url(s.folder))
-    study = optuna.create_study(study_name=s.study or s.name, storage=storage, sampler=sampler, direction="maximize",
-                                load_if_exists=True)
+    directions = ["maximize", "minimize"] if s.minimize else ["maximize"]
+    study = optuna.create_study(study_name=s.study or s.name, storage=storage, sampler=sampler,
+                                directions=directions, load_if_exists=True)
     searcher = BudgetedOptunaSearch(study, storage, space, s.param_budget, num_classes, fixed, s.max_epochs,
-                                    startup=startup)
+                                    startup=startup, costs=costs)
     if s.resume:
         queued, fixed = searcher.continue_interrupted(read_trials(s.folder))
         fix_rows(s.folder, fixed)
@@ -358,20 +394,25 @@ def fix_rows(folder: Path, fixed: dict[str, str]) -> None:
         write_trials(folder, [{**r, "status": fixed.get(r["trial_id"], r["status"])} for r in read_trials(folder)])
 
 
-def build_scheduler(s: SearchSettings) -> Any:
-    """ASHA on epochs with the rung records of earlier driver runs (`search.rungs`), or FIFO."""
+def build_scheduler(s: SearchSettings, costs: "Costs | None" = None) -> Any:
+    """ASHA on epochs with the rung records of earlier driver runs (`search.rungs`), MO-ASHA
+    with --minimize, or FIFO."""
     from ray.tune.schedulers import FIFOScheduler
 
-    from search.records import read_history
-    from search.rungs import RungScheduler
+    from search.records import config_from_row, read_history, read_trials
+    from search.rungs import ParetoRungScheduler, RungScheduler
 
     if s.scheduler != "asha":
         return FIFOScheduler()
+    if s.minimize and costs is not None:
+        configs = {r["trial_id"]: config_from_row(r) for r in read_trials(s.folder)}
+        return ParetoRungScheduler(s.max_epochs, s.grace, s.reduction_factor, costs.value).from_history(
+            read_history(s.folder), configs)
     return RungScheduler(s.max_epochs, s.grace, s.reduction_factor).from_history(read_history(s.folder))
 
 
 def build_tuner(s: SearchSettings, searcher: Any, trainable: Any, resources: Resources, remaining: int,
-                table: Any) -> Any:
+                table: Any, costs: "Costs | None" = None) -> Any:
     """One Ray Tune experiment (a `run-*` folder) for what is left of the search."""
     from ray import tune
 
@@ -379,7 +420,7 @@ def build_tuner(s: SearchSettings, searcher: Any, trainable: Any, resources: Res
         tune.with_resources(trainable, {"cpu": s.cpus_per_trial, "gpu": resources.gpus_per_trial}),
         tune_config=tune.TuneConfig(
             metric="val_acc", mode="max", search_alg=searcher, num_samples=remaining,
-            scheduler=build_scheduler(s),
+            scheduler=build_scheduler(s, costs),
             max_concurrent_trials=resources.concurrent, reuse_actors=True,
             trial_dirname_creator=trial_dirname,
             time_budget_s=parse_duration(s.time_budget) if s.time_budget else None,
@@ -409,6 +450,7 @@ def run_search(s: SearchSettings, trial_cls: type | None = None) -> SearchOutcom
     import optuna
     from ray import tune
 
+    from search.costs import Costs
     from search.experiment import TrialTable, summary
     from search.records import (ENDED, count_statuses, ran_seconds, read_best, read_trials, rejected_count,
                                 write_settings)
@@ -426,7 +468,8 @@ def run_search(s: SearchSettings, trial_cls: type | None = None) -> SearchOutcom
         check_gpus(s)  # refuse --gpus 64 before starting anything
     with ray_session(s):
         resources = plan_resources(s)
-        searcher = build_searcher(s, num_classes)
+        costs = Costs(s.folder, num_classes, int(data.images.shape[-1]), s.minimize, resources.probe)
+        searcher = build_searcher(s, num_classes, costs)
         if not s.resume:
             saved = {k: v for k, v in asdict(s).items() if k not in ("extra", "resume")}
             write_settings(s.folder, {**saved, "grace_epochs": s.grace, "gpus": resources.gpus,
@@ -440,9 +483,9 @@ def run_search(s: SearchSettings, trial_cls: type | None = None) -> SearchOutcom
         start = time.time()
         budget = parse_duration(s.time_budget) if s.time_budget else None
         table = TrialTable(s.folder, resources.gpus_per_trial, s.max_epochs, time.strftime("run-%Y%m%d-%H%M%S"),
-                           deadline=start + budget if budget else None, num_classes=num_classes)
+                           deadline=start + budget if budget else None, num_classes=num_classes, costs=costs)
         if remaining:
-            build_tuner(s, searcher, trainable, resources, remaining, table).fit()
+            build_tuner(s, searcher, trainable, resources, remaining, table, costs).fit()
         wall = time.time() - start
         fix_rows(s.folder, searcher.settle(read_trials(s.folder))[1])
 
@@ -481,6 +524,9 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--no-warm-start", dest="warm_start", action="store_false", default=None,
                    help="do not run the seed's configuration as the first trial")
     g.add_argument("--sampler", choices=SAMPLERS, help=f"Optuna sampler (default {d.sampler}; random is a baseline)")
+    g.add_argument("--minimize", choices=OBJECTIVES,
+                   help="Pareto search: trade val_acc against this cost (params; macs per image; latency at "
+                        "batch 1, measured once per architecture); writes front.json (default: val_acc alone)")
     g = p.add_argument_group("early stopping (ASHA on val_acc)")
     g.add_argument("--max-epochs", type=int, help=f"epochs of a trial run to the end; the cosine horizon (default {d.max_epochs})")
     g.add_argument("--grace-epochs", type=int, help="epochs before ASHA may stop a trial (default min(2, --max-epochs))")

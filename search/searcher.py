@@ -22,6 +22,13 @@ Ray releases. Here the SQLite study is the whole state:
 - an epoch trained again after a continue replaces its old intermediate value: the
   newest figure of an epoch is the one that counts, everywhere.
 
+With --minimize the study has two directions (val_acc up, the cost down) and TPE is
+Optuna's multi-objective TPE; the budget stays a constraint. A trial that reaches the
+horizon is told (val_acc, cost); stopped ones are PRUNED as before. Optuna refuses
+`Trial.report` in a multi-objective study, and its TPE (5.0) fails on a PRUNED trial with
+intermediate values there (it ranks pruned trials by `study.direction`), so each epoch's
+val_acc is kept as the user attribute `val_acc_epoch_<k>` instead.
+
 Ray trial ids map to Optuna trial numbers; that map is the only state of our own.
 """
 
@@ -36,6 +43,7 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from search.budget import complete_config, over_budget
+from search.costs import Costs
 from search.records import CONTINUABLE, ENDED, Status, ended_status
 from search.space import SpaceFn
 from trainable.config import validate_config
@@ -50,6 +58,7 @@ CONSTRAINT = "params_over_budget"
 CONTINUES = "continues_trial"
 # What a finished Optuna trial's state means for its row, when the searcher recorded no status.
 FINISHED_AS = {TrialState.COMPLETE: Status.COMPLETED, TrialState.PRUNED: Status.STOPPED, TrialState.FAIL: Status.ERRORED}
+EPOCH_ATTR = "val_acc_epoch_{}"  # a multi-objective study's per-epoch figure (user attribute)
 # Consecutive rejections after which the search gives up: the space has (almost) nothing
 # under the budget, and asking further would spin forever.
 MAX_REJECTIONS_IN_A_ROW = 2000
@@ -69,8 +78,10 @@ class BudgetedOptunaSearch(Searcher):
 
     def __init__(self, study: optuna.Study, storage: optuna.storages.BaseStorage, space: SpaceFn, budget: int,
                  num_classes: int, fixed: dict[str, Any], horizon: int, metric: str = "val_acc", mode: str = "max",
-                 startup: int | None = None):
+                 startup: int | None = None, costs: Costs | None = None):
         super().__init__(metric=metric, mode=mode)
+        self.costs = costs  # records MACs (and latency) per trial; the second objective with --minimize
+        self.multi = len(study.directions) > 1
         self.startup = startup  # TPE's n_startup_trials, to record who proposed each config
         self.study = study
         self.storage = storage  # the one `study` was created with: trials are looked up by number there
@@ -110,6 +121,9 @@ class BudgetedOptunaSearch(Searcher):
             trial.set_constraint(CONSTRAINT, over_budget(params, self.budget))
             trial.set_user_attr("params", params)
             if params < self.budget:
+                if self.costs is not None:
+                    trial.set_user_attr("macs", self.costs.counts(config)["macs"])
+                    self.costs.request_latency(config)  # measured while the trial trains
                 trial.set_user_attr("ray_trial_id", trial_id)
                 self.numbers[trial_id] = trial.number
                 self.reported[trial_id] = set()
@@ -150,6 +164,10 @@ class BudgetedOptunaSearch(Searcher):
         epoch, value = result.get("epoch"), result.get(self.metric)
         if number is None or epoch is None or value is None:
             return
+        if self.multi:  # the study takes no intermediate values (module docstring)
+            self._trial(number).set_user_attr(EPOCH_ATTR.format(int(epoch)), float(value))
+            self.reported[trial_id].add(int(epoch))
+            return
         if int(epoch) in self.reported[trial_id]:
             # An epoch trained again (the trial continued from an older checkpoint): its new
             # figure replaces the old one, as in history.csv and trials.csv. Optuna's
@@ -185,11 +203,22 @@ class BudgetedOptunaSearch(Searcher):
         try:
             trial.set_user_attr("status", status.value)
             if status is Status.COMPLETED and value is not None:
-                self.study.tell(number, float(value))
+                self.study.tell(number, self._values(number, float(value)))
             else:
                 self.study.tell(number, state=TrialState.FAIL if status is Status.ERRORED else TrialState.PRUNED)
         except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError) as exc:
             logger.info("trial %s was already finished in the Optuna study (%s)", number, exc)
+
+    def _values(self, number: int, value: float) -> float | list[float]:
+        """What a completed trial is told: val_acc, and its cost in a multi-objective study."""
+        if not self.multi:
+            return value
+        frozen = self.study.get_trials(deepcopy=False)[number]
+        config = self._config(optuna.trial.FixedTrial(frozen.params, number))
+        cost = self.costs.value(config)
+        if self.costs.objective == "latency":
+            self._trial(number).set_user_attr("latency_ms", cost)
+        return [value, cost]
 
     # --- resuming --------------------------------------------------------------------------
     def settle(self, rows: list[dict[str, str]]) -> tuple[list[tuple[int, str, str | None]], dict[str, str]]:
