@@ -12,7 +12,10 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from search.records import Status  # noqa: E402
+from analysis.front import front_table  # noqa: E402
+from search.records import COST_COLUMN, Status  # noqa: E402
+
+COST_LABEL = {"params": "trainable params", "macs": "MACs per image", "latency": "latency at batch 1 (ms)"}
 
 MAIN_HYPERPARAMS = ["lr", "weight_decay", "batch_size", "warmup_epochs", "label_smoothing", "cutout", "dropout",
                     "params"]
@@ -55,21 +58,6 @@ def learning_curves(table: pd.DataFrame, curves: pd.DataFrame, path: Path) -> Pa
 IMPORTANCE_LABEL = "PED-ANOVA importance (normalised to sum 1)"
 
 
-def pareto_front(points: pd.DataFrame) -> pd.DataFrame:
-    """Trials that no other trial beats on both fewer params and higher best val_acc.
-
-    Diverged trials are left out, as in every ranking of this tool (`search.records.rank`).
-    """
-    points = points[points["status"] != Status.DIVERGED]
-    ordered = points.sort_values(["params", "best_val_acc"], ascending=[True, False], kind="stable")
-    front, best_so_far = [], -math.inf
-    for _, row in ordered.iterrows():
-        if row["best_val_acc"] > best_so_far:
-            front.append(row)
-            best_so_far = row["best_val_acc"]
-    return pd.DataFrame(front)
-
-
 def params_vs_accuracy(table: pd.DataFrame, budget: int, path: Path) -> Path:
     """Params against best val_acc, with the budget line and the Pareto front."""
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -77,7 +65,7 @@ def params_vs_accuracy(table: pd.DataFrame, budget: int, path: Path) -> Path:
     for status, group in points.groupby("status"):
         ax.scatter(group["params"], group["best_val_acc"], label=status, alpha=0.75)
     if len(points):
-        front = pareto_front(points)
+        front = front_table(points, "params")
         ax.step(front["params"], front["best_val_acc"], where="post", color="black", linewidth=1.2,
                 label="Pareto front")
     ax.axvline(budget, color="crimson", linestyle="--", label=f"budget {budget:,}")
@@ -144,4 +132,47 @@ def best_trial(curves: pd.DataFrame, trial_id: Any, path: Path) -> Path:
     right.plot(history["epoch"], history["val_acc"], label="val")
     right.set_xlabel("epoch"), right.set_ylabel("accuracy"), right.legend(), right.grid(alpha=0.3)
     fig.suptitle(f"Best trial {trial_id}")
+    return _save(fig, path)
+
+
+def front(table: pd.DataFrame, objective: str, budget: int, path: Path) -> Path:
+    """Every trial's best val_acc against its cost: the front drawn and the knee marked,
+    trials stopped early faded, and the parameter budget as a line (params only)."""
+    column = COST_COLUMN[objective]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    points = table.dropna(subset=[column, "best_val_acc"])
+    points = points[points["status"] != Status.DIVERGED]
+    if points.empty:
+        _message(ax, f"no trial has both a val_acc and a {column} yet")
+        return _save(fig, path)
+    early = points["status"] == Status.STOPPED
+    ax.scatter(points.loc[~early, column], points.loc[~early, "best_val_acc"], color="steelblue", alpha=0.85,
+               label="ran to the horizon (or running)")
+    ax.scatter(points.loc[early, column], points.loc[early, "best_val_acc"], color="steelblue", alpha=0.25,
+               label="stopped early by ASHA")
+    members = front_table(points, objective)
+    ax.step(members[column], members["best_val_acc"], where="post", color="black", linewidth=1.2,
+            label=f"Pareto front ({len(members)} trials)")
+    at = members[members["knee"]]
+    if len(at):
+        ax.scatter(at[column], at["best_val_acc"], s=180, facecolors="none", edgecolors="crimson", linewidths=2,
+                   label=f"knee: trial {at['trial_id'].iloc[0]}", zorder=5)
+    if objective == "params":
+        ax.axvline(budget, color="crimson", linestyle="--", label=f"budget {budget:,}")
+    ax.set_xscale("log"), ax.set_xlabel(COST_LABEL[objective] + " (log scale)"), ax.set_ylabel("best val_acc")
+    ax.set_title(f"Pareto front: val_acc against {objective}")
+    ax.legend(loc="lower right"), ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def hypervolume(curve: pd.DataFrame, objective: str, reference: float, path: Path) -> Path:
+    """The hypervolume of the trials so far against epochs consumed, its reference stated."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    if curve.empty:
+        _message(ax, "no epoch reported yet")
+        return _save(fig, path)
+    ax.plot(curve["epochs"], curve["hypervolume"], color="crimson")
+    ax.set_xlabel("epochs consumed (all trials)"), ax.set_ylabel("hypervolume")
+    ax.set_title(f"Hypervolume; reference point: val_acc 0, {objective} {reference:,.4g} (cost scaled by it)")
+    ax.grid(alpha=0.3)
     return _save(fig, path)

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from analysis import plots
-from analysis.table import narrow, to_markdown
+from analysis.table import narrow, narrow_front, narrow_sizes, to_markdown
 from analysis.trials import STATUSES, load_experiment, rejected_count, settings_of
 from search.records import load_study, milestones, ran_seconds, read_auto
 from trainable.checkpoint import write_text
@@ -41,9 +41,11 @@ def optuna_importances(folder: Path) -> tuple[dict[str, float] | None, str]:
         if len(complete) < MIN_IMPORTANCE_TRIALS:
             return None, (f"no importance plot: {len(complete)} trial(s) ran to the end, and an estimate needs at "
                           f"least {MIN_IMPORTANCE_TRIALS}")
+        # A Pareto search's study has two objectives: importance is for val_acc, the first.
+        target = (lambda t: t.values[0]) if len(study.directions) > 1 else None
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            importances = optuna.importance.get_param_importances(study)
+            importances = optuna.importance.get_param_importances(study, target=target)
         said = "; ".join(sorted({str(w.message).splitlines()[0] for w in caught}))
         return importances, f"from {len(complete)} completed trials" + (f" (Optuna: {said})" if said else "")
     except Exception as exc:  # too few distinct values, a locked database, ...
@@ -113,6 +115,15 @@ def make_report(path: str | Path, out: str | Path) -> dict[str, Path]:
         "ASHA rungs": plots.rungs(table, asha_milestones(settings), out / "asha_rungs.png"),
         "Best trial": plots.best_trial(curves, best_id, out / "best_trial.png"),
     }
+    pareto = None
+    if settings.get("minimize"):
+        from analysis.front import front_summary
+
+        pareto = front_summary(folder, table, curves)
+        files["Pareto front"] = plots.front(table, pareto["objective"], int(settings.get("param_budget", 5_000_000)),
+                                            out / "pareto_front.png")
+        files["Hypervolume"] = plots.hypervolume(pareto["hypervolume"], pareto["objective"], pareto["reference"],
+                                                 out / "hypervolume.png")
     sums = totals(table, curves, folder)
     top = narrow(table.head(10))
     total_lines = [
@@ -129,6 +140,12 @@ def make_report(path: str | Path, out: str | Path) -> dict[str, Path]:
     if stages is not None:
         md += ["## Stages (search.auto)", "", to_markdown(stages), ""]
     md += ["## Top 10 trials", "", to_markdown(top), ""]
+    if pareto is not None:
+        md += [f"## Pareto front (val_acc against {pareto['objective']})", "",
+               to_markdown(narrow_front(pareto["front"])), "", "Best val_acc at each size:", "",
+               to_markdown(narrow_sizes(pareto["sizes"])), "",
+               f"Hypervolume reference point: val_acc 0 and {pareto['objective']} {pareto['reference']:,.6g}; "
+               f"final hypervolume {pareto['hypervolume']['hypervolume'].iloc[-1]:.4f}.", ""]
     for caption, file in files.items():
         md += [f"## {caption}", "", f"![{caption}]({file.name})", ""]
     if note:
@@ -140,6 +157,12 @@ def make_report(path: str | Path, out: str | Path) -> dict[str, Path]:
     if stages is not None:
         body += ["<h2>Stages (search.auto)</h2>", stages.to_html(index=False, border=0)]
     body += ["<h2>Top 10 trials</h2>", top.to_html(index=False, border=0)]
+    if pareto is not None:
+        body += [f"<h2>Pareto front (val_acc against {html.escape(pareto['objective'])})</h2>",
+                 narrow_front(pareto["front"]).to_html(index=False, border=0), "<p>Best val_acc at each size:</p>",
+                 narrow_sizes(pareto["sizes"]).to_html(index=False, border=0),
+                 f"<p>Hypervolume reference point: val_acc 0 and {html.escape(pareto['objective'])} "
+                 f"{pareto['reference']:,.6g}.</p>"]
     for caption, file in files.items():
         data = base64.b64encode(file.read_bytes()).decode()
         body += [f"<h2>{html.escape(caption)}</h2>",

@@ -2,6 +2,7 @@
 
     python -m analysis.table runs/NAME [runs/OTHER ...] [--top K] [--sort COLUMN]
                              [--status STATUS] [--format table|csv|markdown|json]
+    python -m analysis.table runs/NAME --front      # the Pareto front and the best at each size
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from trainable.errors import UserError
 FORMATS = ("table", "csv", "markdown", "json")
 # What fits an 80-column terminal; csv/json/markdown give every column.
 NARROW = ["trial_id", "status", "params", "blocks", "widths", "opt", "lr", "bs", "epochs", "best_val", "at"]
+# The front's compact view adds the costs and the knee.
+FRONT_EXTRA = ["macs", "latency_ms", "knee"]
 
 
 def stack(paths: Sequence[str | Path]) -> pd.DataFrame:
@@ -78,6 +81,33 @@ def narrow(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def format_macs(count: object) -> str:
+    """798689792 -> '798.7M'."""
+    if count is None or pd.isna(count):
+        return "-"
+    return f"{count / 1e9:.2f}G" if count >= 1e9 else f"{count / 1e6:.1f}M"
+
+
+def narrow_front(front: pd.DataFrame) -> pd.DataFrame:
+    """The terminal view of a front: the narrow table plus MACs, latency and the knee."""
+    out = narrow(front)
+    out.insert(3, "macs", front["macs"].map(format_macs))
+    out.insert(4, "latency", front["latency_ms"].map(lambda v: f"{v:.3g}ms" if pd.notna(v) else "-"))
+    out["knee"] = front["knee"].map(lambda k: "<- knee" if k else "")
+    return out
+
+
+def narrow_sizes(sizes: pd.DataFrame) -> pd.DataFrame:
+    """The terminal view of `analysis.front.size_table`: figures formatted, gaps as '-'."""
+    shown = sizes.copy()
+    shown["best_val_acc"] = shown["best_val_acc"].map(lambda v: f"{v:.4f}" if pd.notna(v) else "-")
+    shown["trial_id"] = shown["trial_id"].fillna("-")
+    column = shown.columns[-1]
+    shown[column] = shown[column].map({"params": format_params, "macs": format_macs}.get(
+        column, lambda v: f"{v:.3g}ms" if pd.notna(v) else "-"))
+    return shown
+
+
 def to_markdown(df: pd.DataFrame) -> str:
     """A GitHub-style Markdown table (no extra dependency)."""
     def cell(value: object) -> str:
@@ -109,12 +139,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sort", default="best_val_acc", help=f"column to sort by (default best_val_acc); one of {', '.join(COLUMNS)}")
     parser.add_argument("--status", help=f"only trials in this status: {', '.join(STATUSES)}")
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
+    parser.add_argument("--front", action="store_true",
+                        help="the Pareto front of best val_acc against the search's --minimize cost (params if it "
+                             "had none), cheapest first with the knee marked, then the best val_acc at each size")
     args = parser.parse_args(argv)
     if args.top is not None and args.top <= 0:
         raise UserError(f"--top must be positive, got {args.top}")
+    if args.front:
+        if len(args.experiments) > 1:
+            raise UserError("--front takes one experiment")
+        sys.stdout.write(render_front(args.experiments[0], args.format) + "\n")
+        return 0
     df = select(stack(args.experiments), args.sort, args.status, args.top)
     sys.stdout.write(render(df, args.format) + "\n")
     return 0
+
+
+def render_front(folder: str | Path, fmt: str) -> str:
+    """The front and the size table of one experiment, in `fmt`."""
+    from analysis.front import front_table, objective_of, size_table
+
+    objective = objective_of(folder)
+    table = load(folder)
+    front, sizes = front_table(table, objective), size_table(table, objective)
+    if fmt == "json":
+        return json.dumps({"objective": objective, "front": json.loads(front.to_json(orient="records")),
+                           "sizes": json.loads(sizes.to_json(orient="records"))}, indent=2)
+    if fmt == "csv":
+        return render(front, "csv")
+    shown = narrow_sizes(sizes)
+    if fmt == "markdown":
+        return "\n".join([to_markdown(narrow_front(front)), "", to_markdown(shown)])
+    title = f"Pareto front: best val_acc against {objective} ({len(front)} of {len(table)} trials)"
+    return "\n".join([title, narrow_front(front).to_string(index=False), "",
+                      f"best val_acc at each size ({objective})", shown.to_string(index=False)])
 
 
 if __name__ == "__main__":

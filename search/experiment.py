@@ -16,7 +16,7 @@ from typing import Any
 from ray.tune import Callback
 
 from search.records import (COST_COLUMN, ENDED, CONFIG_COLUMNS, HistoryLog, Status, cell, config_from_row,
-                            count_statuses, ended_status, front_rows, number, rank, read_history, read_trials,
+                            count_statuses, ended_status, front_member, front_rows, number, rank, read_history, read_trials,
                             record_driver, write_best, write_front, write_trials)
 from search.searcher import CONTINUES
 
@@ -236,14 +236,7 @@ class TrialTable(Callback):
         from search.pareto import knee
 
         objective = self.costs.objective
-        members = []
-        for row in front_rows(self.rows.values(), objective):
-            member = {"trial_id": row["trial_id"], "val_acc": number(row["best_val_acc"]),
-                      "epoch": int(number(row["best_epoch"])), "status": str(row["status"])}
-            for key in ("params", "macs", "latency_ms"):
-                value = number(row.get(key))
-                member[key] = value if value is None or key == "latency_ms" else int(value)
-            members.append({**member, "config": config_from_row(row)})
+        members = [front_member(row) for row in front_rows(self.rows.values(), objective)]
         column = COST_COLUMN[objective]
         at = knee([(m["val_acc"], m[column]) for m in members])
         return {"objective": objective, "cost_column": column, "metric": "val_acc",

@@ -209,6 +209,16 @@ def front_rows(rows: Iterable[dict[str, Any]], objective: str) -> list[dict[str,
     return sorted(members, key=lambda r: number(r[column]))
 
 
+def front_member(row: dict[str, Any]) -> dict[str, Any]:
+    """One trial of front.json: its id, best val_acc and epoch, status, costs and config."""
+    member: dict[str, Any] = {"trial_id": row["trial_id"], "val_acc": number(row["best_val_acc"]),
+                              "epoch": int(number(row["best_epoch"])), "status": str(row["status"])}
+    for key in ("params", "macs", "latency_ms"):
+        value = number(row.get(key))
+        member[key] = value if value is None or key == "latency_ms" else int(value)
+    return {**member, "config": config_from_row(row)}
+
+
 def optuna_url(folder: str | Path) -> str:
     """The Optuna storage URL of the experiment's study."""
     return f"sqlite:///{Path(folder).resolve() / OPTUNA_DB}"

@@ -3,11 +3,17 @@
     python -m search.retrain runs/NAME                       # best.json's config
     python -m search.retrain runs/NAME --trial ID --seeds 3 --ema
     python -m search.retrain --config cfg.json --dataset cifar10 --data-dir ./data --out final/
+    python -m search.retrain runs/NAME --front               # every member of the Pareto front
 
 Trains on train + val together (no hold-out) for --epochs (default 200), then evaluates
 the official test set once: plain, with test-time augmentation, and with the weights' EMA
 if --ema. Nothing is chosen by the test set. Writes to --out (default runs/NAME/final/):
 weights.pt, config.json, model.json, metrics.json, summary.txt, curves.png.
+
+With --front, every member of the search's Pareto front (front.json, or the front of
+best val_acc against params for a search run without --minimize) is retrained the same
+way, one after another, each into --out/TRIAL_ID (default runs/NAME/front/), and
+front.csv there lists each member's cost, its search val_acc and its test accuracy.
 """
 
 from __future__ import annotations
@@ -149,11 +155,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m search.retrain", description=__doc__.split("\n\n")[0])
     parser.add_argument("experiment", nargs="?", help="experiment folder of a search (runs/NAME)")
     parser.add_argument("--trial", help="retrain this trial id instead of best.json's")
+    parser.add_argument("--front", action="store_true",
+                        help="retrain every member of the experiment's Pareto front, each into --out/TRIAL_ID "
+                             "(default EXPERIMENT/front), and list their test accuracy in front.csv")
     parser.add_argument("--config", help="a config JSON to retrain without an experiment")
     parser.add_argument("--dataset", choices=DATASETS, help="data (default: the experiment's, else cifar10)")
     parser.add_argument("--data-dir", help="data folder (default: the experiment's)")
     parser.add_argument("--subset", type=int, help="train on only this many images (quick checks)")
-    parser.add_argument("--out", help="output folder (default EXPERIMENT/final)")
+    parser.add_argument("--out", help="output folder (default EXPERIMENT/final, or EXPERIMENT/front with --front)")
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help=f"epochs (default {DEFAULT_EPOCHS})")
     parser.add_argument("--seeds", type=int, default=1, help="independent seeds; reports mean ± std (default 1)")
     parser.add_argument("--ema", action="store_true", help="also evaluate an exponential moving average of the weights")
@@ -169,11 +178,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if bool(args.experiment) == bool(args.config):
         raise UserError("give an experiment folder or --config FILE (one of the two)")
+    if args.front and (args.trial or args.config):
+        raise UserError("--front retrains the experiment's front: give no --trial and no --config")
     if args.epochs <= 0 or args.seeds <= 0:
         raise UserError("--epochs and --seeds must be positive")
     if not 0 < args.ema_decay < 1:
         raise UserError(f"--ema-decay must be in (0, 1), got {args.ema_decay}")
     settings: dict[str, Any] = {}
+    if args.front:
+        return retrain_front(Path(args.experiment), args, overrides)
     if args.experiment:
         folder = Path(args.experiment)
         config = config_from_experiment(folder, args.trial)
@@ -183,22 +196,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = read_json(args.config, "config file")
         out = Path(args.out) if args.out else Path(args.config).with_suffix("") / "final"
     config = validate_config({**config, "epochs": args.epochs, **overrides})
-    # Train + val together (no hold-out); one split seed for every seed of the retrain, so
-    # with --subset they all train on the same images.
-    spec = DataSpec(args.dataset or settings.get("dataset", "cifar10"), args.data_dir or settings.get("data_dir"),
-                    val_fraction=0.0, split_seed=config["seed"], subset=args.subset)
-    dataset = spec.load(download=True)  # fail here, early
-    params = count_params(config, dataset.num_classes)
-    if params >= args.param_budget:
-        raise UserError(f"the config has {params:,} trainable params, not under --param-budget {args.param_budget:,}")
+    spec, num_classes = retrain_data(args, settings, config)
+    check_budget(config, num_classes, args.param_budget)
     if out.exists() and any(out.iterdir()) and not args.resume:
         raise UserError(f"{out} already holds a retrain; pass --resume to continue it, or another --out")
+    result = run_retrain(config, spec, out, args, num_classes)
+    print(f"wrote {out}; next: python -m search.predict {out} --input cifar_test_nolabel.pkl --out submission.csv --tta")
+    return 0
 
+
+def retrain_data(args: Any, settings: dict[str, Any], config: dict[str, Any]) -> tuple[DataSpec, int]:
+    """The retrain's data (train + val together, no hold-out; one split seed for every seed, so
+    with --subset they all train on the same images), loaded once to fail early."""
+    spec = DataSpec(args.dataset or settings.get("dataset", "cifar10"), args.data_dir or settings.get("data_dir"),
+                    val_fraction=0.0, split_seed=config["seed"], subset=args.subset)
+    return spec, spec.load(download=True).num_classes
+
+
+def check_budget(config: dict[str, Any], num_classes: int, budget: int) -> int:
+    params = count_params(config, num_classes)
+    if params >= budget:
+        raise UserError(f"the config has {params:,} trainable params, not under --param-budget {budget:,}")
+    return params
+
+
+def run_retrain(config: dict[str, Any], spec: DataSpec, out: Path, args: Any, num_classes: int) -> dict[str, Any]:
+    """Retrain `config` as the flags say, printing each epoch and the test figures."""
     import torch
 
+    params = count_params(config, num_classes)
     parallel = args.seeds > 1 and torch.cuda.device_count() > 1
     print(f"retraining {params:,}-param config for {config['epochs']} epochs x {args.seeds} seed(s) on "
-          f"{spec.dataset} (train + val) -> {out}" + (" in parallel as Ray tasks" if parallel else ""))
+          f"{spec.dataset} (train + val) -> {out}" + (" in parallel as Ray tasks" if parallel else ""), flush=True)
     result = retrain(config, spec, out, seeds=args.seeds, ema_decay=args.ema_decay if args.ema else None,
                      resume=args.resume, compile_model=args.compile, parallel=parallel,
                      on_epoch=lambda m: print(format_epoch(m, config["epochs"]), flush=True))
@@ -210,7 +239,55 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{label:>16}: {result[key + '_mean']:.4f}{spread}")
     if result["status"] != "ok":
         print(f"status: {result['status']} (see {out / 'metrics.json'})")
-    print(f"wrote {out}; next: python -m search.predict {out} --input cifar_test_nolabel.pkl --out submission.csv --tta")
+    return result
+
+
+def front_members(folder: Path) -> list[dict[str, Any]]:
+    """The experiment's Pareto front: front.json's members, or (a search run without
+    --minimize) the front of best val_acc against params from its trial table."""
+    from search.records import front_member, front_rows, read_front, read_trials
+
+    members = read_front(folder)
+    if members is None:
+        members = [front_member(row) for row in front_rows(read_trials(folder), "params")]
+    if not members:
+        raise UserError(f"{folder} has no trial with a val_acc yet; let the search run longer")
+    return members
+
+
+def retrain_front(folder: Path, args: Any, overrides: dict[str, Any]) -> int:
+    """`--front`: retrain each front member into OUT/TRIAL_ID; OUT/front.csv sums them up.
+
+    A member whose retrain finished (its metrics.json is there) is skipped by --resume.
+    """
+    import pandas as pd
+
+    settings = read_settings(folder)
+    members = front_members(folder)
+    out = Path(args.out) if args.out else folder / "front"
+    if out.exists() and any(out.iterdir()) and not args.resume:
+        raise UserError(f"{out} already holds a front retrain; pass --resume to continue it, or another --out")
+    configs = [validate_config({**m["config"], "epochs": args.epochs, **overrides}) for m in members]
+    spec, num_classes = retrain_data(args, settings, configs[0])
+    for config in configs:
+        check_budget(config, num_classes, args.param_budget)
+    print(f"retraining the {len(members)} members of {folder.name}'s Pareto front -> {out}", flush=True)
+    rows = []
+    for number, (member, config) in enumerate(zip(members, configs), start=1):
+        target = out / member["trial_id"]
+        print(f"\n[{number}/{len(members)}] trial {member['trial_id']}: search val_acc {member['val_acc']:.4f}",
+              flush=True)
+        done = target / "metrics.json"
+        result = read_json(done, "metrics") if done.is_file() else run_retrain(config, spec, target, args, num_classes)
+        rows.append({"trial_id": member["trial_id"], "params": member.get("params"), "macs": member.get("macs"),
+                     "latency_ms": member.get("latency_ms"), "search_val_acc": member["val_acc"],
+                     "search_epoch": member.get("epoch"), "epochs": config["epochs"],
+                     "test_acc": result.get("test_acc_mean"), "test_acc_tta": result.get("test_acc_tta_mean"),
+                     "status": result["status"], "folder": str(target)})
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "front.csv", index=False)
+    print("\n" + table.drop(columns=["folder"]).to_string(index=False))
+    print(f"\nwrote {out / 'front.csv'}; next: python -m search.predict {out}/TRIAL_ID --input ... --out submission.csv")
     return 0
 
 

@@ -137,7 +137,7 @@ def write_experiment(folder, rows):
 
 
 def test_best_means_one_thing_everywhere(tmp_path):
-    from analysis.plots import pareto_front
+    from analysis.front import front_table
     from search.experiment import TrialTable
     from search.records import rank
 
@@ -153,7 +153,7 @@ def test_best_means_one_thing_everywhere(tmp_path):
     table = analysis.load(folder)
     assert table["trial_id"].tolist()[:3] == ["first", "tied", "worse"]  # the report's best is row 0
     assert TrialTable(folder, 0.0, 3).best()["trial_id"] == "first"  # what best.json holds
-    assert "gone" not in pareto_front(table)["trial_id"].tolist()
+    assert "gone" not in front_table(table, "params")["trial_id"].tolist()
 
 
 def test_interrupted_trials_are_a_status_of_their_own(tmp_path, cli):
