@@ -18,6 +18,12 @@ Four stages, each a function over the experiment folder, under one deadline:
    confirmed config while time remains;
 4. predict: EMA weights with TTA into `--out`, and the report (with a stage table).
 
+With `--minimize` (a Pareto search) `--pick` says which model of the front is wanted:
+`best` (the most accurate), `knee` (the knee of accuracy against the cost) or `under:N`
+(the most accurate at a cost of at most N: params, MACs, or ms with `--minimize latency`).
+The confirm stage trains the candidates of that rule (the knee and its neighbours on the
+front; the best under N) and the rule is applied again to the confirmed figures.
+
 A stage that runs late takes time from the next one, never from the deadline. Everything
 is recorded in `runs/NAME/auto.json` (the plan, and each stage's planned and used seconds,
 configs and ranks, Kendall's tau between the search's and the confirm stage's order, and
@@ -26,6 +32,7 @@ whether the pick changed); `--resume` continues from the stage that was running.
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 import threading
@@ -59,6 +66,7 @@ class AutoSettings:
     shares: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SHARES))
     dry_run: bool = False
     force: bool = False
+    pick: str = "best"  # best, knee or under:N (module docstring)
 
 
 @dataclass
@@ -118,23 +126,14 @@ def planned_concurrency(s: SearchSettings) -> tuple[int, int]:
     """(GPUs, trials at once) the search will use, as `search.run.plan_resources` will set them."""
     import os
 
-    from search.run import check_gpus
+    from search.run import check_gpus, plan_resources, ray_session, resources_for
 
     if s.address:
-        import ray
-
-        with ray_session_for(s):
-            return check_gpus(s), max(1, int(ray.cluster_resources().get("CPU", 1)) // s.cpus_per_trial)
-    gpus = check_gpus(s)
-    if gpus:
-        return gpus, max(1, int(gpus / s.gpus_per_trial))
-    return 0, max(1, (s.cpus or os.cpu_count() or 1) // s.cpus_per_trial)
-
-
-def ray_session_for(s: SearchSettings) -> Any:
-    from search.run import ray_session
-
-    return ray_session(s)
+        with ray_session(s):
+            resources = plan_resources(s)
+    else:
+        resources = resources_for(s, check_gpus(s), s.cpus or os.cpu_count() or 1)
+    return resources.gpus, resources.concurrent
 
 
 def probe_config(budget: int) -> dict[str, Any]:
@@ -203,6 +202,7 @@ def check_inputs(a: AutoSettings) -> None:
     """What `search.predict` would refuse, refused now rather than after the deadline."""
     from search.predict import read_input
 
+    parse_pick(a.pick)
     out = Path(a.out)
     if not out.parent.is_dir():
         raise UserError(f"--out {a.out}: the folder {out.parent} does not exist")
@@ -304,6 +304,61 @@ def ranked_configs(folder: Path) -> list[tuple[str, dict[str, Any], float]]:
     return [(r["trial_id"], config_from_row(r), number(r["best_val_acc"])) for r in rank(read_trials(folder))]
 
 
+def parse_pick(text: str) -> tuple[str, float | None]:
+    """--pick: ('best' | 'knee', None) or ('under', N); N may end in k, M or G.
+
+    >>> parse_pick("knee"), parse_pick("under:1.5M"), parse_pick("under:2")
+    (('knee', None), ('under', 1500000.0), ('under', 2.0))
+    """
+    if text in ("best", "knee"):
+        return text, None
+    match = re.fullmatch(r"under:(\d+(?:\.\d+)?)([kKmMgG]?)", text)
+    if not match:
+        raise UserError(f"--pick must be best, knee or under:N (e.g. under:1M), got {text!r}")
+    scale = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[match.group(2).lower()]
+    return "under", float(match.group(1)) * scale
+
+
+def trial_costs(folder: Path, objective: str) -> dict[str, float]:
+    """Each trial's cost on `objective` (its trials.csv column), where recorded."""
+    from search.records import COST_COLUMN, number, read_trials
+
+    column = COST_COLUMN[objective]
+    return {r["trial_id"]: number(r.get(column)) for r in read_trials(folder) if number(r.get(column)) is not None}
+
+
+def knee_first(ids: list[str], accuracy: dict[str, float], costs: dict[str, float]) -> list[str]:
+    """`ids` with the front of (accuracy, cost) among them ordered from its knee outwards
+    (nearest on the front first), then the others in the order given."""
+    from search.pareto import front_indices, knee
+
+    scored = [t for t in ids if t in accuracy and t in costs]
+    front = sorted((scored[i] for i in front_indices([(accuracy[t], -costs[t]) for t in scored])),
+                   key=lambda t: costs[t])
+    at = knee([(accuracy[t], costs[t]) for t in front])
+    near = sorted(range(len(front)), key=lambda i: (abs(i - at), i)) if at is not None else []
+    head = [front[i] for i in near]
+    return head + [t for t in ids if t not in head]
+
+
+def candidates(s: SearchSettings, a: AutoSettings) -> list[tuple[str, dict[str, Any], float]]:
+    """The configs the confirm stage trains: the search's top --confirm by --pick."""
+    rule, limit = parse_pick(a.pick)
+    ranked = ranked_configs(s.folder)
+    objective = s.minimize or "params"
+    costs = trial_costs(s.folder, objective)
+    if rule == "under":
+        ranked = [r for r in ranked if costs.get(r[0]) is not None and costs[r[0]] <= limit]
+        if not ranked:
+            cheapest = min(costs.values(), default=None)
+            raise UserError(f"--pick {a.pick}: no trial of the search costs at most {limit:,.6g} {objective} "
+                            f"(the cheapest: {cheapest if cheapest is None else f'{cheapest:,.6g}'})")
+    elif rule == "knee":
+        by_id = {r[0]: r for r in ranked}
+        ranked = [by_id[t] for t in knee_first(list(by_id), {t: r[2] for t, r in by_id.items()}, costs)]
+    return ranked[:a.confirm]
+
+
 CONFIRM_SPACE = '''"""The confirm stage's space: one of the search's top configs, each run once (warm starts)."""
 CANDIDATES = {candidates!r}
 WARM_START = [{{"candidate": i}} for i in range(len(CANDIDATES))]
@@ -347,7 +402,7 @@ def stage_confirm(s: SearchSettings, a: AutoSettings, seconds: float, resume: bo
     """Train the search's top configs at the longer horizon, as a search experiment of its own."""
     from search.run import run_search
 
-    top = fitting(s, ranked_configs(s.folder)[:a.confirm], a.confirm_factor * s.max_epochs, seconds)
+    top = fitting(s, candidates(s, a), a.confirm_factor * s.max_epochs, seconds)
     if not top:
         raise UserError("the search finished no epoch: nothing to confirm (give it more --time-budget)")
     folder = s.folder / "confirm"
@@ -374,11 +429,16 @@ def stage_confirm(s: SearchSettings, a: AutoSettings, seconds: float, resume: bo
     # Each confirm trial is one of the search's configs: name it by the search trial it came from.
     by_config = {key(c): t for t, c, _ in top}
     order = [by_config.get(key(c), t) for t, c, _ in confirmed]
+    confirm_val = {o: v for o, (_, _, v) in zip(order, confirmed)}
+    if parse_pick(a.pick)[0] == "knee":  # the knee of the confirmed figures goes first
+        order = knee_first(order, confirm_val, trial_costs(s.folder, s.minimize or "params"))
     return {
+        "pick": a.pick,
+        "objective": s.minimize or "params",
         "search_order": search_order,
         "search_val_acc": {t: v for t, _, v in top},
         "confirm_order": order,
-        "confirm_val_acc": {o: v for o, (_, _, v) in zip(order, confirmed)},
+        "confirm_val_acc": confirm_val,
         "confirm_epochs": horizon,
         "kendall_tau": kendall_tau(search_order, order),
         "pick_changed": bool(order) and order[0] != search_order[0],
@@ -547,6 +607,8 @@ def summary(result: dict[str, Any], folder: Path) -> str:
         st = stages[stage]
         lines.append(f"  {stage:<8} planned {st.get('planned_s', 0) / 60:5.1f} min, used {st.get('used_s', 0) / 60:5.1f}")
     tau = confirm.get("kendall_tau")
+    if confirm.get("pick", "best") != "best":
+        lines.append(f"pick: {confirm['pick']} (of the search's front by {confirm.get('objective', 'params')})")
     lines += [f"confirm: Kendall tau {tau if tau is None else round(tau, 2)} between the search's order and the "
               f"confirm stage's; the pick {'changed' if confirm['pick_changed'] else 'held'}",
               f"retrained trial {retrained['trial_id']} for {retrained['epochs']} epochs x {retrained['seeds']} seed(s): "
@@ -582,6 +644,10 @@ def build_auto_parser() -> Any:
     g.add_argument("--seeds", type=int, help="retrain seeds (default: one per GPU, so they cost no wall time; 1 on a CPU)")
     g.add_argument("--shares", help="shares of the deadline for search, confirm, retrain, predict "
                                     f"(default {','.join(str(v) for v in DEFAULT_SHARES.values())})")
+    g.add_argument("--pick", default="best",
+                   help="which model of the search to confirm, retrain and submit: best (highest val_acc), knee "
+                        "(the knee of the front of val_acc against --minimize's cost, params without it) or "
+                        "under:N (the best costing at most N, e.g. under:1M params) (default best)")
     g.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     g.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     return p
@@ -592,7 +658,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     auto = AutoSettings(input=args.pop("input") or "", out=args.pop("auto_out"), confirm=args.pop("confirm"),
                         confirm_factor=args.pop("confirm_factor"), seeds=args.pop("seeds"),
                         shares=parse_shares(args.pop("shares")) if args.get("shares") else dict(DEFAULT_SHARES),
-                        dry_run=args.pop("dry_run"), force=args.pop("force"))
+                        dry_run=args.pop("dry_run"), force=args.pop("force"), pick=args.pop("pick"))
     args.pop("shares", None)
     settings = settings_from_parsed(args)
     result = run_auto(settings, auto)

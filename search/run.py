@@ -310,13 +310,15 @@ def plan_resources(s: SearchSettings) -> Resources:
     """GPUs and concurrency from the resources of this run (recomputed at every --resume)."""
     import ray
 
-    gpus = check_gpus(s)
-    gpus_per_trial = s.gpus_per_trial if gpus > 0 else 0.0
-    if gpus > 0:
-        concurrent = max(1, int(gpus / gpus_per_trial))
-    else:
-        concurrent = max(1, int(ray.cluster_resources().get("CPU", 1)) // s.cpus_per_trial)
-    resources = Resources(gpus, gpus_per_trial, concurrent)
+    return resources_for(s, check_gpus(s), int(ray.cluster_resources().get("CPU", 1)))
+
+
+def resources_for(s: SearchSettings, gpus: int, cpus: int) -> Resources:
+    """The GPUs, a trial's share, the trials run at once and the latency probe's slot, for a
+    run with `gpus` GPUs and `cpus` CPUs (no Ray needed: `search.auto` plans with it)."""
+    share = s.gpus_per_trial if gpus > 0 else 0.0
+    concurrent = max(1, int(gpus / share)) if gpus > 0 else max(1, cpus // s.cpus_per_trial)
+    resources = Resources(gpus, share, concurrent)
     return latency_probe(s, resources) if s.minimize == "latency" else resources
 
 
@@ -337,9 +339,6 @@ def latency_probe(s: SearchSettings, resources: Resources) -> Resources:
         concurrent -= 1
     else:
         probe = Probe("cpu", {"num_cpus": 0}, False, s.cpus_per_trial)
-    if not probe.isolated:
-        print(f"note: latency is measured beside the trials ({'one GPU' if gpus else 'one CPU slot'}): "
-              "figures are marked not isolated", flush=True)
     return replace(resources, concurrent=concurrent, probe=probe)
 
 
@@ -468,6 +467,9 @@ def run_search(s: SearchSettings, trial_cls: type | None = None) -> SearchOutcom
         check_gpus(s)  # refuse --gpus 64 before starting anything
     with ray_session(s):
         resources = plan_resources(s)
+        if resources.probe is not None and not resources.probe.isolated:
+            print(f"note: latency is measured beside the trials ({'one GPU' if resources.gpus else 'one CPU slot'}): "
+                  "its figures are marked not isolated", flush=True)
         costs = Costs(s.folder, num_classes, int(data.images.shape[-1]), s.minimize, resources.probe)
         searcher = build_searcher(s, num_classes, costs)
         if not s.resume:

@@ -88,7 +88,7 @@ class RungScheduler(FIFOScheduler):
             if value is None or row.get("status") == "errored":
                 continue
             for milestone, recorded in self.rungs:
-                if int(row["epoch"]) == milestone:
+                if int(row["epoch"]) == milestone < self.horizon:  # the horizon judges nothing
                     recorded[row["trial_id"]] = self.point(float(value), (configs or {}).get(row["trial_id"]))
         return self
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from analysis.table import main as table_main
+from search.auto import main as auto_main
 from search.predict import main as predict_main
 from search.retrain import main as retrain_main
 from search.run import main as search_main
@@ -59,6 +60,13 @@ CASES = [
      "--param-budget"),
     ("space with a syntax error", search_main, SEARCH + ["--space", "{tmp}/broken_space.py", "--name", "x"],
      "syntax error"),
+    ("unknown objective", search_main, SEARCH + ["--minimize", "flops"], "--minimize"),
+    ("resume adding an objective", search_main, SEARCH + ["--resume", "--name", "exp", "--minimize", "params"],
+     "--minimize"),
+    ("auto with an unknown pick", auto_main, SEARCH + ["--time-budget", "5m", "--input", "{tmp}/bad.pkl", "--out",
+                                                        "{tmp}/sub.csv", "--pick", "smallest"], "--pick"),
+    ("retrain of the front and a trial", retrain_main, ["{tmp}/runs/exp", "--front", "--trial", "x"], "--front"),
+    ("front of two experiments", table_main, ["{tmp}/runs/exp", "{tmp}/runs/exp", "--front"], "--front"),
     ("analysis of a non-experiment", table_main, ["{tmp}/plain"], "not an experiment"),
     ("retrain without a finished trial", retrain_main, ["{tmp}/unfinished"], "no finished trial"),
     ("predict on a malformed pickle", predict_main, ["{tmp}/model", "--input", "{tmp}/bad.pkl", "--out",
