@@ -1,4 +1,9 @@
-"""The report's plots, each a function from DataFrames to a PNG file (matplotlib, Agg)."""
+"""The report's plots, each a function from DataFrames to a PNG file.
+
+Figures are matplotlib `Figure` objects saved straight to files, never pyplot's: pyplot
+would pick a backend for the whole process, and in a notebook that would take the user's
+inline plots away.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only, never a window
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from analysis.front import front_table  # noqa: E402
-from search.records import COST_COLUMN, Status  # noqa: E402
+from analysis.front import front_table
+from search.records import COST_COLUMN, Status
 
 COST_LABEL = {"params": "trainable params", "macs": "MACs per image", "latency": "latency at batch 1 (ms)"}
 
@@ -22,22 +25,27 @@ MAIN_HYPERPARAMS = ["lr", "weight_decay", "batch_size", "warmup_epochs", "label_
 LOG_SCALE = {"lr", "weight_decay", "params"}
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def subplots(*grid: int, figsize: tuple[float, float], **kwargs: Any) -> tuple[Figure, Any]:
+    """A figure and its axes, as pyplot.subplots gives them, without pyplot."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid, **kwargs)
+
+
+def _save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
-def _message(ax: plt.Axes, text: str) -> None:
+def _message(ax: Axes, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, wrap=True)
     ax.set_xticks([]), ax.set_yticks([])
 
 
 def learning_curves(table: pd.DataFrame, curves: pd.DataFrame, path: Path) -> Path:
     """val_acc per epoch of every trial; ASHA-stopped ones faded, the best one highlighted."""
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = subplots(figsize=(8, 5))
     best_id = table.iloc[0]["trial_id"] if len(table) else None
     for trial_id, history in curves.dropna(subset=["val_acc"]).groupby("trial_id"):
         status = history["status"].iloc[-1]
@@ -60,7 +68,7 @@ IMPORTANCE_LABEL = "PED-ANOVA importance (normalised to sum 1)"
 
 def params_vs_accuracy(table: pd.DataFrame, budget: int, path: Path) -> Path:
     """Params against best val_acc, with the budget line and the Pareto front."""
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = subplots(figsize=(8, 5))
     points = table.dropna(subset=["params", "best_val_acc"])
     for status, group in points.groupby("status"):
         ax.scatter(group["params"], group["best_val_acc"], label=status, alpha=0.75)
@@ -77,7 +85,7 @@ def params_vs_accuracy(table: pd.DataFrame, budget: int, path: Path) -> Path:
 
 def importance(importances: dict[str, float] | None, path: Path, note: str = "") -> Path:
     """Horizontal bars of Optuna's hyperparameter importances."""
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = subplots(figsize=(8, 5))
     if importances:
         names = list(importances)[::-1]
         ax.barh(names, [importances[n] for n in names], color="steelblue")
@@ -96,7 +104,7 @@ def hyperparameters(table: pd.DataFrame, path: Path) -> Path:
     columns = [c for c in MAIN_HYPERPARAMS if c in table.columns and table[c].notna().any()]
     cols = 4
     rows = max(1, math.ceil(len(columns) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(14, 3.2 * rows), squeeze=False)
+    fig, axes = subplots(rows, cols, figsize=(14, 3.2 * rows), squeeze=False)
     for ax, column in zip(axes.flat, columns):
         data = table.dropna(subset=[column, "best_val_acc"])
         ax.scatter(data[column].astype(float), data["best_val_acc"], alpha=0.7, s=18)
@@ -111,7 +119,7 @@ def hyperparameters(table: pd.DataFrame, path: Path) -> Path:
 
 def rungs(table: pd.DataFrame, milestones: list[int], path: Path) -> Path:
     """How many trials reached each ASHA milestone epoch."""
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = subplots(figsize=(8, 4.5))
     counts = [int((table["epochs_trained"] >= m).sum()) for m in milestones]
     bars = ax.bar([str(m) for m in milestones], counts, color="darkseagreen")
     for bar, count in zip(bars, counts):
@@ -124,7 +132,7 @@ def rungs(table: pd.DataFrame, milestones: list[int], path: Path) -> Path:
 def best_trial(curves: pd.DataFrame, trial_id: Any, path: Path) -> Path:
     """Loss and accuracy per epoch of the best trial."""
     history = curves[curves["trial_id"] == trial_id]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, right) = subplots(1, 2, figsize=(11, 4))
     left.plot(history["epoch"], history["train_loss"], label="train")
     left.plot(history["epoch"], history["val_loss"], label="val")
     left.set_xlabel("epoch"), left.set_ylabel("loss"), left.legend(), left.grid(alpha=0.3)
@@ -139,7 +147,7 @@ def front(table: pd.DataFrame, objective: str, budget: int, path: Path) -> Path:
     """Every trial's best val_acc against its cost: the front drawn and the knee marked,
     trials stopped early faded, and the parameter budget as a line (params only)."""
     column = COST_COLUMN[objective]
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = subplots(figsize=(8, 5))
     points = table.dropna(subset=[column, "best_val_acc"])
     points = points[points["status"] != Status.DIVERGED]
     if points.empty:
@@ -167,7 +175,7 @@ def front(table: pd.DataFrame, objective: str, budget: int, path: Path) -> Path:
 
 def hypervolume(curve: pd.DataFrame, objective: str, reference: float, path: Path) -> Path:
     """The hypervolume of the trials so far against epochs consumed, its reference stated."""
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = subplots(figsize=(8, 4.5))
     if curve.empty:
         _message(ax, "no epoch reported yet")
         return _save(fig, path)

@@ -18,7 +18,7 @@ from trainable.checkpoint import write_json
 from trainable.cli import ArgumentParser, run_main
 from trainable.errors import UserError
 
-BENCHMARKS = ("data_pipeline", "train_step", "overhead", "search_efficiency", "gpu", "soak", "fidelity", "pareto")
+BENCHMARKS = ("data_pipeline", "train_step", "overhead", "search_efficiency", "gpu", "soak", "fidelity", "pareto", "latency")
 
 
 def runner(name: str) -> Callable[..., dict[str, Any]]:

@@ -408,8 +408,8 @@ def stage_confirm(s: SearchSettings, a: AutoSettings, seconds: float, resume: bo
     folder = s.folder / "confirm"
     space = s.folder / "confirm_space.py"
     if not resume or not space.exists():
-        candidates = [{k: v for k, v in config.items() if k not in ("epochs", "seed")} for _, config, _ in top]
-        space.write_text(CONFIRM_SPACE.format(candidates=candidates))
+        chosen = [{k: v for k, v in config.items() if k not in ("epochs", "seed")} for _, config, _ in top]
+        space.write_text(CONFIRM_SPACE.format(candidates=chosen))
     horizon = a.confirm_factor * s.max_epochs
     confirm = SearchSettings(
         name="confirm", storage=str(s.folder), gpus=s.gpus, cpus=s.cpus, gpus_per_trial=s.gpus_per_trial,
@@ -653,14 +653,19 @@ def build_auto_parser() -> Any:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = vars(build_auto_parser().parse_args(argv))
+def options_from_parsed(args: dict[str, Any]) -> tuple[SearchSettings, AutoSettings]:
+    """(search settings, auto settings) from `build_auto_parser`'s parsed flags."""
+    args = dict(args)
     auto = AutoSettings(input=args.pop("input") or "", out=args.pop("auto_out"), confirm=args.pop("confirm"),
                         confirm_factor=args.pop("confirm_factor"), seeds=args.pop("seeds"),
                         shares=parse_shares(args.pop("shares")) if args.get("shares") else dict(DEFAULT_SHARES),
                         dry_run=args.pop("dry_run"), force=args.pop("force"), pick=args.pop("pick"))
     args.pop("shares", None)
-    settings = settings_from_parsed(args)
+    return settings_from_parsed(args), auto
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings, auto = options_from_parsed(vars(build_auto_parser().parse_args(argv)))
     result = run_auto(settings, auto)
     if result.get("dry_run"):
         return 0

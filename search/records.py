@@ -242,7 +242,8 @@ def rejected_count(folder: str | Path) -> int | None:
     study = load_study(folder)
     if study is None:
         return None
-    return sum(1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get("status") == Status.REJECTED)
+    return sum(1 for t in study.get_trials(deepcopy=False)
+               if t.user_attrs.get("status") == Status.REJECTED and "warm_from" not in t.user_attrs)
 
 
 def read_auto(folder: str | Path) -> dict[str, Any] | None:

@@ -57,13 +57,10 @@ def config_from_experiment(folder: Path, trial: str | None) -> dict[str, Any]:
 
 def plot_curves(history: list[dict[str, Any]], path: Path, title: str) -> None:
     """Training loss and accuracy per epoch, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from analysis.plots import subplots
 
     epochs = [m["epoch"] for m in history]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (left, right) = subplots(1, 2, figsize=(10, 4))
     left.plot(epochs, [m["train_loss"] for m in history], label="train loss")
     left.set_xlabel("epoch"), left.set_ylabel("loss"), left.legend()
     right.plot(epochs, [m["train_acc"] for m in history], label="train acc")
@@ -72,7 +69,6 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str) -> None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def train_seed(

@@ -40,7 +40,8 @@ if TYPE_CHECKING:
 
 # Flags that define what is searched: a --resume that changes one would mix two searches.
 SEARCH_DEFINING = ("param_budget", "space", "overrides", "max_epochs", "grace_epochs", "reduction_factor", "dataset",
-                   "data_dir", "val_fraction", "subset", "seed", "warm_start", "sampler", "scheduler", "minimize")
+                   "data_dir", "val_fraction", "subset", "seed", "warm_start", "sampler", "scheduler", "minimize",
+                   "warm_from")
 # Flags a --resume takes anew: the resources and the time it may run. One not given takes
 # its default, not the saved value: a search begun on a CPU box and resumed on a GPU box
 # uses that box's GPUs (--gpus defaults to all of them).
@@ -82,6 +83,7 @@ class SearchSettings:
     sampler: str = "tpe"  # random: the baseline the benchmarks compare against
     scheduler: str = "asha"  # fifo: every trial runs to --max-epochs
     minimize: str | None = None  # params, macs or latency: a Pareto search against val_acc
+    warm_from: str | None = None  # an earlier experiment whose trials the new study starts from
     seed: int = 0
     time_budget: str | None = None
     dataset: str = "cifar10"
@@ -220,7 +222,8 @@ def data_hash(data: TrainArrays) -> str:
 def absolute_paths(s: SearchSettings) -> SearchSettings:
     """--data-dir and --space as absolute paths, so settings.json means the same from any folder."""
     return replace(s, data_dir=str(Path(s.data_dir).resolve()) if s.data_dir else None,
-                   space=str(Path(s.space).resolve()) if s.space else None)
+                   space=str(Path(s.space).resolve()) if s.space else None,
+                   warm_from=str(Path(s.warm_from).resolve()) if s.warm_from else None)
 
 
 def prepare_folder(s: SearchSettings) -> SearchSettings:
@@ -264,6 +267,12 @@ def prepare_folder(s: SearchSettings) -> SearchSettings:
     # auto.json alone is `search.auto`'s record, written before its search stage begins.
     if folder.exists() and any(path.name != AUTO for path in folder.iterdir()):
         raise UserError(f"experiment {folder} already exists; pass --resume to continue it, or choose another --name")
+    if s.warm_from:
+        from search.records import OPTUNA_DB
+
+        read_settings(s.warm_from)  # UserError if it is not an experiment
+        if not (Path(s.warm_from) / OPTUNA_DB).is_file():
+            raise UserError(f"--warm-from {s.warm_from} has no {OPTUNA_DB}: nothing to start from")
     return replace(s, study=s.name)
 
 
@@ -379,6 +388,12 @@ def build_searcher(s: SearchSettings, num_classes: int, costs: "Costs | None" = 
         if queued:
             print(f"resuming {s.name}: {queued} interrupted or cut trial(s) continue from their last checkpoint",
                   flush=True)
+    elif s.warm_from:
+        from search.warm import warm_start
+
+        searcher.warm = warm_start(study, s.warm_from, {"space_hash": content_hash(s.space) if s.space else None,
+                                                        "overrides": s.overrides, "minimize": s.minimize})
+        print(searcher.warm.describe(), flush=True)
     elif s.warm_start and warm:
         for params in warm if isinstance(warm, list) else [warm]:
             study.enqueue_trial(params)
@@ -451,8 +466,8 @@ def run_search(s: SearchSettings, trial_cls: type | None = None) -> SearchOutcom
 
     from search.costs import Costs
     from search.experiment import TrialTable, summary
-    from search.records import (ENDED, count_statuses, ran_seconds, read_best, read_trials, rejected_count,
-                                write_settings)
+    from search.records import (ENDED, count_statuses, ran_seconds, read_best, read_settings, read_trials,
+                                rejected_count, write_settings)
     from search.trial import SearchTrial, TrialOptions
 
     check_settings(s)
@@ -474,9 +489,11 @@ def run_search(s: SearchSettings, trial_cls: type | None = None) -> SearchOutcom
         searcher = build_searcher(s, num_classes, costs)
         if not s.resume:
             saved = {k: v for k, v in asdict(s).items() if k not in ("extra", "resume")}
+            warm = getattr(searcher, "warm", None)
             write_settings(s.folder, {**saved, "grace_epochs": s.grace, "gpus": resources.gpus,
                                       "gpu_share": resources.gpus_per_trial, "data_hash": digest,
-                                      "space_hash": content_hash(s.space) if s.space else None})
+                                      "space_hash": content_hash(s.space) if s.space else None,
+                                      "warm_start_result": warm.describe() if warm else None})
         ended = sum(r["status"] in {e.value for e in ENDED} for r in read_trials(s.folder))
         remaining = max(0, s.trials - ended)
         options = TrialOptions(threads=s.cpus_per_trial, compile=s.compile, checkpoint_every=s.checkpoint_every,
@@ -498,6 +515,9 @@ def run_search(s: SearchSettings, trial_cls: type | None = None) -> SearchOutcom
     rejected = rejected_count(s.folder) or 0
     text = summary(s.folder, rows, best, rejected, wall, ran_seconds(s.folder), resources.gpus_per_trial > 0,
                    s.trials, deadline_hit)
+    warm = read_settings(s.folder).get("warm_start_result")
+    if warm:
+        text = text.replace("\nwall time:", f"\n{warm}\nwall time:", 1)
     return SearchOutcome(s.folder, counts, rejected, best, wall, text, ended >= s.trials or deadline_hit)
 
 
@@ -525,6 +545,9 @@ def build_parser() -> ArgumentParser:
                         "--set augment_policy=trivialaugment --set cutout=16 (repeatable)")
     g.add_argument("--no-warm-start", dest="warm_start", action="store_false", default=None,
                    help="do not run the seed's configuration as the first trial")
+    g.add_argument("--warm-from", metavar="runs/OLD",
+                   help="start from an earlier search: its finished trials join the study when the spaces agree, "
+                        "else its top configs run first (replaces the built-in warm start)")
     g.add_argument("--sampler", choices=SAMPLERS, help=f"Optuna sampler (default {d.sampler}; random is a baseline)")
     g.add_argument("--minimize", choices=OBJECTIVES,
                    help="Pareto search: trade val_acc against this cost (params; macs per image; latency at "

@@ -16,7 +16,12 @@ from trainable.errors import UserError
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with a one-line error instead of usage + error."""
+    """argparse with a one-line error instead of usage + error, and whole flag names only
+    (an abbreviation, or a misspelt keyword of `search.api`, is refused, not guessed)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         print(f"error: {message} (see --help)", file=sys.stderr)

@@ -1,0 +1,202 @@
+"""The commands as Python functions, for notebooks and scripts.
+
+    from search.api import search, auto, retrain, predict
+    import analysis
+
+    result = search(gpus=0, dataset="synthetic", subset=400, trials=6, max_epochs=3, name="quick")
+    result.table                                # the trial table, a DataFrame (analysis.load)
+    model = retrain(result.folder, epochs=30)   # the best trial on train + val
+    submission = predict(model.folder, input="test.npy", out="submission.csv", tta=True)
+
+Each function takes its command's flags as keyword arguments, spelt as the flag without
+the dashes (`max_epochs=3` is `--max-epochs 3`; `set={"cutout": 16}` is `--set cutout=16`;
+`True` gives a switch, `warm_start=False` is `--no-warm-start`), so a call means exactly
+what the command line means, checks included; `python -m search.run --help` documents
+them all. Each returns a result object rather than printing one. A user's mistake raises
+`UserError` with the message the command line prints.
+
+In a notebook: the stop button (SIGINT) ends a search as Ctrl-C does (the running trials
+are left to `resume=True`, and the result says the search is incomplete); Ray's progress
+table keeps to `verbose=1` unless asked for more; a second call in the same kernel works,
+whether or not Ray was already started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import pandas as pd
+
+from trainable.errors import UserError
+
+# Switches that are on by default and turned off by a --no-... flag.
+NEGATED = {"warm_start": "--no-warm-start"}
+
+
+def flags_to_argv(positionals: Sequence[Any], flags: dict[str, Any]) -> list[str]:
+    """Keyword arguments as a command line.
+
+    >>> flags_to_argv(["runs/x"], {"max_epochs": 3, "resume": True, "compile": False, "set": {"cutout": 16},
+    ...                            "warm_start": False, "name": None})
+    ['runs/x', '--max-epochs', '3', '--resume', '--set', 'cutout=16', '--no-warm-start']
+    """
+    argv = [str(p) for p in positionals]
+    for name, value in flags.items():
+        flag = "--" + name.replace("_", "-")
+        if value is None:
+            continue
+        if name in NEGATED:
+            argv += [] if value else [NEGATED[name]]
+        elif isinstance(value, bool):
+            argv += [flag] if value else []
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                argv += [flag, f"{key}={json.dumps(item) if not isinstance(item, str) else item}"]
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                argv += [flag, str(item)]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def _parse(parse: Callable[[list[str]], Any], argv: list[str]) -> Any:
+    """Run a command's parser (or main); its one-line error becomes a UserError, not an exit."""
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            result = parse(argv)
+    except SystemExit:
+        lines = err.getvalue().strip().splitlines()
+        raise UserError(lines[-1].removeprefix("error: ") if lines else "invalid arguments") from None
+    sys.stderr.write(err.getvalue())  # warnings the command printed, passed on
+    return result
+
+
+@dataclass
+class SearchResult:
+    """What `search` returns: the experiment folder, whether every trial ended, the best
+    trial (best.json's content) and the summary the command line prints."""
+
+    folder: Path
+    complete: bool
+    best: dict[str, Any] | None
+    summary: str
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """One row per trial, best first (`analysis.load`)."""
+        import analysis
+
+        return analysis.load(self.folder)
+
+    @property
+    def curves(self) -> pd.DataFrame:
+        """Every trial's epochs (`analysis.curves`)."""
+        import analysis
+
+        return analysis.curves(self.folder)
+
+    def __repr__(self) -> str:
+        best = f"best val_acc {self.best['val_acc']:.4f} (trial {self.best['trial_id']})" if self.best else "no best yet"
+        return f"SearchResult({self.folder}, {'complete' if self.complete else 'incomplete'}, {best})"
+
+
+def search(**flags: Any) -> SearchResult:
+    """Run (or, with resume=True, continue) a search: `python -m search.run` as a function."""
+    from search.run import build_parser, run_search, settings_from_parsed
+
+    args = _parse(lambda argv: vars(build_parser().parse_args(argv)), flags_to_argv([], flags))
+    outcome = run_search(settings_from_parsed(args))
+    return SearchResult(outcome.folder, outcome.complete, outcome.best, outcome.summary, outcome.counts)
+
+
+@dataclass
+class AutoResult:
+    """What `auto` returns: the experiment, the submission, the retrained trial and auto.json."""
+
+    folder: Path
+    submission: Path
+    trial_id: str
+    test_acc: float | None
+    record: dict[str, Any]
+
+    @property
+    def table(self) -> pd.DataFrame:
+        import analysis
+
+        return analysis.load(self.folder)
+
+
+def auto(**flags: Any) -> AutoResult:
+    """From data to submission under one deadline: `python -m search.auto` as a function."""
+    from search.auto import build_auto_parser, options_from_parsed, run_auto
+
+    args = _parse(lambda argv: vars(build_auto_parser().parse_args(argv)), flags_to_argv([], flags))
+    settings, options = options_from_parsed(args)
+    record = run_auto(settings, options)
+    if record.get("dry_run"):
+        raise UserError("dry_run=True only prints the plan; call without it to run")
+    retrained = record["stages"]["retrain"]
+    return AutoResult(settings.folder, Path(record["stages"]["predict"]["submission"]), retrained["trial_id"],
+                      retrained.get("test_acc_ema_tta_mean"), record)
+
+
+@dataclass
+class RetrainResult:
+    """What `retrain` returns: the model folder (for `predict`) and its metrics.json."""
+
+    folder: Path
+    metrics: dict[str, Any]
+
+    @property
+    def test_acc(self) -> float | None:
+        return self.metrics.get("test_acc_mean")
+
+
+def retrain(experiment: str | Path | None = None, **flags: Any) -> RetrainResult:
+    """Retrain a trial on train + val and test it once: `python -m search.retrain` as a function.
+
+    `out` defaults as on the command line (EXPERIMENT/final). With front=True every front
+    member is retrained; the result's folder is then the front folder, and `metrics` holds
+    front.csv's rows under "members".
+    """
+    from search.retrain import main
+
+    argv = flags_to_argv([experiment] if experiment else [], flags)
+    _parse(main, argv)
+    front = bool(flags.get("front"))
+    default = "front" if front else "final"
+    out = Path(flags["out"]) if flags.get("out") else (Path(experiment) / default if experiment
+                                                      else Path(flags["config"]).with_suffix("") / "final")
+    if front:
+        return RetrainResult(out, {"members": pd.read_csv(out / "front.csv").to_dict("records")})
+    return RetrainResult(out, json.loads((out / "metrics.json").read_text()))
+
+
+@dataclass
+class PredictResult:
+    """What `predict` returns: the submission CSV and its rows."""
+
+    submission: Path
+    rows: pd.DataFrame
+
+
+def predict(model: str | Path, **flags: Any) -> PredictResult:
+    """Label unlabelled images into a submission CSV: `python -m search.predict` as a function."""
+    from search.predict import main
+
+    _parse(main, flags_to_argv([model], flags))
+    out = Path(flags.get("out") or "submission.csv")
+    return PredictResult(out, pd.read_csv(out))
+
+
+__all__ = ["search", "auto", "retrain", "predict", "SearchResult", "AutoResult", "RetrainResult", "PredictResult",
+           "flags_to_argv"]
