@@ -166,11 +166,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--param-budget", type=int, default=5_000_000, help="refuse configs at or over this (default 5,000,000)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted retrain in --out")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--track", action="append", metavar="mlflow[=URI]|wandb",
+                        help="log the retrain (config, each seed's test figures, the model folder as an artifact) to "
+                             "MLflow (default store: the experiment's mlflow.db) or W&B (repeatable)")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="change a config key for the long run, e.g. --set augment_policy=autoaugment "
                              "--set epochs=200 (repeatable; applied last)")
     args = parser.parse_args(argv)
     overrides = parse_overrides(args.set)
+    from search.tracking import parse_track
+
+    trackers = parse_track(args.track)  # refused now, not after the training
 
     if bool(args.experiment) == bool(args.config):
         raise UserError("give an experiment folder or --config FILE (one of the two)")
@@ -197,6 +203,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if out.exists() and any(out.iterdir()) and not args.resume:
         raise UserError(f"{out} already holds a retrain; pass --resume to continue it, or another --out")
     result = run_retrain(config, spec, out, args, num_classes)
+    if trackers:
+        from search.tracking import log_retrain
+
+        experiment = Path(args.experiment) if args.experiment else None
+        log_retrain(trackers, experiment, (experiment or out).name, config, result, out)
     print(f"wrote {out}; next: python -m search.predict {out} --input cifar_test_nolabel.pkl --out submission.csv --tta")
     return 0
 

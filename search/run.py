@@ -46,7 +46,7 @@ SEARCH_DEFINING = ("param_budget", "space", "overrides", "max_epochs", "grace_ep
 # its default, not the saved value: a search begun on a CPU box and resumed on a GPU box
 # uses that box's GPUs (--gpus defaults to all of them).
 RESUMABLE = ("gpus", "cpus", "gpus_per_trial", "cpus_per_trial", "address", "time_budget", "max_failures",
-             "compile", "checkpoint_every", "verbose")
+             "compile", "checkpoint_every", "verbose", "track")
 SAMPLERS = ("tpe", "random")
 SCHEDULERS = ("asha", "fifo")
 
@@ -84,6 +84,7 @@ class SearchSettings:
     scheduler: str = "asha"  # fifo: every trial runs to --max-epochs
     minimize: str | None = None  # params, macs or latency: a Pareto search against val_acc
     warm_from: str | None = None  # an earlier experiment whose trials the new study starts from
+    track: list[str] | None = None  # mlflow[=URI] and/or wandb (search.tracking)
     seed: int = 0
     time_budget: str | None = None
     dataset: str = "cifar10"
@@ -181,6 +182,10 @@ def check_settings(s: SearchSettings) -> None:
         raise UserError(f"--subset must be positive, got {s.subset}")
     if s.time_budget:
         parse_duration(s.time_budget)
+    if s.track:
+        from search.tracking import parse_track
+
+        parse_track(s.track)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", s.name):
         raise UserError(f"--name {s.name!r} may hold only letters, digits, '.', '_' and '-'")
 
@@ -430,6 +435,8 @@ def build_tuner(s: SearchSettings, searcher: Any, trainable: Any, resources: Res
     """One Ray Tune experiment (a `run-*` folder) for what is left of the search."""
     from ray import tune
 
+    from search.tracking import parse_track, search_callbacks
+
     return tune.Tuner(
         tune.with_resources(trainable, {"cpu": s.cpus_per_trial, "gpu": resources.gpus_per_trial}),
         tune_config=tune.TuneConfig(
@@ -441,7 +448,7 @@ def build_tuner(s: SearchSettings, searcher: Any, trainable: Any, resources: Res
         ),
         run_config=tune.RunConfig(
             name=table.driver["run"], storage_path=s.ray_storage, verbose=s.verbose,
-            callbacks=[table],
+            callbacks=[table, *search_callbacks(parse_track(s.track), s.folder, s.name)],
             # Two per trial: trials.csv names the newest, and the one before stays until a
             # newer one is on record, so a driver killed at any moment finds one to continue.
             # None at the end: nothing is left to continue after the last epoch (a class
@@ -576,6 +583,11 @@ def build_parser() -> ArgumentParser:
                    help="restarts of a trial whose worker or node died, from its last checkpoint (default 2); "
                         "a trial that raises (out of memory, a bug) ends as errored and is not restarted")
     g.add_argument("--verbose", type=int, choices=[0, 1, 2, 3], help="Ray's progress output (default 1)")
+    g = p.add_argument_group("tracking")
+    g.add_argument("--track", action="append", metavar="mlflow[=URI]|wandb",
+                   help="log every trial to MLflow (default store runs/NAME/mlflow.db; =URI for a server) or W&B "
+                        "(offline without an API key); repeatable; needs pip install -e \".[track]\". TensorBoard "
+                        "event files land in runs/NAME/tensorboard whenever tensorboard is installed")
     return p
 
 
