@@ -18,7 +18,7 @@ from trainable.checkpoint import write_json
 from trainable.cli import ArgumentParser, run_main
 from trainable.errors import UserError
 
-BENCHMARKS = ("data_pipeline", "train_step", "overhead", "search_efficiency", "gpu", "soak", "fidelity", "pareto", "latency")
+BENCHMARKS = ("data_pipeline", "train_step", "overhead", "search_efficiency", "gpu", "soak", "fidelity", "pareto", "latency", "warm")
 
 
 def runner(name: str) -> Callable[..., dict[str, Any]]:
@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in args.only or BENCHMARKS:
         print(f"\n== {name}", flush=True)
         start = time.time()
-        kwargs = {"out": out} if name in ("search_efficiency", "soak", "fidelity", "pareto") else {}
+        kwargs = {"out": out} if name in ("search_efficiency", "soak", "fidelity", "pareto", "warm") else {}
         result = runner(name)(args.data_dir, args.quick, **kwargs)
         result["benchmark_seconds"] = time.time() - start
         results["benchmarks"][name] = result
