@@ -25,9 +25,10 @@ def unlabelled(path: Path) -> Path:
 
 
 def files_of(folder: Path) -> set:
-    """The experiment's files by name, less Ray's own run-* folders (named by the clock)."""
+    """The experiment's files by name, less Ray's own run-* folders (named by the clock) and
+    TensorBoard's event files (named by trial id, clock and process)."""
     return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()
-            and not any(part.startswith("run-") for part in p.relative_to(folder).parts)}
+            and not any(part.startswith("run-") or part == "tensorboard" for part in p.relative_to(folder).parts)}
 
 
 @pytest.fixture(scope="module")

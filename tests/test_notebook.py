@@ -61,11 +61,11 @@ def test_the_quickstart_notebook_runs_in_a_real_kernel(tmp_path):
 INTERRUPTED = textwrap.dedent('''
     import sys
     from search.api import search
-    kw = dict(gpus=0, dataset="synthetic", subset=600, max_epochs=3, grace_epochs=1, reduction_factor=2,
+    kw = dict(gpus=0, dataset="synthetic", subset=600, max_epochs=2, grace_epochs=1, reduction_factor=2,
               param_budget=10**6, space=sys.argv[2], storage=sys.argv[1], name="stop", verbose=0)
-    first = search(trials=6, **kw)
+    first = search(trials=4, **kw)
     print("FIRST", first.complete, flush=True)
-    again = search(trials=6, resume=True, **{k: kw[k] for k in ("storage", "name")}, verbose=0)
+    again = search(trials=4, resume=True, **{k: kw[k] for k in ("storage", "name")}, verbose=0)
     print("AGAIN", again.complete, len(again.table), flush=True)
 ''')
 
@@ -87,4 +87,4 @@ def test_a_stopped_search_returns_incomplete_and_a_second_call_resumes_it(tmp_pa
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=300)
     assert "FIRST False" in out, out
-    assert "AGAIN True 6" in out, out
+    assert "AGAIN True 4" in out, out

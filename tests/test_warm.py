@@ -18,8 +18,11 @@ def test_a_search_warm_started_from_the_same_space_learns_from_the_old_trials(fi
 
     old = _study(finished_search.folder)
     finished = [t for t in old.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    # A budget the whole space fits under: TPE's random start-up is then 10 trials (under the
+    # old search's 20,000 most configs were rejected and it would be far longer), and the
+    # old trials are more than that. The space, and so the parameters' meaning, is the same.
     outcome = run_search(settings(tmp_path, space_file, name="warm", trials=2, max_epochs=1, seed=5,
-                                  warm_from=str(finished_search.folder)))
+                                  param_budget=10**6, warm_from=str(finished_search.folder)))
     assert f"its {len(finished)} finished trials are in the study" in outcome.summary
     new = _study(outcome.folder)
     taken = [t for t in new.trials if t.user_attrs.get("warm_from") == "exp"]
@@ -27,6 +30,7 @@ def test_a_search_warm_started_from_the_same_space_learns_from_the_old_trials(fi
     assert not any("ray_trial_id" in t.user_attrs for t in taken)  # never mistaken for this search's own
     launched = [t for t in new.trials if "ray_trial_id" in t.user_attrs]
     # TPE's random start-up is already served by the old trials: TPE proposes from the first.
+    assert len(finished) >= 10
     assert len(launched) == 2 and all(t.user_attrs["proposed_by"] == "tpe" for t in launched)
     assert rejected_count(outcome.folder) == sum(t.user_attrs.get("status") == "rejected" for t in new.trials
                                                  if "warm_from" not in t.user_attrs)
@@ -39,8 +43,14 @@ def test_a_search_over_another_space_runs_the_old_top_configs_first(finished_sea
     old_rows = {r["trial_id"]: r for r in read_trials(finished_search.folder)}
     old = {t.user_attrs.get("ray_trial_id"): t.params for t in _study(finished_search.folder).trials}
     top = [old[r["trial_id"]] for r in rank(old_rows.values())][:2]
-    outcome = run_search(settings(tmp_path, space_file, name="other", trials=2, max_epochs=1,
-                                  overrides={"weight_decay": 0.01}, warm_from=str(finished_search.folder)))
+    # Another space file (one more fixed key) with the same parameter names.
+    from conftest import TINY_SPACE
+
+    other = tmp_path / "other_space.py"
+    other.write_text(TINY_SPACE.replace('"batch_size": 64,', '"batch_size": 64, "cutout": 8,'))
+    assert other.read_text() != space_file.read_text()
+    outcome = run_search(settings(tmp_path, other, name="other", trials=2, max_epochs=1,
+                                  warm_from=str(finished_search.folder)))
     assert "its space differs; its top" in outcome.summary
     launched = sorted((t for t in _study(outcome.folder).trials if "ray_trial_id" in t.user_attrs),
                       key=lambda t: t.number)
