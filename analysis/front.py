@@ -35,6 +35,15 @@ def reference_cost(table: pd.DataFrame, objective: str, budget: int) -> float:
     return float(worst) * 1.1 if pd.notna(worst) and worst > 0 else 1.0
 
 
+def reference_text(value: float) -> str:
+    """A hypervolume reference cost as people write it: 1,000,000 params, 2.5 ms.
+
+    >>> reference_text(1e6), reference_text(2.5)
+    ('1,000,000', '2.5')
+    """
+    return f"{value:,.0f}" if value >= 100 else f"{value:.4g}"
+
+
 def front_table(table: pd.DataFrame, objective: str) -> pd.DataFrame:
     """The table's non-dominated trials (best_val_acc against the cost), cheapest first,
     with a `knee` column marking the knee."""

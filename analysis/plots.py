@@ -15,7 +15,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from analysis.front import front_table
+from analysis.front import front_table, reference_text
 from search.records import COST_COLUMN, Status
 
 COST_LABEL = {"params": "trainable params", "macs": "MACs per image", "latency": "latency at batch 1 (ms)"}
@@ -181,6 +181,7 @@ def hypervolume(curve: pd.DataFrame, objective: str, reference: float, path: Pat
         return _save(fig, path)
     ax.plot(curve["epochs"], curve["hypervolume"], color="crimson")
     ax.set_xlabel("epochs consumed (all trials)"), ax.set_ylabel("hypervolume")
-    ax.set_title(f"Hypervolume; reference point: val_acc 0, {objective} {reference:,.4g} (cost scaled by it)")
+    ax.set_title(f"Hypervolume; reference point: val_acc 0, {objective} {reference_text(reference)} "
+                 "(cost scaled by it)")
     ax.grid(alpha=0.3)
     return _save(fig, path)

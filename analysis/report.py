@@ -117,7 +117,7 @@ def make_report(path: str | Path, out: str | Path) -> dict[str, Path]:
     }
     pareto = None
     if settings.get("minimize"):
-        from analysis.front import front_summary
+        from analysis.front import front_summary, reference_text
 
         pareto = front_summary(folder, table, curves)
         files["Pareto front"] = plots.front(table, pareto["objective"], int(settings.get("param_budget", 5_000_000)),
@@ -144,7 +144,7 @@ def make_report(path: str | Path, out: str | Path) -> dict[str, Path]:
         md += [f"## Pareto front (val_acc against {pareto['objective']})", "",
                to_markdown(narrow_front(pareto["front"])), "", "Best val_acc at each size:", "",
                to_markdown(narrow_sizes(pareto["sizes"])), "",
-               f"Hypervolume reference point: val_acc 0 and {pareto['objective']} {pareto['reference']:,.6g}; "
+               f"Hypervolume reference point: val_acc 0 and {pareto['objective']} {reference_text(pareto['reference'])}; "
                f"final hypervolume {pareto['hypervolume']['hypervolume'].iloc[-1]:.4f}.", ""]
     for caption, file in files.items():
         md += [f"## {caption}", "", f"![{caption}]({file.name})", ""]
@@ -162,7 +162,7 @@ def make_report(path: str | Path, out: str | Path) -> dict[str, Path]:
                  narrow_front(pareto["front"]).to_html(index=False, border=0), "<p>Best val_acc at each size:</p>",
                  narrow_sizes(pareto["sizes"]).to_html(index=False, border=0),
                  f"<p>Hypervolume reference point: val_acc 0 and {html.escape(pareto['objective'])} "
-                 f"{pareto['reference']:,.6g}.</p>"]
+                 f"{reference_text(pareto['reference'])}.</p>"]
     for caption, file in files.items():
         data = base64.b64encode(file.read_bytes()).decode()
         body += [f"<h2>{html.escape(caption)}</h2>",

@@ -291,7 +291,7 @@ def space(trial):
 
 @pytest.fixture(scope="module")
 def pareto_search(ray_session, tmp_path_factory):
-    """A --minimize latency search killed (SIGKILL) once two trials had ended, then resumed."""
+    """A --minimize params search killed (SIGKILL) once two trials had ended, then resumed."""
     import os
     import signal
     import subprocess
@@ -307,7 +307,7 @@ def pareto_search(ray_session, tmp_path_factory):
     args = [sys.executable, "-m", "search.run", "--gpus", "0", "--address", ray_session.address, "--dataset",
             "synthetic", "--subset", "600", "--trials", "6", "--max-epochs", "3", "--grace-epochs", "1",
             "--reduction-factor", "2", "--space", str(space), "--storage", str(tmp), "--name", "front",
-            "--param-budget", "1000000", "--minimize", "latency", "--verbose", "0"]
+            "--param-budget", "1000000", "--minimize", "params", "--verbose", "0"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     folder = tmp / "front"
     deadline, finished_before = time.time() + 180, {}
@@ -320,10 +320,9 @@ def pareto_search(ray_session, tmp_path_factory):
     assert proc.poll() is None, "the search ended before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
-    measured_before = json.loads((folder / "latency.json").read_text())
     outcome = run_search(settings(tmp, space, name="front", resume=True, trials=6, subset=600, param_budget=10**6,
-                                  minimize="latency"))
-    return outcome, finished_before, measured_before
+                                  minimize="params"))
+    return outcome, finished_before
 
 
 def test_a_pareto_search_resumes_after_a_kill_and_records_its_costs(pareto_search):
@@ -331,18 +330,12 @@ def test_a_pareto_search_resumes_after_a_kill_and_records_its_costs(pareto_searc
     from search.records import config_from_row, read_history
     from trainable.cost import count_macs
 
-    outcome, finished_before, measured_before = pareto_search
+    outcome, finished_before = pareto_search
     folder = outcome.folder
     assert outcome.complete and "search finished: 6 trials run" in outcome.summary
     rows = check_resumed(folder, finished_before, trials=6)
-    measured = json.loads((folder / "latency.json").read_text())
-    assert measured_before.items() <= measured.items()  # nothing measured before the kill was measured again
-    by_width = {json.loads(k)["widths"][0]: v for k, v in measured.items()}
-    assert all(v["isolated"] and v["batch1_runs"] >= 3 for v in measured.values())
     for row in rows:
-        config = config_from_row(row)
-        assert int(row["macs"]) == count_macs(config, 10, 32)
-        assert float(row["latency_ms"]) == by_width[config["widths"][0]]["batch1_ms"]
+        assert int(row["macs"]) == count_macs(config_from_row(row), 10, 32)
     study = optuna.load_study(study_name="front", storage=f"sqlite:///{folder / 'optuna.db'}")
     history: dict = {}
     for h in read_history(folder):
@@ -354,7 +347,7 @@ def test_a_pareto_search_resumes_after_a_kill_and_records_its_costs(pareto_searc
         assert epochs == pytest.approx(history[trial.user_attrs["ray_trial_id"]])
         if trial.state == optuna.trial.TrialState.COMPLETE:
             row = next(r for r in rows if r["trial_id"] == trial.user_attrs["ray_trial_id"])
-            assert trial.values == pytest.approx([float(row["last_val_acc"]), float(row["latency_ms"])])
+            assert trial.values == pytest.approx([float(row["last_val_acc"]), float(row["params"])])
         else:
             assert trial.state == optuna.trial.TrialState.PRUNED
 
@@ -364,14 +357,14 @@ def test_front_json_holds_exactly_the_non_dominated_trials(pareto_search):
 
     folder = pareto_search[0].folder
     rows = [r for r in rows_of(folder) if r["status"] != "diverged"]
-    points = {r["trial_id"]: (float(r["best_val_acc"]), -float(r["latency_ms"])) for r in rows}
+    points = {r["trial_id"]: (float(r["best_val_acc"]), -float(r["params"])) for r in rows}
     expected = {t for t, p in points.items() if not any(dominates(q, p) for q in points.values())}
     front = json.loads((folder / "front.json").read_text())
-    assert front["objective"] == "latency" and {m["trial_id"] for m in front["members"]} == expected
+    assert front["objective"] == "params" and {m["trial_id"] for m in front["members"]} == expected
     assert front["knee"] in expected
     member = front["members"][0]
     assert {"trial_id", "val_acc", "params", "macs", "latency_ms", "epoch", "config"} <= set(member)
-    assert [m["latency_ms"] for m in front["members"]] == sorted(m["latency_ms"] for m in front["members"])
+    assert [m["params"] for m in front["members"]] == sorted(m["params"] for m in front["members"])
 
 
 def test_the_front_table_report_and_retrain_of_a_pareto_search(pareto_search, cli, tmp_path):
@@ -382,12 +375,12 @@ def test_the_front_table_report_and_retrain_of_a_pareto_search(pareto_search, cl
     folder = pareto_search[0].folder
     front = json.loads((folder / "front.json").read_text())
     code, out, _ = cli(table, [folder, "--front"])
-    assert code == 0 and "Pareto front: best val_acc against latency" in out and "<- knee" in out
-    assert all(m["trial_id"] in out for m in front["members"]) and "(q50)" in out
+    assert code == 0 and "Pareto front: best val_acc against params" in out and "<- knee" in out
+    assert all(m["trial_id"] in out for m in front["members"]) and "<= 0.25M params" in out
     code, out, _ = cli(report, [folder, "--out", tmp_path / "report"])
     assert code == 0 and (tmp_path / "report" / "pareto_front.png").stat().st_size > 0
     assert (tmp_path / "report" / "hypervolume.png").stat().st_size > 0
-    assert "Hypervolume reference point: val_acc 0 and latency" in (tmp_path / "report" / "report.md").read_text()
+    assert "Hypervolume reference point: val_acc 0 and params 1,000,000" in (tmp_path / "report" / "report.md").read_text()
     code, out, err = cli(retrain, [folder, "--front", "--epochs", "1", "--subset", "200", "--out", tmp_path / "f"])
     assert code == 0, err
     written = (tmp_path / "f" / "front.csv").read_text().splitlines()
@@ -401,13 +394,38 @@ def test_auto_confirms_what_its_pick_names(pareto_search):
     from trainable.errors import UserError
 
     folder = pareto_search[0].folder
-    s = SearchSettings(name=folder.name, storage=str(folder.parent), minimize="latency")
+    s = SearchSettings(name=folder.name, storage=str(folder.parent), minimize="params")
     front = json.loads((folder / "front.json").read_text())
     assert candidates(s, AutoSettings(pick="knee", confirm=2))[0][0] == front["knee"]
     best = candidates(s, AutoSettings(pick="best", confirm=6))
     assert [c[2] for c in best] == sorted((c[2] for c in best), reverse=True)
-    cheapest = min(m["latency_ms"] for m in front["members"])
+    cheapest = min(m["params"] for m in front["members"])
     under = candidates(s, AutoSettings(pick=f"under:{cheapest}", confirm=6))
     assert under[0][0] == front["members"][0]["trial_id"]  # the cheapest member is the best that cheap
     with pytest.raises(UserError, match="no trial of the search costs at most"):
         candidates(s, AutoSettings(pick="under:0.000001", confirm=2))
+
+
+def test_a_latency_search_measures_each_architecture_once_in_its_own_slot(ray_session, tmp_path):
+    """--minimize latency end to end: the probe's records in latency.json, trials.csv and the study."""
+    from conftest import rows_of, settings
+    from search.records import config_from_row
+    from search.run import run_search
+
+    space = tmp_path / "space.py"
+    space.write_text(PARETO_SPACE)
+    outcome = run_search(settings(tmp_path, space, name="fast", trials=3, max_epochs=2, subset=300,
+                                  param_budget=10**6, minimize="latency"))
+    measured = json.loads((outcome.folder / "latency.json").read_text())
+    by_width = {json.loads(k)["widths"][0]: v for k, v in measured.items()}
+    rows = rows_of(outcome.folder)
+    assert len(measured) == len({config_from_row(r)["widths"][0] for r in rows})  # once per architecture
+    assert all(v["isolated"] and v["batch1_runs"] >= 3 and v["batch256_ms"] > v["batch1_ms"] for v in measured.values())
+    for row in rows:
+        assert float(row["latency_ms"]) == by_width[config_from_row(row)["widths"][0]]["batch1_ms"]
+    study = optuna.load_study(study_name="fast", storage=f"sqlite:///{outcome.folder / 'optuna.db'}")
+    for trial in study.trials:
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            row = next(r for r in rows if r["trial_id"] == trial.user_attrs["ray_trial_id"])
+            assert trial.values[1] == float(row["latency_ms"])
+    assert json.loads((outcome.folder / "front.json").read_text())["objective"] == "latency"
