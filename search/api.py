@@ -168,14 +168,12 @@ def retrain(experiment: str | Path | None = None, **flags: Any) -> RetrainResult
     member is retrained; the result's folder is then the front folder, and `metrics` holds
     front.csv's rows under "members".
     """
-    from search.retrain import main
+    from search.retrain import main, output_folder
 
     argv = flags_to_argv([experiment] if experiment else [], flags)
     _parse(main, argv)
     front = bool(flags.get("front"))
-    default = "front" if front else "final"
-    out = Path(flags["out"]) if flags.get("out") else (Path(experiment) / default if experiment
-                                                      else Path(flags["config"]).with_suffix("") / "final")
+    out = output_folder(flags.get("out"), str(experiment) if experiment else None, flags.get("config"), front)
     if front:
         return RetrainResult(out, {"members": pd.read_csv(out / "front.csv").to_dict("records")})
     return RetrainResult(out, json.loads((out / "metrics.json").read_text()))

@@ -174,9 +174,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "--set epochs=200 (repeatable; applied last)")
     args = parser.parse_args(argv)
     overrides = parse_overrides(args.set)
-    from search.tracking import parse_track
+    trackers: dict[str, str | None] = {}
+    if args.track:  # search.tracking imports Ray: only a tracked retrain pays for it
+        from search.tracking import parse_track
 
-    trackers = parse_track(args.track)  # refused now, not after the training
+        trackers = parse_track(args.track)  # refused now, not after the training
 
     if bool(args.experiment) == bool(args.config):
         raise UserError("give an experiment folder or --config FILE (one of the two)")
@@ -193,10 +195,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         folder = Path(args.experiment)
         config = config_from_experiment(folder, args.trial)
         settings = read_settings(folder)
-        out = Path(args.out) if args.out else folder / "final"
+        out = output_folder(args.out, args.experiment, args.config, args.front)
     else:
         config = read_json(args.config, "config file")
-        out = Path(args.out) if args.out else Path(args.config).with_suffix("") / "final"
+        out = output_folder(args.out, args.experiment, args.config, args.front)
     config = validate_config({**config, "epochs": args.epochs, **overrides})
     spec, num_classes = retrain_data(args, settings, config)
     check_budget(config, num_classes, args.param_budget)
@@ -210,6 +212,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_retrain(trackers, experiment, (experiment or out).name, config, result, out)
     print(f"wrote {out}; next: python -m search.predict {out} --input cifar_test_nolabel.pkl --out submission.csv --tta")
     return 0
+
+
+def output_folder(out: str | None, experiment: str | None, config: str | None, front: bool) -> Path:
+    """Where a retrain writes: --out, else EXPERIMENT/final (EXPERIMENT/front with --front),
+    else beside the --config file.
+
+    >>> output_folder(None, "runs/a", None, False), output_folder(None, "runs/a", None, True)
+    (PosixPath('runs/a/final'), PosixPath('runs/a/front'))
+    """
+    if out:
+        return Path(out)
+    if experiment:
+        return Path(experiment) / ("front" if front else "final")
+    return Path(str(config)).with_suffix("") / "final"
 
 
 def retrain_data(args: Any, settings: dict[str, Any], config: dict[str, Any]) -> tuple[DataSpec, int]:
@@ -271,7 +287,7 @@ def retrain_front(folder: Path, args: Any, overrides: dict[str, Any]) -> int:
 
     settings = read_settings(folder)
     members = front_members(folder)
-    out = Path(args.out) if args.out else folder / "front"
+    out = output_folder(args.out, str(folder), None, True)
     if out.exists() and any(out.iterdir()) and not args.resume:
         raise UserError(f"{out} already holds a front retrain; pass --resume to continue it, or another --out")
     configs = [validate_config({**m["config"], "epochs": args.epochs, **overrides}) for m in members]

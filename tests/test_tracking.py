@@ -35,11 +35,15 @@ def test_mlflow_holds_a_run_per_trial_with_its_config_and_every_epoch(tracked):
     runs = mlflow.search_runs(experiment_names=["tracked"])
     assert len(runs) == len(history) == 3
     client = mlflow.tracking.MlflowClient()
+    from conftest import rows_of
+
+    lr_of = {r["trial_id"]: float(r["lr"]) for r in rows_of(folder)}
+    expected = {tuple(round(v, 6) for _, v in sorted(h.items())): lr_of[t] for t, h in history.items()}
     seen = {}
     for run_id, lr in zip(runs["run_id"], runs["params.lr"]):
         values = [m.value for m in sorted(client.get_metric_history(run_id, "val_acc"), key=lambda m: m.step)]
         seen[tuple(round(v, 6) for v in values)] = float(lr)
-    assert sorted(seen) == sorted(tuple(round(v, 6) for _, v in sorted(h.items())) for h in history.values())
+    assert seen == pytest.approx(expected)  # each run: one trial's epochs, under that trial's config
 
 
 def wandb_history(path):
