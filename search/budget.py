@@ -50,7 +50,7 @@ class LowestSampler(optuna.samplers.BaseSampler):
 
 
 def check_space_fits(space: SpaceFn, budget: int, num_classes: int, fixed: dict[str, Any],
-                     draws: int = 64, seed: int = 0) -> float:
+                     draws: int = 64, seed: int = 0, in_channels: int = 3) -> float:
     """Raise UserError, before anything starts, if no config of the space fits the budget.
 
     Tries the space's smallest corner (`LowestSampler`) and `draws` configs from Optuna's
@@ -62,7 +62,7 @@ def check_space_fits(space: SpaceFn, budget: int, num_classes: int, fixed: dict[
     quiet = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per probe study is noise
     try:
-        counts = [_count_one(space, sampler, fixed, num_classes) for sampler in samplers]
+        counts = [_count_one(space, sampler, fixed, num_classes, in_channels) for sampler in samplers]
     finally:
         optuna.logging.set_verbosity(quiet)
     if min(counts) >= budget:
@@ -73,13 +73,14 @@ def check_space_fits(space: SpaceFn, budget: int, num_classes: int, fixed: dict[
     return sum(count < budget for count in counts[1:]) / draws
 
 
-def _count_one(space: SpaceFn, sampler: optuna.samplers.BaseSampler, fixed: dict[str, Any], num_classes: int) -> int:
+def _count_one(space: SpaceFn, sampler: optuna.samplers.BaseSampler, fixed: dict[str, Any], num_classes: int,
+               in_channels: int) -> int:
     trial = optuna.create_study(sampler=sampler).ask()
     try:
         config = validate_config(complete_config(space(trial), fixed))
     except ConfigError as exc:
         raise UserError(f"the search space produced a bad config: {exc}") from None
-    return count_params(config, num_classes)
+    return count_params(config, num_classes, in_channels)
 
 
 def startup_trials(feasible_share: float, launched: int = 10) -> int:

@@ -41,15 +41,15 @@ class Probe:
     threads: int = 1  # CPU threads of a CPU measurement (a trial's)
 
 
-def _measure(config: dict[str, Any], num_classes: int, image_size: int, device: str, threads: int,
-             isolated: bool) -> dict[str, Any]:
+def _measure(config: dict[str, Any], num_classes: int, image_size: int, in_channels: int, device: str,
+             threads: int, isolated: bool) -> dict[str, Any]:
     """The probe task's body: latency of `config` on this worker's `device`."""
     import torch
 
     from trainable.cost import measure_latency
 
     torch.set_num_threads(max(1, threads))
-    result = measure_latency(config, num_classes, "cuda:0" if device == "cuda" else "cpu", image_size)
+    result = measure_latency(config, num_classes, "cuda:0" if device == "cuda" else "cpu", image_size, in_channels)
     return {**result, "isolated": isolated}
 
 
@@ -57,9 +57,9 @@ class Costs:
     """params, MACs and (with a probe) latency of configs, per architecture."""
 
     def __init__(self, folder: str | Path, num_classes: int, image_size: int, objective: str | None = None,
-                 probe: Probe | None = None):
+                 probe: Probe | None = None, in_channels: int = 3):
         self.folder = Path(folder)
-        self.num_classes, self.image_size = num_classes, image_size
+        self.num_classes, self.image_size, self.in_channels = num_classes, image_size, in_channels
         self.objective = objective
         self.probe = probe
         self.measured: dict[str, dict[str, Any]] = read_latency(self.folder)
@@ -68,13 +68,15 @@ class Costs:
     def key(self, config: dict[str, Any]) -> str:
         """The architecture (and device type) a latency belongs to."""
         arch = architecture_of(with_defaults(config))
-        return json.dumps({**arch, "num_classes": self.num_classes, "image_size": self.image_size,
+        # Channels join the key only when not 3, so RGB keys stay those of earlier latency.json files.
+        channels = {"in_channels": self.in_channels} if self.in_channels != 3 else {}
+        return json.dumps({**arch, "num_classes": self.num_classes, "image_size": self.image_size, **channels,
                            "device": self.probe.device if self.probe else "cpu"}, sort_keys=True)
 
     def counts(self, config: dict[str, Any]) -> dict[str, int]:
         """Exact params and MACs (per image) of `config`."""
-        return {"params": count_params(config, self.num_classes),
-                "macs": count_macs(config, self.num_classes, self.image_size)}
+        return {"params": count_params(config, self.num_classes, self.in_channels),
+                "macs": count_macs(config, self.num_classes, self.image_size, self.in_channels)}
 
     def request_latency(self, config: dict[str, Any]) -> None:
         """Start measuring `config`'s latency, unless it is known or under way (no wait)."""
@@ -84,8 +86,8 @@ class Costs:
         import ray
 
         task = ray.remote(_measure).options(**self.probe.resources, max_retries=1)
-        self.pending[key] = task.remote(config, self.num_classes, self.image_size, self.probe.device,
-                                        self.probe.threads, self.probe.isolated)
+        self.pending[key] = task.remote(config, self.num_classes, self.image_size, self.in_channels,
+                                        self.probe.device, self.probe.threads, self.probe.isolated)
 
     def latency(self, config: dict[str, Any], wait: bool = True) -> dict[str, Any] | None:
         """`config`'s latency record; measured now if `wait` and not yet known, else None."""

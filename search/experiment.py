@@ -70,12 +70,12 @@ class TrialTable(Callback):
     """
 
     def __init__(self, folder: str | Path, gpus_per_trial: float, horizon: int, run_name: str = "run",
-                 deadline: float | None = None, num_classes: int = 10, costs: Any = None):
+                 deadline: float | None = None, num_classes: int = 10, costs: Any = None, in_channels: int = 3):
         self.folder = Path(folder)
         self.gpus_per_trial = gpus_per_trial
         self.horizon = horizon
         self.deadline = deadline  # time.time() at which --time-budget ends this driver run
-        self.num_classes = num_classes
+        self.num_classes, self.in_channels = num_classes, in_channels
         self.costs = costs  # `search.costs.Costs`: MACs and latency per row; with an objective, front.json
         self.versions = library_versions()
         self.rows: dict[str, dict[str, Any]] = {r["trial_id"]: dict(r) for r in read_trials(self.folder)}
@@ -182,7 +182,7 @@ class TrialTable(Callback):
         if number(row.get("params")) is None:  # written at its start, before its first result
             from trainable.model import count_params
 
-            figures["params"] = count_params(config_from_row(row), self.num_classes)
+            figures["params"] = count_params(config_from_row(row), self.num_classes, self.in_channels)
         changed = any(number(row.get(k)) != number(v) for k, v in figures.items())
         row.update(figures)
         return changed

@@ -5,7 +5,8 @@
 The input is the course's pickle (a dict with b'data' and b'ids', or the same keys as
 strings; data uint8 N x 32 x 32 x 3 in height-width-channel order, or N x 3072 in the
 original CIFAR layout: the red plane, then green, then blue), a folder of images, or a
-.npy array N x H x W x 3. The CSV has the header `ID,Labels` and one row per image in the
+.npy array N x H x W x 3. A grayscale model (FashionMNIST, a grayscale ImageFolder) reads
+N x H x W (or N x H x W x 1) arrays, N x H*W flat rows, and any image as its gray. The CSV has the header `ID,Labels` and one row per image in the
 input's order; labels are class indices in the model's class order (CIFAR-10: airplane=0
 ... truck=9). When the model's classes are not CIFAR-10's, the mapping is printed;
 `--classes` refuses a model whose classes differ from the list you expect.
@@ -31,16 +32,17 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
-def images_from_array(array: Any, what: str, size: Sequence[int] | None = None) -> torch.Tensor:
-    """N x H x W x 3 (transposed), or N x 3*H*W in CIFAR's planar layout (reshaped), to N x 3 x H x W."""
+def images_from_array(array: Any, what: str, size: Sequence[int] | None = None, channels: int = 3) -> torch.Tensor:
+    """N x H x W x C (transposed), or N x C*H*W in CIFAR's planar layout (reshaped), to N x C x H x W."""
     if isinstance(array, np.ndarray) and array.ndim == 2 and array.dtype == np.uint8:
         height, width = size or (32, 32)
-        if array.shape[1] != 3 * height * width:
-            raise UserError(f"{what} is N x {array.shape[1]}; a flat image must hold 3 x {height} x {width} = "
-                            f"{3 * height * width} values (red plane, green plane, blue plane)")
+        if array.shape[1] != channels * height * width:
+            planes = " (red plane, green plane, blue plane)" if channels == 3 else ""
+            raise UserError(f"{what} is N x {array.shape[1]}; a flat image must hold {channels} x {height} x {width} = "
+                            f"{channels * height * width} values{planes}")
         # Planar rows: the bytes already run channel by channel, so a reshape is the right move here.
-        return torch.from_numpy(np.ascontiguousarray(array.reshape(-1, 3, height, width)))
-    return images_from_hwc(array, what, size)
+        return torch.from_numpy(np.ascontiguousarray(array.reshape(-1, channels, height, width)))
+    return images_from_hwc(array, what, size, channels)
 
 
 def decode_id(value: Any) -> Any:
@@ -52,25 +54,30 @@ def decode_id(value: Any) -> Any:
     return str(value) if isinstance(value, np.str_) else value
 
 
-def images_from_hwc(array: Any, what: str, size: Sequence[int] | None = None) -> torch.Tensor:
-    """Check a uint8 N x H x W x 3 array and make it N x 3 x H x W by transposing axes.
+def images_from_hwc(array: Any, what: str, size: Sequence[int] | None = None, channels: int = 3) -> torch.Tensor:
+    """Check a uint8 N x H x W x C array (N x H x W for a grayscale model) and make it
+    N x C x H x W by transposing axes.
 
-    A reshape to (-1, 3, H, W) would keep the bytes in place and scramble every image.
+    A reshape to (-1, C, H, W) would keep the bytes in place and scramble every image.
     """
     if not isinstance(array, np.ndarray):
         raise UserError(f"{what} must be a numpy array, got {type(array).__name__}")
     if array.dtype != np.uint8:
         raise UserError(f"{what} must be uint8 pixels, got dtype {array.dtype}")
-    if array.ndim != 4 or array.shape[-1] != 3:
-        raise UserError(f"{what} must have shape N x H x W x 3 (height-width-channel), got {array.shape}")
+    if channels == 1 and array.ndim == 3:
+        array = array[..., None]
+    if array.ndim != 4 or array.shape[-1] != channels:
+        gray = " (or N x H x W)" if channels == 1 else ""
+        raise UserError(f"{what} must have shape N x H x W x {channels}{gray} (height-width-channel) for this "
+                        f"{'grayscale' if channels == 1 else 'colour'} model, got {array.shape}")
     if size is not None and tuple(array.shape[1:3]) != tuple(size):
         raise UserError(f"{what} holds {array.shape[1]}x{array.shape[2]} images; the model was trained on "
                         f"{size[0]}x{size[1]}")
     return torch.from_numpy(np.ascontiguousarray(array.transpose(0, 3, 1, 2)))
 
 
-def read_input(path: Path, size: Sequence[int] | None = None) -> tuple[torch.Tensor, list[Any]]:
-    """Images (N, 3, H, W) uint8 and their ids from a pickle, a .npy file or an image folder."""
+def read_input(path: Path, size: Sequence[int] | None = None, channels: int = 3) -> tuple[torch.Tensor, list[Any]]:
+    """Images (N, C, H, W) uint8 and their ids from a pickle, a .npy file or an image folder."""
     if path.is_dir():
         from PIL import Image
 
@@ -80,7 +87,7 @@ def read_input(path: Path, size: Sequence[int] | None = None) -> tuple[torch.Ten
         arrays = []
         for file in files:
             with Image.open(file) as image:
-                arrays.append(np.asarray(image.convert("RGB"), dtype=np.uint8))
+                arrays.append(np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.uint8))
         if len({a.shape for a in arrays}) > 1:
             raise UserError(f"images in {path} have mixed sizes; resize them to one size first")
         ids = [int(f.stem) if f.stem.isdigit() else f.stem for f in files]
@@ -90,7 +97,7 @@ def read_input(path: Path, size: Sequence[int] | None = None) -> tuple[torch.Ten
                 raise UserError(f"{seen[image_id]} and {file} would both get id {image_id!r}; ids must be unique, "
                                 "so rename one of them")
             seen[image_id] = file
-        return images_from_hwc(np.stack(arrays), f"images in {path}", size), ids
+        return images_from_hwc(np.stack(arrays), f"images in {path}", size, channels), ids
     if not path.is_file():
         raise UserError(f"input {path} does not exist")
     if path.suffix == ".npy":
@@ -98,7 +105,7 @@ def read_input(path: Path, size: Sequence[int] | None = None) -> tuple[torch.Ten
             array = np.load(path, allow_pickle=False)
         except ValueError as exc:
             raise UserError(f"{path} is not a plain .npy array: {exc}") from None
-        return images_from_hwc(array, str(path), size), list(range(len(array)))
+        return images_from_hwc(array, str(path), size, channels), list(range(len(array)))
     try:
         with open(path, "rb") as handle:
             data = pickle.load(handle, encoding="bytes")
@@ -112,7 +119,7 @@ def read_input(path: Path, size: Sequence[int] | None = None) -> tuple[torch.Ten
         if not found:
             raise UserError(f"{path} has no key b'{key}' (or '{key}'); expected b'data' and b'ids'")
         values[key] = data[found[0]]
-    images = images_from_array(values["data"], f"{path}['data']", size)
+    images = images_from_array(values["data"], f"{path}['data']", size, channels)
     ids = [decode_id(i) for i in list(values["ids"])]
     if len(ids) != len(images):
         raise UserError(f"{path} has {len(images)} images but {len(ids)} ids")
@@ -133,7 +140,7 @@ def load_model(folder: Path, use_ema: bool = False) -> tuple[torch.nn.Module, di
         raise UserError(f"{folder} has no {weights.name} ({hint})")
     config = validate_config(read_json(folder / "config.json", "config file"))  # a model folder is an entry point
     info = {**read_json(folder / "model.json", "model file"), "config": config}
-    model = build_model(config, info["num_classes"])
+    model = build_model(config, info["num_classes"], info.get("channels", 3))  # model.json files before channels: RGB
     try:
         state = load_checkpoint(weights)
     except (pickle.UnpicklingError, EOFError, RuntimeError) as exc:
@@ -153,7 +160,7 @@ def load_model(folder: Path, use_ema: bool = False) -> tuple[torch.nn.Module, di
 
 def predict_labels(folder: Path, images: torch.Tensor, tta: bool = False, use_ema: bool = False,
                    loaded: tuple[torch.nn.Module, dict[str, Any]] | None = None) -> torch.Tensor:
-    """Class indices for uint8 images (N, 3, H, W) from the model in `folder` (or `loaded`)."""
+    """Class indices for uint8 images (N, C, H, W) from the model in `folder` (or `loaded`)."""
     from trainable.augment import tta_views
     from trainable.loop import predict_logits
 
@@ -196,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if expected != classes:
             raise UserError(f"the model's classes are {','.join(classes)}, not the --classes {','.join(expected)}; "
                             "its labels would mean other classes")
-    images, ids = read_input(Path(args.input), info.get("image_size"))
+    images, ids = read_input(Path(args.input), info.get("image_size"), info.get("channels", 3))
     labels = predict_labels(folder, images, tta=args.tta, loaded=(model, info))
     write_submission(out, ids, labels.tolist())
     counts = np.bincount(labels.numpy(), minlength=info.get("num_classes", 0))

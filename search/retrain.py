@@ -200,11 +200,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = read_json(args.config, "config file")
         out = output_folder(args.out, args.experiment, args.config, args.front)
     config = validate_config({**config, "epochs": args.epochs, **overrides})
-    spec, num_classes = retrain_data(args, settings, config)
-    check_budget(config, num_classes, args.param_budget)
+    spec, num_classes, channels = retrain_data(args, settings, config)
+    check_budget(config, num_classes, args.param_budget, channels)
     if out.exists() and any(out.iterdir()) and not args.resume:
         raise UserError(f"{out} already holds a retrain; pass --resume to continue it, or another --out")
-    result = run_retrain(config, spec, out, args, num_classes)
+    result = run_retrain(config, spec, out, args, num_classes, channels)
     if trackers:
         from search.tracking import log_retrain
 
@@ -228,26 +228,29 @@ def output_folder(out: str | None, experiment: str | None, config: str | None, f
     return Path(str(config)).with_suffix("") / "final"
 
 
-def retrain_data(args: Any, settings: dict[str, Any], config: dict[str, Any]) -> tuple[DataSpec, int]:
+def retrain_data(args: Any, settings: dict[str, Any], config: dict[str, Any]) -> tuple[DataSpec, int, int]:
     """The retrain's data (train + val together, no hold-out; one split seed for every seed, so
-    with --subset they all train on the same images), loaded once to fail early."""
+    with --subset they all train on the same images), loaded once to fail early: the spec,
+    its class count and its channel count."""
     spec = DataSpec(args.dataset or settings.get("dataset", "cifar10"), args.data_dir or settings.get("data_dir"),
                     val_fraction=0.0, split_seed=config["seed"], subset=args.subset)
-    return spec, spec.load(download=True).num_classes
+    dataset = spec.load(download=True)
+    return spec, dataset.num_classes, dataset.channels
 
 
-def check_budget(config: dict[str, Any], num_classes: int, budget: int) -> int:
-    params = count_params(config, num_classes)
+def check_budget(config: dict[str, Any], num_classes: int, budget: int, in_channels: int = 3) -> int:
+    params = count_params(config, num_classes, in_channels)
     if params >= budget:
         raise UserError(f"the config has {params:,} trainable params, not under --param-budget {budget:,}")
     return params
 
 
-def run_retrain(config: dict[str, Any], spec: DataSpec, out: Path, args: Any, num_classes: int) -> dict[str, Any]:
+def run_retrain(config: dict[str, Any], spec: DataSpec, out: Path, args: Any, num_classes: int,
+                in_channels: int = 3) -> dict[str, Any]:
     """Retrain `config` as the flags say, printing each epoch and the test figures."""
     import torch
 
-    params = count_params(config, num_classes)
+    params = count_params(config, num_classes, in_channels)
     parallel = args.seeds > 1 and torch.cuda.device_count() > 1
     print(f"retraining {params:,}-param config for {config['epochs']} epochs x {args.seeds} seed(s) on "
           f"{spec.dataset} (train + val) -> {out}" + (" in parallel as Ray tasks" if parallel else ""), flush=True)
@@ -291,9 +294,9 @@ def retrain_front(folder: Path, args: Any, overrides: dict[str, Any]) -> int:
     if out.exists() and any(out.iterdir()) and not args.resume:
         raise UserError(f"{out} already holds a front retrain; pass --resume to continue it, or another --out")
     configs = [validate_config({**m["config"], "epochs": args.epochs, **overrides}) for m in members]
-    spec, num_classes = retrain_data(args, settings, configs[0])
+    spec, num_classes, channels = retrain_data(args, settings, configs[0])
     for config in configs:
-        check_budget(config, num_classes, args.param_budget)
+        check_budget(config, num_classes, args.param_budget, channels)
     print(f"retraining the {len(members)} members of {folder.name}'s Pareto front -> {out}", flush=True)
     rows = []
     for number, (member, config) in enumerate(zip(members, configs), start=1):
@@ -301,7 +304,10 @@ def retrain_front(folder: Path, args: Any, overrides: dict[str, Any]) -> int:
         print(f"\n[{number}/{len(members)}] trial {member['trial_id']}: search val_acc {member['val_acc']:.4f}",
               flush=True)
         done = target / "metrics.json"
-        result = read_json(done, "metrics") if done.is_file() else run_retrain(config, spec, target, args, num_classes)
+        if done.is_file():
+            result = read_json(done, "metrics")
+        else:
+            result = run_retrain(config, spec, target, args, num_classes, channels)
         rows.append({"trial_id": member["trial_id"], "params": member.get("params"), "macs": member.get("macs"),
                      "latency_ms": member.get("latency_ms"), "search_val_acc": member["val_acc"],
                      "search_epoch": member.get("epoch"), "epochs": config["epochs"],

@@ -30,7 +30,7 @@ import numpy as np
 from search.records import OBJECTIVES
 from trainable.cli import ArgumentParser, run_main
 from trainable.config import parse_overrides
-from trainable.data import DATASETS, DataSpec, TrainArrays
+from trainable.data import DATA_DIR_HELP, DATASETS, DataSpec, TrainArrays
 from trainable.errors import UserError
 
 
@@ -357,14 +357,18 @@ def latency_probe(s: SearchSettings, resources: Resources) -> Resources:
 
 
 def load_search_data(s: SearchSettings) -> tuple[TrainArrays, int]:
-    """Load the dataset once, on the driver: (training arrays for the trials, number of classes)."""
+    """Load the dataset once, on the driver: (training arrays for the trials, number of classes).
+
+    The arrays' shape, (N, channels, height, width), gives the rest of what the exact
+    counts need."""
     if s.data_dir and not Path(s.data_dir).exists():
         raise UserError(f"--data-dir {s.data_dir} does not exist")
     dataset = s.data_spec.load(download=True)  # fails here, once, not in every trial
     return TrainArrays.of(dataset), dataset.num_classes
 
 
-def build_searcher(s: SearchSettings, num_classes: int, costs: "Costs | None" = None) -> "BudgetedOptunaSearch":
+def build_searcher(s: SearchSettings, num_classes: int, costs: "Costs | None" = None,
+                   in_channels: int = 3) -> "BudgetedOptunaSearch":
     """The searcher over this experiment's Optuna study: created, or reloaded to resume."""
     import optuna
 
@@ -376,7 +380,7 @@ def build_searcher(s: SearchSettings, num_classes: int, costs: "Costs | None" = 
     fixed = {**s.overrides, "epochs": s.max_epochs, "seed": s.seed}
     # The built-in space leaves fixed keys out of the search; a user's space is overridden.
     space, warm = load_space(s.space) if s.space else (functools.partial(default_space, fixed=fixed), WARM_START)
-    feasible = check_space_fits(space, s.param_budget, num_classes, fixed, seed=s.seed)
+    feasible = check_space_fits(space, s.param_budget, num_classes, fixed, seed=s.seed, in_channels=in_channels)
     startup = startup_trials(feasible) if s.sampler == "tpe" else None
     sampler = (optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=startup)
                if startup else optuna.samplers.RandomSampler(seed=s.seed))
@@ -386,7 +390,7 @@ def build_searcher(s: SearchSettings, num_classes: int, costs: "Costs | None" = 
     study = optuna.create_study(study_name=s.study or s.name, storage=storage, sampler=sampler,
                                 directions=directions, load_if_exists=True)
     searcher = BudgetedOptunaSearch(study, storage, space, s.param_budget, num_classes, fixed, s.max_epochs,
-                                    startup=startup, costs=costs)
+                                    startup=startup, costs=costs, in_channels=in_channels)
     if s.resume:
         queued, fixed = searcher.continue_interrupted(read_trials(s.folder))
         fix_rows(s.folder, fixed)
@@ -492,8 +496,9 @@ def run_search(s: SearchSettings, trial_cls: type | None = None) -> SearchOutcom
         if resources.probe is not None and not resources.probe.isolated:
             print(f"note: latency is measured beside the trials ({'one GPU' if resources.gpus else 'one CPU slot'}): "
                   "its figures are marked not isolated", flush=True)
-        costs = Costs(s.folder, num_classes, int(data.images.shape[-1]), s.minimize, resources.probe)
-        searcher = build_searcher(s, num_classes, costs)
+        channels, size = int(data.images.shape[1]), int(data.images.shape[-1])
+        costs = Costs(s.folder, num_classes, size, s.minimize, resources.probe, in_channels=channels)
+        searcher = build_searcher(s, num_classes, costs, in_channels=channels)
         if not s.resume:
             saved = {k: v for k, v in asdict(s).items() if k not in ("extra", "resume")}
             warm = getattr(searcher, "warm", None)
@@ -509,7 +514,8 @@ def run_search(s: SearchSettings, trial_cls: type | None = None) -> SearchOutcom
         start = time.time()
         budget = parse_duration(s.time_budget) if s.time_budget else None
         table = TrialTable(s.folder, resources.gpus_per_trial, s.max_epochs, time.strftime("run-%Y%m%d-%H%M%S"),
-                           deadline=start + budget if budget else None, num_classes=num_classes, costs=costs)
+                           deadline=start + budget if budget else None, num_classes=num_classes, costs=costs,
+                           in_channels=channels)
         if remaining:
             build_tuner(s, searcher, trainable, resources, remaining, table, costs).fit()
         wall = time.time() - start
@@ -566,7 +572,7 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--scheduler", choices=SCHEDULERS, help=f"trial scheduler (default {d.scheduler}; fifo runs every trial to the end)")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", help=f"one of {', '.join(DATASETS)} (default {d.dataset})")
-    g.add_argument("--data-dir", help="CIFAR-10 download folder, or ImageFolder root with train/ and test/")
+    g.add_argument("--data-dir", help=DATA_DIR_HELP)
     g.add_argument("--val-fraction", type=float, help=f"share of train held out to rank trials (default {d.val_fraction})")
     g.add_argument("--subset", type=int, help="use only this many training images (quick runs)")
     g = p.add_argument_group("resources")

@@ -78,7 +78,7 @@ class BudgetedOptunaSearch(Searcher):
 
     def __init__(self, study: optuna.Study, storage: optuna.storages.BaseStorage, space: SpaceFn, budget: int,
                  num_classes: int, fixed: dict[str, Any], horizon: int, metric: str = "val_acc", mode: str = "max",
-                 startup: int | None = None, costs: Costs | None = None):
+                 startup: int | None = None, costs: Costs | None = None, in_channels: int = 3):
         super().__init__(metric=metric, mode=mode)
         self.costs = costs  # records MACs (and latency) per trial; the second objective with --minimize
         self.multi = len(study.directions) > 1
@@ -87,7 +87,7 @@ class BudgetedOptunaSearch(Searcher):
         self.storage = storage  # the one `study` was created with: trials are looked up by number there
         self.space = space
         self.budget = budget
-        self.num_classes = num_classes
+        self.num_classes, self.in_channels = num_classes, in_channels  # what the exact count needs of the data
         self.fixed = fixed
         self.horizon = horizon
         self.numbers: dict[str, int] = {}  # Ray trial id -> Optuna trial number
@@ -117,7 +117,7 @@ class BudgetedOptunaSearch(Searcher):
             trial = self.study.ask()
             trial.set_user_attr("proposed_by", proposer)
             config = self._config(trial)
-            params = count_params(config, self.num_classes)
+            params = count_params(config, self.num_classes, self.in_channels)
             trial.set_constraint(CONSTRAINT, over_budget(params, self.budget))
             trial.set_user_attr("params", params)
             if params < self.budget:

@@ -138,3 +138,30 @@ def test_augment_cli_writes_a_grid(tmp_path, cli):
         assert image.size[0] > 8 * 32 and image.format == "PNG"
     code, _, err = cli(main, ["--config", config, "--dataset", "synthetic", "--out", tmp_path / "grid.jpg"])
     assert code == 2 and err.startswith("error:")
+
+
+def test_pixel_sizes_and_policy_translations_scale_with_the_image(tiny_config):
+    # A config's crop padding and cutout are for 32 px: a 64 px, one-channel set gets twice
+    # as much, the policy's translations reach as far relative to the image, and the crops
+    # a training step makes really shift by up to 8 pixels, not 4.
+    from trainable.data import Dataset, to_device
+    from trainable.loop import Trainer
+    from trainable.policy import OP
+
+    side = 64
+    rows = torch.arange(side).view(1, 1, side, 1).expand(400, 1, side, side)
+    images = (rows * 4).to(torch.uint8).contiguous()  # each row's value names the row
+    labels = torch.arange(400) % 2
+    data = to_device(Dataset(images, labels, images[:4], labels[:4], ["a", "b"]), "cpu", val_fraction=0.0)
+    config = {**tiny_config, "crop_padding": 4, "cutout": 8, "flip": False, "augment_policy": "trivialaugment"}
+    trainer = Trainer(config, data)
+    settings = trainer.augmentation
+    assert (settings["crop_padding"], settings["cutout_size"]) == (8, 16)
+    assert settings["policy"].image_size == (side, side)
+    table = settings["policy"].constants(torch.device("cpu"))["table"]
+    assert table[OP["translate_x"]].max() == side  # TrivialAugmentWide's 32 px at 32 px
+    assert trainer.model.stem[0].in_channels == 1
+    crop = {**settings, "policy": None, "cutout_size": 0}
+    out = augment_batch(data.train_x, torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1), generator=gen(0), **crop)
+    shifts = (out[:, 0, side // 2, 0] / 4 - side // 2).long()  # the centre row's source row, minus the centre
+    assert shifts.abs().max() == 8 and set(shifts.tolist()) == set(range(-8, 9))

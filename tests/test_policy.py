@@ -38,18 +38,29 @@ def reference(image: torch.Tensor, name: str, m: float) -> torch.Tensor:
     return {"autocontrast": TF.autocontrast, "equalize": TF.equalize, "invert": TF.invert}[name](image)
 
 
-@pytest.fixture(scope="module")
-def images():
+def smooth_images(channels: int = 3, size: tuple[int, int] = (32, 32)) -> torch.Tensor:
     # Smooth images with structure (upsampled noise), so blur, equalize and shifts all matter.
     generator = torch.Generator().manual_seed(0)
-    coarse = torch.randint(0, 256, (24, 3, 8, 8), generator=generator).float()
-    return torch.nn.functional.interpolate(coarse, size=32, mode="bilinear").round().clamp(0, 255).to(torch.uint8)
+    coarse = torch.randint(0, 256, (24, channels, 8, 8), generator=generator).float()
+    return torch.nn.functional.interpolate(coarse, size=size, mode="bilinear").round().clamp(0, 255).to(torch.uint8)
 
 
+@pytest.fixture(scope="module")
+def images():
+    return smooth_images()
+
+
+# CIFAR-10's images, a grayscale set's (one channel, 28 px) and colour images that are not square.
+KINDS = {"rgb 32": (3, (32, 32)), "gray 28": (1, (28, 28)), "rgb 24x40": (3, (24, 40))}
+
+
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("name", OPS)
-def test_each_op_matches_torchvision_image_by_image(images, name):
-    # Every magnitude bin of every policy that uses the op, both signs, a different one per image.
-    levels = torch.cat([magnitude_table(p)[OP[name]] for p in ("trivialaugment", "randaugment", "autoaugment")])
+def test_each_op_matches_torchvision_image_by_image(name, kind):
+    channels, size = KINDS[kind]
+    images = smooth_images(channels, size)
+    # Every magnitude bin of every policy that uses the op at this size, both signs, a different one per image.
+    levels = torch.cat([magnitude_table(p, size)[OP[name]] for p in ("trivialaugment", "randaugment", "autoaugment")])
     if name in ("posterize",):
         levels = levels.clamp(0, 8)
     signs = torch.tensor([1.0, -1.0]) if name in ("shear_x", "shear_y", "translate_x", "translate_y", "rotate",
@@ -110,11 +121,15 @@ def test_policy_keeps_shape_dtype_and_is_seeded(images):
     assert not torch.equal(a, policy(images, torch.Generator().manual_seed(6)))
 
 
-def test_the_gpu_path_and_the_cpu_path_agree(images):
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_gpu_path_and_the_cpu_path_agree(kind):
     # The GPU's whole-batch-and-select path, run here on the CPU, against the CPU's grouped one.
+    channels, size = KINDS[kind]
+    images = smooth_images(channels, size)
     generator = torch.Generator().manual_seed(3)
     for policy in ("trivialaugment", "autoaugment"):
-        for op, magnitude, theta in PolicyAugment(policy).draw(len(images), generator, torch.device("cpu")):
+        draws = PolicyAugment(policy, image_size=size).draw(len(images), generator, torch.device("cpu"))
+        for op, magnitude, theta in draws:
             expected = apply_ops(images, op, magnitude, grouped=True)
             assert torch.equal(expected, apply_ops(images, op, magnitude, grouped=False))
             # The affine matrices from the policy's table are the ones computed from the magnitudes.

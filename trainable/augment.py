@@ -8,6 +8,10 @@ several trials share one card. Here a whole batch is augmented with a handful of
   no padded copy is ever made and the data stays uint8 until the crop is done;
 - normalisation happens after the crop, on the smaller tensor;
 - cutout zeroes a per-image square of the normalised batch (zero is the mean colour).
+
+A config's pixel sizes (crop padding, cutout) are those of a 32x32 image, the size the
+recipes were tuned on; on other sizes they scale with the shorter side (`scaled`), as the
+policies' translations do (`trainable.policy.magnitude_table`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,32 @@ def make_mixer(config: dict[str, Any], num_classes: int) -> Callable[..., Any] |
     if not mixers:
         return None
     return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
+
+
+REFERENCE_SIZE = 32  # the image side a config's pixel sizes are given for
+
+
+def scaled(pixels: int, side: int) -> int:
+    """A config's pixel size (for a 32-pixel side) at `side` pixels.
+
+    >>> scaled(4, 32), scaled(4, 64), scaled(4, 28), scaled(8, 96), scaled(0, 64)
+    (4, 8, 4, 24, 0)
+    """
+    return int(round(pixels * side / REFERENCE_SIZE))
+
+
+def batch_augmentation(config: dict[str, Any], height: int, width: int) -> dict[str, Any]:
+    """`augment_batch`'s keyword arguments for a (defaulted) config on height x width images:
+    crop padding and cutout scaled from 32 px, the policy built for the size (or None)."""
+    from trainable.policy import PolicyAugment
+
+    side = min(height, width)
+    policy = None
+    if config["augment_policy"] != "none":
+        policy = PolicyAugment(config["augment_policy"], config["randaugment_n"], config["randaugment_m"],
+                               (height, width))
+    return {"crop_padding": scaled(config["crop_padding"], side), "flip": config["flip"],
+            "cutout_size": scaled(config["cutout"], side), "policy": policy}
 
 
 def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
@@ -146,20 +176,16 @@ def augment_batch(
 
 def augmentation_grid(config: dict, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
                       num_classes: int, seed: int = 0) -> torch.Tensor:
-    """Each image beside what a training step of `config` makes of it: (2N, 3, H, W) uint8.
+    """Each image beside what a training step of `config` makes of it: (2N, C, H, W) uint8.
 
     The trial's own path: crop + flip, policy, normalise, cutout, then MixUp/CutMix if the
     config mixes (shown on every batch here), and back to pixels for the eye.
     """
     from trainable.config import with_defaults
-    from trainable.policy import PolicyAugment
 
     cfg = with_defaults(config)
     generator = torch.Generator(device=images.device).manual_seed(seed)
-    policy = (PolicyAugment(cfg["augment_policy"], cfg["randaugment_n"], cfg["randaugment_m"], images.shape[-1])
-              if cfg["augment_policy"] != "none" else None)
-    out = augment_batch(images, mean, std, crop_padding=cfg["crop_padding"], flip=cfg["flip"],
-                        cutout_size=cfg["cutout"], policy=policy, generator=generator)
+    out = augment_batch(images, mean, std, generator=generator, **batch_augmentation(cfg, *images.shape[-2:]))
     mixer = make_mixer(cfg, num_classes)
     if mixer is not None:
         torch.manual_seed(seed)
@@ -176,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from trainable.cli import ArgumentParser, read_json
     from trainable.config import validate_config
-    from trainable.data import DATASETS, DataSpec, channel_stats
+    from trainable.data import DATA_DIR_HELP, DATASETS, DataSpec, channel_stats
     from trainable.errors import UserError
 
     parser = ArgumentParser(prog="python -m trainable.augment",
@@ -184,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                                         "each original beside its augmented version.")
     parser.add_argument("--config", required=True, help="JSON file with the config dict")
     parser.add_argument("--dataset", choices=DATASETS, default="cifar10", help="data source (default cifar10)")
-    parser.add_argument("--data-dir", help="CIFAR-10 download folder or ImageFolder root with train/ and test/")
+    parser.add_argument("--data-dir", help=DATA_DIR_HELP)
     parser.add_argument("--out", required=True, help="PNG file to write")
     parser.add_argument("--count", type=int, default=32, help="training images to show (default 32)")
     parser.add_argument("--seed", type=int, default=0, help="which images and which augmentation draws (default 0)")

@@ -29,18 +29,18 @@ LATENCY_BATCHES = (1, 256)
 
 
 @functools.lru_cache(maxsize=4096)
-def _macs_cached(arch_json: str, num_classes: int, image_size: int) -> int:
+def _macs_cached(arch_json: str, num_classes: int, image_size: int, in_channels: int) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device("meta"):
-        model = ResNet(num_classes=num_classes, **json.loads(arch_json)).eval()
-        x = torch.zeros(1, 3, image_size, image_size)
+        model = ResNet(num_classes=num_classes, in_channels=in_channels, **json.loads(arch_json)).eval()
+        x = torch.zeros(1, in_channels, image_size, image_size)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(x)
     return counter.get_total_flops() // 2
 
 
-def count_macs(config: dict[str, Any], num_classes: int = 10, image_size: int = 32) -> int:
+def count_macs(config: dict[str, Any], num_classes: int = 10, image_size: int = 32, in_channels: int = 3) -> int:
     """Multiply-accumulates of one forward pass of one image, exact and without weights.
 
     A 3x3 stem 3->8 at 4x4 (3*8*9*16), one block of two 3x3 convs 8->8 (2*8*8*9*16) and the
@@ -52,7 +52,7 @@ def count_macs(config: dict[str, Any], num_classes: int = 10, image_size: int = 
     21968
     """
     arch = json.dumps(architecture_of(with_defaults(config)), sort_keys=True)
-    return _macs_cached(arch, num_classes, image_size)
+    return _macs_cached(arch, num_classes, image_size, in_channels)
 
 
 def _timed_runs(model: torch.nn.Module, x: torch.Tensor, warmup: int, repeats: int, max_seconds: float) -> list[float]:
@@ -75,7 +75,7 @@ def _timed_runs(model: torch.nn.Module, x: torch.Tensor, warmup: int, repeats: i
 
 
 def measure_latency(config: dict[str, Any], num_classes: int, device: str | torch.device, image_size: int = 32,
-                    warmup: int = 5, repeats: int = 30, max_seconds: float = 5.0,
+                    in_channels: int = 3, warmup: int = 5, repeats: int = 30, max_seconds: float = 5.0,
                     batches: tuple[int, ...] = LATENCY_BATCHES) -> dict[str, Any]:
     """Median and interquartile range (ms) of a forward pass at each of `batches`, on `device`.
 
@@ -85,13 +85,14 @@ def measure_latency(config: dict[str, Any], num_classes: int, device: str | torc
     """
     device = torch.device(device)
     torch.manual_seed(0)
-    model = ResNet(num_classes=num_classes, **architecture_of(with_defaults(config))).to(device).eval()
+    model = ResNet(num_classes=num_classes, in_channels=in_channels,
+                   **architecture_of(with_defaults(config))).to(device).eval()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         model = model.to(memory_format=torch.channels_last)
     result: dict[str, Any] = {"device": device_name(device), "threads": torch.get_num_threads()}
     for batch in batches:
-        x = torch.randn(batch, 3, image_size, image_size, device=device)
+        x = torch.randn(batch, in_channels, image_size, image_size, device=device)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         times = sorted(t * 1000 for t in _timed_runs(model, x, warmup, repeats, max_seconds))

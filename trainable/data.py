@@ -1,8 +1,11 @@
-"""Datasets as uint8 tensors: CIFAR-10, any ImageFolder, and a learnable synthetic set.
+"""Datasets as uint8 tensors: CIFAR-10/100, SVHN, FashionMNIST, any ImageFolder, and a
+learnable synthetic set.
 
-A dataset is decoded once into uint8 arrays (ImageFolder decodes are cached on disk), split
-into train/val by a stratified, seeded draw, and moved whole to the training device, where
-`trainable.augment` crops, flips and normalises whole batches. Nothing here runs per batch.
+A dataset is decoded once into uint8 arrays (N, C, H, W) (ImageFolder decodes are cached
+on disk), split into train/val by a stratified, seeded draw, and moved whole to the
+training device, where `trainable.augment` crops, flips and normalises whole batches.
+Nothing here runs per batch. Class count, channel count (1 for grayscale), image size and
+the normalisation all come from the data: nothing downstream assumes CIFAR-10's.
 """
 
 from __future__ import annotations
@@ -12,20 +15,30 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from trainable.errors import DataError
 
-DATASETS = ("cifar10", "imagefolder", "synthetic")
+# The sets torchvision downloads: its class, how its split is named, the layout of its
+# arrays, and what a user copies into --data-dir where there is no internet.
+TORCHVISION_SETS = {
+    "cifar10": ("CIFAR10", "train", "hwc", "cifar-10-batches-py/"),
+    "cifar100": ("CIFAR100", "train", "hwc", "cifar-100-python/"),
+    "svhn": ("SVHN", "split", "chw", "train_32x32.mat and test_32x32.mat"),
+    "fashionmnist": ("FashionMNIST", "train", "hw", "FashionMNIST/raw/"),
+}
+DATASETS = (*TORCHVISION_SETS, "imagefolder", "synthetic")
+DATA_DIR_HELP = ("where cifar10/cifar100/svhn/fashionmnist are (downloaded on first use; default ./data), "
+                 "or the ImageFolder root with train/<class>/ and test/<class>/")
 CACHE_ENV = "BUDGETNAS_CACHE"
 
 
 @dataclass
 class Dataset:
-    """A whole dataset in memory: images uint8 (N, 3, H, W), labels int64 (N,)."""
+    """A whole dataset in memory: images uint8 (N, C, H, W), labels int64 (N,)."""
 
     train_images: torch.Tensor
     train_labels: torch.Tensor
@@ -37,6 +50,11 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def channels(self) -> int:
+        """3 for colour images, 1 for grayscale: what the model's stem reads."""
+        return int(self.train_images.shape[1])
+
 
 def _from_hwc(images: np.ndarray, labels: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     # Channel-first by transposing axes (a reshape would scramble every image).
@@ -44,29 +62,68 @@ def _from_hwc(images: np.ndarray, labels: Sequence[int]) -> tuple[torch.Tensor, 
     return x, torch.as_tensor(np.asarray(labels), dtype=torch.int64)
 
 
-# ----------------------------------------------------------------------------- CIFAR-10
-def load_cifar10(data_dir: str | Path, download: bool = True) -> Dataset:
-    """CIFAR-10 through torchvision, downloaded into `data_dir` when missing and allowed."""
+# ----------------------------------------------------------------------------- torchvision's sets
+def _channels_first(images: Any, layout: str) -> np.ndarray:
+    """A torchvision set's image array as uint8 (N, C, H, W): transposed from (N, H, W, C),
+    given a channel axis when grayscale (N, H, W), kept when already (N, C, H, W)."""
+    array = np.asarray(images, dtype=np.uint8)
+    if layout == "hwc":
+        array = array.transpose(0, 3, 1, 2)
+    elif layout == "hw":
+        array = array[:, None]
+    return np.ascontiguousarray(array)
+
+
+def _torchvision_split(name: str, root: Path, train: bool, download: bool) -> Any:
+    """One split of a torchvision set: read from `root` when there, downloaded only when not.
+
+    Trying without download first means a folder that holds the set never touches the
+    network (torchvision's SVHN would otherwise fetch its .mat files again to check them).
+    """
     import torchvision
 
-    root = Path(data_dir)
+    cls_name, split_key, _, files = TORCHVISION_SETS[name]
+    cls = getattr(torchvision.datasets, cls_name)
+    split = {"split": "train" if train else "test"} if split_key == "split" else {"train": train}
+    label = cls_name.replace("CIFAR", "CIFAR-")
+
+    def read(download: bool) -> Any:
+        try:
+            return cls(str(root), download=download, **split)
+        except ImportError as exc:  # SVHN reads .mat files with scipy
+            raise DataError(f"--dataset {name} needs {exc.name or 'scipy'}: pip install scipy "
+                            "(or pip install -e '.[datasets]')") from None
+
     try:
-        train = torchvision.datasets.CIFAR10(str(root), train=True, download=download)
-        test = torchvision.datasets.CIFAR10(str(root), train=False, download=download)
-    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted."
-        raise DataError(
-            f"CIFAR-10 is not in {root} ({exc}); run once with internet access to download it, "
-            "or pass --dataset imagefolder --data-dir DIR with train/<class>/ and test/<class>/ images"
-        ) from None
-    except OSError as exc:  # no network: URLError and socket errors are OSErrors
-        raise DataError(
-            f"CIFAR-10 is not in {root} and could not be downloaded ({exc.__class__.__name__}); "
-            "download it where there is internet and copy cifar-10-batches-py/ into that folder, "
-            "or pass --dataset imagefolder --data-dir DIR"
-        ) from None
-    train_x, train_y = _from_hwc(train.data, train.targets)
-    test_x, test_y = _from_hwc(test.data, test.targets)
-    return Dataset(train_x, train_y, test_x, test_y, list(train.classes))
+        return read(download=False)
+    except RuntimeError as missing:  # torchvision: "Dataset not found or corrupted."
+        if not download:
+            raise DataError(f"{label} is not in {root} ({missing}); run once with internet access to "
+                            f"download it, or pass --dataset imagefolder --data-dir DIR with train/<class>/ "
+                            "and test/<class>/ images") from None
+    try:
+        return read(download=True)
+    except (OSError, RuntimeError) as exc:  # no network: URLError, socket errors; MNIST's mirrors all failed
+        reason = str(exc).splitlines()[0][:120] if str(exc) else exc.__class__.__name__
+        raise DataError(f"{label} is not in {root} and could not be downloaded ({reason}); download it where "
+                        f"there is internet and copy {files} into {root}, or pass --dataset imagefolder "
+                        "--data-dir DIR") from None
+
+
+def load_torchvision(name: str, data_dir: str | Path, download: bool = True) -> Dataset:
+    """CIFAR-10, CIFAR-100 (its 100 fine classes), SVHN (train and test; the extra split is
+    not used) or FashionMNIST through `torchvision.datasets`, downloaded into `data_dir` on
+    first use when allowed. FashionMNIST stays one channel."""
+    _, _, layout, _ = TORCHVISION_SETS[name]
+    root = Path(data_dir)
+    splits = [_torchvision_split(name, root, train, download) for train in (True, False)]
+    arrays = []
+    for split in splits:
+        labels = split.labels if name == "svhn" else split.targets  # SVHN's digit 0 is label 0 (torchvision maps 10)
+        arrays += [torch.from_numpy(_channels_first(split.data, layout)),
+                   torch.as_tensor(np.asarray(labels), dtype=torch.int64)]
+    classes = [str(digit) for digit in range(10)] if name == "svhn" else list(splits[0].classes)
+    return Dataset(*arrays, classes)
 
 
 # ----------------------------------------------------------------------------- ImageFolder
@@ -84,14 +141,26 @@ def _folder_fingerprint(root: Path) -> str:
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
 
 
+GRAY_MODES = ("1", "L", "LA")  # PIL modes of grayscale images (alpha dropped)
+
+
 def _decode(path: str) -> np.ndarray:
+    """An image as uint8 (H, W) when grayscale, else (H, W, 3)."""
     from PIL import Image
 
     with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+        return np.asarray(image.convert("L" if image.mode in GRAY_MODES else "RGB"), dtype=np.uint8)
 
 
-def _decode_split(root: Path) -> tuple[np.ndarray, list[int], list[str]]:
+def _stack(images: list[np.ndarray], colour: bool) -> np.ndarray:
+    """Decoded images as one (N, H, W, C) array: C = 1 for an all-grayscale set, else 3
+    (grayscale images among colour ones get their gray in all three channels)."""
+    if colour:
+        return np.stack([image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2) for image in images])
+    return np.stack(images)[..., None]
+
+
+def _decode_split(root: Path) -> tuple[list[np.ndarray], list[int], list[str]]:
     import torchvision
 
     try:
@@ -101,19 +170,22 @@ def _decode_split(root: Path) -> tuple[np.ndarray, list[int], list[str]]:
     paths = [path for path, _ in folder.samples]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         images = list(pool.map(_decode, paths))
-    shapes = {image.shape for image in images}
+    shapes = {image.shape[:2] for image in images}
     if len(shapes) > 1:
-        first = images[0].shape
-        odd = next(p for p, im in zip(paths, images) if im.shape != first)
+        first = images[0].shape[:2]
+        odd = next(p for p, im in zip(paths, images) if im.shape[:2] != first)
         raise DataError(
             f"images in {root} have mixed sizes ({', '.join(sorted(f'{s[1]}x{s[0]}' for s in shapes))}), "
             f"e.g. {odd}; resize them to one size first"
         )
-    return np.stack(images), [label for _, label in folder.samples], list(folder.classes)
+    return images, [label for _, label in folder.samples], list(folder.classes)
 
 
 def load_imagefolder(data_dir: str | Path) -> Dataset:
-    """Images in `data_dir/train/<class>/*` and `data_dir/test/<class>/*`, decoded once and cached."""
+    """Images in `data_dir/train/<class>/*` and `data_dir/test/<class>/*`, decoded once and cached.
+
+    Any one size (32 px, 64 px, not square); a set whose images are all grayscale stays one
+    channel."""
     root = Path(data_dir)
     if not root.is_dir():
         raise DataError(f"data directory {root} does not exist")
@@ -123,7 +195,8 @@ def load_imagefolder(data_dir: str | Path) -> Dataset:
             f"{root} is not an ImageFolder dataset: it has no {' or '.join(m + '/' for m in missing)} "
             "folder (expected train/<class>/*.jpg and test/<class>/*.jpg)"
         )
-    cache = _cache_dir() / f"imagefolder-{_folder_fingerprint(root)}.npz"
+    # v2: grayscale sets are cached one channel (v1 files hold them as RGB).
+    cache = _cache_dir() / f"imagefolder-v2-{_folder_fingerprint(root)}.npz"
     if cache.is_file():
         try:
             with np.load(cache) as saved:
@@ -136,14 +209,15 @@ def load_imagefolder(data_dir: str | Path) -> Dataset:
                 )
         except (OSError, KeyError, ValueError):
             pass  # a torn or old cache file: decode again and overwrite it
-    train_hwc, train_labels, classes = _decode_split(root / "train")
-    test_hwc, test_labels, test_classes = _decode_split(root / "test")
+    train_images, train_labels, classes = _decode_split(root / "train")
+    test_images, test_labels, test_classes = _decode_split(root / "test")
     if test_classes != classes:
         raise DataError(f"train/ and test/ in {root} hold different class folders")
-    if train_hwc.shape[1:] != test_hwc.shape[1:]:
+    if train_images[0].shape[:2] != test_images[0].shape[:2]:
         raise DataError(f"train/ and test/ images in {root} have different sizes")
-    train_x, train_y = _from_hwc(train_hwc, train_labels)
-    test_x, test_y = _from_hwc(test_hwc, test_labels)
+    colour = any(image.ndim == 3 for image in train_images + test_images)
+    train_x, train_y = _from_hwc(_stack(train_images, colour), train_labels)
+    test_x, test_y = _from_hwc(_stack(test_images, colour), test_labels)
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")
@@ -183,9 +257,9 @@ def make_synthetic(
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, download: bool = True) -> Dataset:
-    """Load `cifar10`, `imagefolder` or `synthetic` as uint8 tensors."""
-    if name == "cifar10":
-        return load_cifar10(data_dir or "./data", download=download)
+    """Load one of `DATASETS` as uint8 tensors (torchvision's sets into `data_dir`, default ./data)."""
+    if name in TORCHVISION_SETS:
+        return load_torchvision(name, data_dir or "./data", download=download)
     if name == "imagefolder":
         if data_dir is None:
             raise DataError("--dataset imagefolder needs --data-dir DIR (with train/ and test/ inside)")
@@ -225,7 +299,7 @@ def stratified_subset(labels: torch.Tensor, size: int, seed: int) -> torch.Tenso
 class DeviceData:
     """Train and val splits resident on the training device, plus the normalisation stats."""
 
-    train_x: torch.Tensor  # uint8 (N, 3, H, W)
+    train_x: torch.Tensor  # uint8 (N, C, H, W)
     train_y: torch.Tensor  # int64 (N,)
     val_x: torch.Tensor | None
     val_y: torch.Tensor | None
@@ -238,12 +312,16 @@ class DeviceData:
         return len(self.classes)
 
     @property
+    def channels(self) -> int:
+        return int(self.train_x.shape[1])
+
+    @property
     def device(self) -> torch.device:
         return self.train_x.device
 
 
 def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std of uint8 images (N, 3, H, W), in 0..255 units."""
+    """Per-channel mean and std of uint8 images (N, C, H, W), in 0..255 units."""
     flat = images.transpose(0, 1).reshape(images.shape[1], -1).double()
     return flat.mean(1).float().view(1, -1, 1, 1), flat.std(1).float().clamp_min(1e-3).view(1, -1, 1, 1)
 
@@ -312,7 +390,7 @@ class TrainArrays:
     test images stay on the driver, so no trial can look at them.
     """
 
-    images: np.ndarray  # uint8 (N, 3, H, W)
+    images: np.ndarray  # uint8 (N, C, H, W)
     labels: np.ndarray  # int64 (N,)
     classes: list[str]
 

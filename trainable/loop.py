@@ -20,11 +20,10 @@ from typing import Any, Iterator
 import torch
 import torch.nn.functional as F
 
-from trainable.augment import augment_batch, make_mixer, normalize, shift_mirror, tta_views
+from trainable.augment import augment_batch, batch_augmentation, make_mixer, normalize, shift_mirror, tta_views
 from trainable.config import with_defaults
 from trainable.data import DeviceData
 from trainable.model import build_model, count_params
-from trainable.policy import PolicyAugment
 
 EVAL_BATCH = 1024  # big batches under inference_mode: evaluation is a small part of an epoch
 
@@ -156,8 +155,8 @@ class Trainer:
         # GPU proof compares against.
         self.mixed = self.on_cuda and fast_path
         torch.manual_seed(cfg["seed"])
-        self.params = count_params(cfg, data.num_classes)
-        self.model = build_model(cfg, data.num_classes).to(self.device)
+        self.params = count_params(cfg, data.num_classes, data.channels)
+        self.model = build_model(cfg, data.num_classes, data.channels).to(self.device)
         if self.on_cuda:
             torch.backends.cudnn.benchmark = True
         if self.mixed:
@@ -172,8 +171,8 @@ class Trainer:
         # An exponential moving average of the weights (and BN buffers), updated every step.
         self.ema = WeightAverage(self.model, ema_decay) if ema_decay else None
         self.generator = torch.Generator(device=self.device).manual_seed(cfg["seed"])
-        self.policy = (PolicyAugment(cfg["augment_policy"], cfg["randaugment_n"], cfg["randaugment_m"],
-                                     data.train_x.shape[-1]) if cfg["augment_policy"] != "none" else None)
+        # Crop padding, cutout and the policy's translations scaled to the images' size.
+        self.augmentation = batch_augmentation(cfg, *data.train_x.shape[-2:])
         self.mixer = make_mixer(cfg, data.num_classes)
         n_train = len(data.train_x)
         self.batch_size = min(cfg["batch_size"], n_train)
@@ -274,10 +273,8 @@ class Trainer:
         seen = 0
         for index in range(self.steps_per_epoch):
             batch = order[index * self.batch_size:(index + 1) * self.batch_size]
-            images = augment_batch(
-                data.train_x[batch], data.mean, data.std, crop_padding=cfg["crop_padding"],
-                flip=cfg["flip"], cutout_size=cfg["cutout"], policy=self.policy, generator=self.generator,
-            )
+            images = augment_batch(data.train_x[batch], data.mean, data.std, generator=self.generator,
+                                   **self.augmentation)
             labels = data.train_y[batch]
             targets = labels
             # MixUp/CutMix draw on the host's RNG (saved in checkpoints): no device sync.

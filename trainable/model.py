@@ -170,10 +170,12 @@ class ResNet(nn.Module):
         drop_path: float = 0.0,
         zero_init_residual: bool = False,
         num_classes: int = 10,
+        in_channels: int = 3,
     ):
         super().__init__()
         stem_width = stem_width or widths[0]
-        conv = nn.Conv2d(3, stem_width, 3, 1, 1, bias=False)
+        # The stem reads as many channels as the images have: 1 for grayscale sets.
+        conv = nn.Conv2d(in_channels, stem_width, 3, 1, 1, bias=False)
         stem = {"basic": [nn.BatchNorm2d(stem_width), nn.ReLU(inplace=True)], "preact": [],
                 "shake": [nn.BatchNorm2d(stem_width)]}[block]
         self.stem = nn.Sequential(conv, *stem)
@@ -208,39 +210,50 @@ class ResNet(nn.Module):
         return self.head(self.dropout(x))
 
 
-def build_model(config: dict[str, Any], num_classes: int = 10) -> ResNet:
+def build_model(config: dict[str, Any], num_classes: int = 10, in_channels: int = 3) -> ResNet:
     """Build the model a config describes (weights initialised on the current device).
 
     >>> build_model({"blocks": [1, 1], "widths": [8, 16]}).head.out_features
     10
     """
     cfg = with_defaults(config)  # validated where it entered (CLI, searcher, checkpoint)
-    return ResNet(num_classes=num_classes, **architecture_of(cfg))
+    return ResNet(num_classes=num_classes, in_channels=in_channels, **architecture_of(cfg))
 
 
 @functools.lru_cache(maxsize=4096)
-def _count_cached(arch_json: str, num_classes: int) -> int:
+def _count_cached(arch_json: str, num_classes: int, in_channels: int) -> int:
     # The meta device records shapes only: no memory, no init. A 5M-param model counts in ms.
     with torch.device("meta"):
-        model = ResNet(num_classes=num_classes, **json.loads(arch_json))
+        model = ResNet(num_classes=num_classes, in_channels=in_channels, **json.loads(arch_json))
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def count_params(config: dict[str, Any], num_classes: int = 10) -> int:
+def count_params(config: dict[str, Any], num_classes: int = 10, in_channels: int = 3) -> int:
     """Exact number of trainable parameters, without allocating any weights.
+
+    The head depends on the class count and the stem on the channel count (a grayscale
+    stem has a third of an RGB stem's weights):
 
     >>> count_params({"blocks": [3, 5, 3], "widths": [64, 128, 256]})
     4918602
+    >>> count_params({"blocks": [3, 5, 3], "widths": [64, 128, 256]}, num_classes=100, in_channels=1)
+    4940580
+    >>> 4918602 + 90 * 257 - 2 * 64 * 9  # 90 more head rows of 256 weights + bias; 2 of 3 stem planes fewer
+    4940580
     """
     cfg = with_defaults(config)
-    return _count_cached(json.dumps(architecture_of(cfg), sort_keys=True), num_classes)
+    return _count_cached(json.dumps(architecture_of(cfg), sort_keys=True), num_classes, in_channels)
 
 
-def layer_summary(config: dict[str, Any], num_classes: int = 10, image_size: int = 32) -> str:
-    """A torchsummary-style table: layer, output shape, params; ends with `Trainable params: N`."""
+def layer_summary(config: dict[str, Any], num_classes: int = 10, image_size: int | Sequence[int] = 32,
+                  in_channels: int = 3) -> str:
+    """A torchsummary-style table: layer, output shape, params; ends with `Trainable params: N`.
+
+    `image_size` is a side, or (height, width)."""
+    sides = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     cfg = with_defaults(config)
     with torch.device("meta"):
-        model = ResNet(num_classes=num_classes, **architecture_of(cfg))
+        model = ResNet(num_classes=num_classes, in_channels=in_channels, **architecture_of(cfg))
     rows: list[tuple[str, str, int]] = []
 
     def hook(module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
@@ -255,7 +268,7 @@ def layer_summary(config: dict[str, Any], num_classes: int = 10, image_size: int
         if not list(m.children()) and not isinstance(m, nn.Sequential)
     ]
     with torch.no_grad():
-        model(torch.zeros(2, 3, image_size, image_size, device="meta"))
+        model(torch.zeros(2, in_channels, *sides, device="meta"))
     for handle in handles:
         handle.remove()
 
@@ -274,6 +287,7 @@ def layer_summary(config: dict[str, Any], num_classes: int = 10, image_size: int
 
 def main(argv: Sequence[str] | None = None) -> int:
     from trainable.cli import ArgumentParser, read_json
+    from trainable.errors import UserError
 
     parser = ArgumentParser(
         prog="python -m trainable.model",
@@ -282,9 +296,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="JSON file with the config dict")
     parser.add_argument("--num-classes", type=int, default=10, help="classes of the head (default 10)")
     parser.add_argument("--image-size", type=int, default=32, help="input side in pixels (default 32)")
+    parser.add_argument("--channels", type=int, default=3, help="image channels: 3 for colour, 1 for grayscale (default 3)")
     args = parser.parse_args(argv)
+    for flag, value in (("--num-classes", args.num_classes), ("--image-size", args.image_size),
+                        ("--channels", args.channels)):
+        if value <= 0:
+            raise UserError(f"{flag} must be positive, got {value}")
     config = validate_config(read_json(args.config, "config file"))
-    print(layer_summary(config, args.num_classes, args.image_size))
+    print(layer_summary(config, args.num_classes, args.image_size, args.channels))
     return 0
 
 

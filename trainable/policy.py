@@ -42,18 +42,29 @@ SIGNED = {"shear_x", "shear_y", "translate_x", "translate_y", "rotate", "brightn
 WIDE_OPS = OPS[:-1]
 
 
-def magnitude_table(policy: str, image_size: int = 32) -> torch.Tensor:
+def image_sides(image_size: int | tuple[int, int]) -> tuple[int, int]:
+    """(height, width) of a side length or a (height, width) pair."""
+    return (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
+
+
+def magnitude_table(policy: str, image_size: int | tuple[int, int] = 32) -> torch.Tensor:
     """(len(OPS), bins) magnitudes of a policy, as torchvision defines them; 0 where an op has none.
 
     Units: shear as tan, translate in pixels, rotate in degrees, blend ops as factor - 1,
-    posterize in bits, solarize as a fraction of 255.
+    posterize in bits, solarize as a fraction of 255. Translations scale with the image:
+    torchvision's RandAugment and AutoAugment already do (150/331 of a side); its
+    TrivialAugmentWide translates up to 32 pixels whatever the size, which here is taken
+    as a 32-pixel image's and scaled too (up to a whole side), so a 64 px set is shifted
+    as far, relative to its size, as CIFAR-10 is.
     """
+    height, width = image_sides(image_size)
     bins = 31 if policy in ("trivialaugment", "randaugment") else 10
     wide = policy == "trivialaugment"
     table = torch.zeros(len(OPS), bins)
     space = torch.linspace
     table[OP["shear_x"]] = table[OP["shear_y"]] = space(0.0, 0.99 if wide else 0.3, bins)
-    table[OP["translate_x"]] = table[OP["translate_y"]] = space(0.0, 32.0 if wide else 150.0 / 331.0 * image_size, bins)
+    for name, side in (("translate_x", width), ("translate_y", height)):
+        table[OP[name]] = space(0.0, float(side) if wide else 150.0 / 331.0 * side, bins)  # wide: 32 px at 32 px
     table[OP["rotate"]] = space(0.0, 135.0 if wide else 30.0, bins)
     for name in ("brightness", "color", "contrast", "sharpness"):
         table[OP[name]] = space(0.0, 0.99 if wide else 0.9, bins)
@@ -156,6 +167,8 @@ def _blend(images: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> t
 
 
 def _gray(images: torch.Tensor) -> torch.Tensor:
+    if images.shape[1] == 1:  # already gray: torchvision's grayscale of one channel is itself
+        return images.float()
     r, g, b = images.float().unbind(dim=1)
     return (r * 0.2989 + g * 0.587 + b * 0.114).unsqueeze(1).floor_()
 
@@ -185,7 +198,12 @@ def sharpen(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 def blends(images: torch.Tensor, op: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
     """Brightness, color, contrast and sharpness as one blend, each image with its own op's
-    degenerate image (black, gray, mean gray, smoothed) and factor 1 + magnitude."""
+    degenerate image (black, gray, mean gray, smoothed) and factor 1 + magnitude.
+
+    On one-channel images color leaves the image as it is (torchvision's adjust_saturation
+    returns a grayscale image unchanged): its factor is set to 1."""
+    if images.shape[1] == 1:
+        magnitude = torch.where(op == OP["color"], torch.zeros_like(magnitude), magnitude)
     gray = _gray(images)
     other = torch.where((op == OP["color"]).view(-1, 1, 1, 1), gray, _smoothed(images))
     other = torch.where((op == OP["contrast"]).view(-1, 1, 1, 1), gray.mean(dim=(1, 2, 3), keepdim=True), other)
@@ -223,7 +241,7 @@ _OPS = {
 # the fused blend would smooth (a convolution) images that only needed a brightness change.
 _BLEND_OPS = {
     "brightness": lambda x, m: _blend(x, torch.zeros((), device=x.device), 1.0 + m),
-    "color": lambda x, m: _blend(x, _gray(x), 1.0 + m),
+    "color": lambda x, m: x if x.shape[1] == 1 else _blend(x, _gray(x), 1.0 + m),
     "contrast": lambda x, m: _blend(x, _gray(x).mean(dim=(1, 2, 3), keepdim=True), 1.0 + m),
     "sharpness": lambda x, m: sharpen(x, 1.0 + m),
 }
@@ -244,7 +262,7 @@ def groups_of(op_names: "set[str] | tuple[str, ...]") -> tuple[str, ...]:
 def apply_ops(images: torch.Tensor, op: torch.Tensor, magnitude: torch.Tensor,
               grouped: bool | None = None, groups: tuple[str, ...] = tuple(GROUPS),
               theta: torch.Tensor | None = None) -> torch.Tensor:
-    """Apply to each uint8 image (B, 3, H, W) its own op (an index into OPS) at its magnitude.
+    """Apply to each uint8 image (B, C, H, W), C = 3 or 1, its own op (an index into OPS) at its magnitude.
 
     On a GPU every op runs over the whole batch and `torch.where` keeps each image's own
     result: finding which images drew an op would read a count back to the host (a sync
@@ -283,11 +301,11 @@ class PolicyAugment:
     torch.Size([4, 3, 32, 32])
     """
 
-    def __init__(self, policy: str, n: int = 2, m: int = 9, image_size: int = 32):
+    def __init__(self, policy: str, n: int = 2, m: int = 9, image_size: int | tuple[int, int] = 32):
         if policy not in POLICIES or policy == "none":
             raise ValueError(f"unknown policy {policy!r}")
         self.policy, self.n, self.m = policy, n, m
-        self.image_size = image_size
+        self.image_size = image_sides(image_size)  # (height, width)
         drawn = WIDE_OPS if policy != "autoaugment" else {name for sub in CIFAR10_POLICY for name, _, _ in sub}
         self.groups = groups_of(drawn)  # ops the policy cannot draw are never computed
         self._constants: dict[torch.device, dict[str, torch.Tensor]] = {}
@@ -312,7 +330,7 @@ class PolicyAugment:
             ops, bins = table.shape
             op = torch.arange(ops, device=device).view(-1, 1, 1).expand(ops, bins, 2).flatten()
             magnitude = (table.unsqueeze(-1) * torch.tensor([1.0, -1.0]).to(device)).flatten()
-            theta = affine_of(op, magnitude, self.image_size, self.image_size)
+            theta = affine_of(op, magnitude, *self.image_size)
             self._constants[device]["theta"] = theta.view(ops, bins, 2, 2, 3)
         return self._constants[device]
 

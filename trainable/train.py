@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 from trainable.checkpoint import load_checkpoint, save_checkpoint, write_json, write_text
 from trainable.cli import ArgumentParser, read_json, run_main
 from trainable.config import validate_config, with_defaults
-from trainable.data import DATASETS, DataSpec
+from trainable.data import DATA_DIR_HELP, DATASETS, DataSpec
 from trainable.errors import UserError
 from trainable.loop import Trainer, default_device
 from trainable.model import layer_summary
@@ -121,8 +121,8 @@ def train_to_folder(
     write_json(out / "config.json", cfg)
     write_json(out / "model.json", {"num_classes": data.num_classes, "classes": data.classes, "params": trainer.params,
                                     "mean": data.mean.flatten().tolist(), "std": data.std.flatten().tolist(),
-                                    "image_size": size, "dataset": spec.dataset})
-    write_text(out / "summary.txt", layer_summary(cfg, data.num_classes, size[-1]) + "\n")
+                                    "image_size": size, "channels": data.channels, "dataset": spec.dataset})
+    write_text(out / "summary.txt", layer_summary(cfg, data.num_classes, size, data.channels) + "\n")
     result = {"config": cfg, "seed": cfg["seed"], "params": trainer.params, "dataset": spec.dataset,
               "classes": data.classes, "status": trainer.status, **final, "epochs": history}
     write_json(out / METRICS, result)
@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="JSON file with the config dict (see trainable/config.py)")
     parser.add_argument("--epochs", type=int, help="override the config's 'epochs' (the cosine horizon)")
     parser.add_argument("--dataset", choices=DATASETS, default="cifar10", help="data source (default cifar10)")
-    parser.add_argument("--data-dir", help="CIFAR-10 download folder or ImageFolder root with train/ and test/")
+    parser.add_argument("--data-dir", help=DATA_DIR_HELP)
     parser.add_argument("--out", required=True, help="folder for metrics.json and checkpoint.pt")
     parser.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="share of train held out for val (default 0.1)")
