@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 
 from analysis.table import main as table_main
+from benchmarks.proof import main as proof_main
 from search.auto import main as auto_main
 from search.predict import main as predict_main
 from search.retrain import main as retrain_main
 from search.run import main as search_main
 from trainable.checkpoint import save_checkpoint
 from trainable.model import build_model
+from trainable.model import main as model_main
 
 TINY = {"blocks": [1, 1], "widths": [8, 16]}
 
@@ -73,6 +75,10 @@ CASES = [
                                                      "{tmp}/sub.csv"], "N x H x W x 3"),
     ("predict without weights", predict_main, ["{tmp}/no_weights", "--input", "{tmp}/bad.pkl", "--out",
                                                "{tmp}/sub.csv"], "weights.pt"),
+    ("proof of an unknown step", proof_main, ["--smoke", "--out", "{tmp}/proof", "--steps", "training_step,warp"],
+     "unknown --steps warp"),
+    ("layer table for no channels", model_main, ["--config", "{tmp}/model/config.json", "--channels", "0"],
+     "--channels"),
 ]
 
 

@@ -56,9 +56,10 @@ def test_a_packing_child_that_dies_cannot_hang_the_proof(tmp_path, cli, monkeypa
 
     monkeypatch.setattr(benchmarks.proof, "_packed_trial", packed_trial_that_dies)
     start = time.time()
-    code, _, _ = cli(benchmarks.proof.main, ["--smoke", "--out", tmp_path])
+    code, _, _ = cli(benchmarks.proof.main, ["--smoke", "--out", tmp_path, "--steps", "accuracy_in_time,trial_packing"])
     assert code == 0 and time.time() - start < 90
     proof = json.loads((tmp_path / "proof.json").read_text())
+    assert list(proof["steps"]) == ["trial_packing", "accuracy_in_time"]  # the steps asked, in the proof's order
     packing = proof["steps"]["trial_packing"]
     assert all("died before reporting" in packing[f"trials_{k}"]["skipped"] for k in (1, 2)), packing
     assert proof["complete"] and "test_acc" in proof["steps"]["accuracy_in_time"]  # the proof went on
