@@ -112,7 +112,7 @@ def test_every_seed_diverging_falls_back_to_the_next_confirmed_config(tmp_path):
                "tame": {"blocks": [1, 1], "widths": [8, 16], "lr": 3e-3, "seed": 0, "epochs": 2, "batch_size": 32}}
     record = Record(s.folder, {"stages": {}, "running": None})
     try:
-        result = stage_retrain(s, AutoSettings(), 120.0, ["wild", "tame"], configs, 1, False, record)
+        result = stage_retrain(s, AutoSettings(), 30.0, ["wild", "tame"], configs, 1, False, record)
     finally:
         record.close()
     assert result["trial_id"] == "tame"

@@ -1,9 +1,6 @@
 """The notebook API: keyword flags mean what the command line means, and the quickstart
 notebook runs top to bottom in a real Jupyter kernel."""
 
-import signal
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -36,16 +33,48 @@ def test_a_bad_flag_raises_the_commands_error(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_the_quickstart_notebook_runs_in_a_real_kernel(tmp_path):
+STOPPED = textwrap.dedent('''
+    from pathlib import Path
+    space = Path("space.py")
+    space.write_text('def space(trial):\\n    return {"blocks": [1, 1], "widths": [16, 32], "batch_size": 32, '
+                     '"warmup_epochs": 0, "lr": trial.suggest_float("lr", 1e-3, 1e-2, log=True)}\\n')
+    kw = dict(gpus=0, dataset="synthetic", subset=400, max_epochs=2, grace_epochs=1, reduction_factor=2,
+              param_budget=10**6, space=str(space), storage="runs", name="stop", verbose=0)
+    stopped = search(trials=4, **kw)
+    Path("stopped.txt").write_text(str(stopped.complete))
+''')
+RESUMED = "again = search(trials=4, resume=True, storage='runs', name='stop', verbose=0)\nprint('AGAIN', again.complete, len(again.table))"
+
+
+def test_the_quickstart_notebook_runs_in_a_real_kernel_and_its_stop_button_ends_a_search(tmp_path):
+    """The quickstart top to bottom in an ipykernel, as a user runs it; then, in the same
+    kernel, a search stopped with the kernel's interrupt (the notebook's stop button)
+    returns incomplete, and the next call resumes it to the end."""
     import nbclient
     import nbformat
+    from nbclient.util import run_sync
+
+    from conftest import rows_of
 
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     client = nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})
-    client.execute()
-    outputs = {i: cell.get("outputs", []) for i, cell in enumerate(notebook.cells) if cell.cell_type == "code"}
-    assert not any(o.get("output_type") == "error" for cell in outputs.values() for o in cell)
+    with client.setup_kernel():
+        for index, cell in enumerate(notebook.cells):
+            client.execute_cell(cell, index)
+        outputs = {i: cell.get("outputs", []) for i, cell in enumerate(notebook.cells) if cell.cell_type == "code"}
+        assert not any(o.get("output_type") == "error" for cell in outputs.values() for o in cell)
+
+        client.kc.execute(STOPPED)  # run without waiting, as a user's cell runs
+        folder = tmp_path / "runs" / "stop"
+        deadline = time.time() + 120
+        while time.time() < deadline and not ((folder / "trials.csv").is_file() and rows_of(folder)):
+            time.sleep(0.2)
+        run_sync(client.km.interrupt_kernel)()  # what Jupyter's stop button sends
+        notebook.cells.append(nbformat.v4.new_code_cell(RESUMED))
+        resumed = client.execute_cell(notebook.cells[-1], len(notebook.cells) - 1)  # queued behind the stopped cell
+        assert (tmp_path / "stopped.txt").read_text() == "False"  # the call returned, incomplete
+        assert "AGAIN True 4" in "".join(o.get("text", "") for o in resumed.outputs)
     text = "\n".join(o.get("data", {}).get("text/plain", "") if o.get("output_type") == "execute_result"
                      else o.get("text", "") for cell in outputs.values() for o in cell)
     assert "SearchResult(" in text and "complete" in text and "test accuracy" in text
@@ -56,35 +85,3 @@ def test_the_quickstart_notebook_runs_in_a_real_kernel(tmp_path):
     streamed = sum(len(o.get("text", "").splitlines()) for cell in outputs.values() for o in cell
                    if o.get("output_type") == "stream")
     assert streamed < 400, streamed
-
-
-INTERRUPTED = textwrap.dedent('''
-    import sys
-    from search.api import search
-    kw = dict(gpus=0, dataset="synthetic", subset=600, max_epochs=2, grace_epochs=1, reduction_factor=2,
-              param_budget=10**6, space=sys.argv[2], storage=sys.argv[1], name="stop", verbose=0)
-    first = search(trials=4, **kw)
-    print("FIRST", first.complete, flush=True)
-    again = search(trials=4, resume=True, **{k: kw[k] for k in ("storage", "name")}, verbose=0)
-    print("AGAIN", again.complete, len(again.table), flush=True)
-''')
-
-
-def test_a_stopped_search_returns_incomplete_and_a_second_call_resumes_it(tmp_path):
-    """The notebook's stop button sends SIGINT to the kernel process: the search ends as
-    Ctrl-C ends it, the call returns, and the next call in the same process resumes it."""
-    from conftest import rows_of
-
-    space = tmp_path / "space.py"
-    space.write_text('def space(trial):\n    return {"blocks": [1, 1], "widths": [16, 32], "batch_size": 32, '
-                     '"warmup_epochs": 0, "lr": trial.suggest_float("lr", 1e-3, 1e-2, log=True)}\n')
-    proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED, str(tmp_path), str(space)], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
-    folder = tmp_path / "stop"
-    deadline = time.time() + 120
-    while time.time() < deadline and not ((folder / "trials.csv").is_file() and rows_of(folder)):
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=300)
-    assert "FIRST False" in out, out
-    assert "AGAIN True 4" in out, out
