@@ -69,7 +69,7 @@ def test_a_packing_child_that_dies_cannot_hang_the_proof(tmp_path, cli, monkeypa
 def test_the_proof_ends_at_its_deadline_and_keeps_what_it_measured(tmp_path):
     start = time.time()
     proc = subprocess.run([sys.executable, "-m", "benchmarks.proof", "--smoke", "--out", str(tmp_path),
-                           "--deadline", "12"], capture_output=True, text=True, timeout=120)
+                           "--deadline", "9"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert time.time() - start < 40
     proof = json.loads((tmp_path / "proof.json").read_text())
