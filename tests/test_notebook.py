@@ -48,8 +48,8 @@ RESUMED = "again = search(trials=4, resume=True, storage='runs', name='stop', ve
 
 def test_the_quickstart_notebook_runs_in_a_real_kernel_and_its_stop_button_ends_a_search(tmp_path):
     """The quickstart top to bottom in an ipykernel, as a user runs it; then, in the same
-    kernel, a search stopped with the kernel's interrupt (the notebook's stop button)
-    returns incomplete, and the next call resumes it to the end."""
+    kernel (Ray already running), a second search stopped with the kernel's interrupt (the
+    notebook's stop button) returns incomplete, and a third call resumes it to the end."""
     import nbclient
     import nbformat
     from nbclient.util import run_sync
