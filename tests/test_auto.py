@@ -16,7 +16,7 @@ from conftest import BUDGET
 TOY = ["--gpus", "0", "--dataset", "synthetic", "--subset", "400", "--max-epochs", "2", "--grace-epochs", "1",
        "--reduction-factor", "2", "--param-budget", str(BUDGET), "--confirm", "2", "--verbose", "0",
        "--shares", "0.4,0.3,0.27,0.03"]
-DEADLINE = 45
+DEADLINE = 55
 
 
 def unlabelled(path: Path) -> Path:
