@@ -158,7 +158,7 @@ class RetrainResult:
 
     @property
     def test_acc(self) -> float | None:
-        return self.metrics.get("test_acc_mean")
+        return self.metrics.get("test_acc_mean", self.metrics.get("test_acc_ema_mean"))
 
 
 def retrain(experiment: str | Path | None = None, **flags: Any) -> RetrainResult:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import numpy as np
 
 from search.records import OBJECTIVES
-from trainable.cli import ArgumentParser, run_main
+from trainable.cli import ArgumentParser, parse_duration, run_main
 from trainable.config import parse_overrides
 from trainable.data import DATA_DIR_HELP, DATASETS, DataSpec, TrainArrays
 from trainable.errors import UserError
@@ -138,18 +138,6 @@ class SearchOutcome:
     wall_seconds: float
     summary: str
     complete: bool  # every requested trial ended (or the time budget was used up)
-
-
-def parse_duration(text: str) -> float:
-    """'90m', '2h', '1h30m', '45s' or plain seconds -> seconds."""
-    match = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text)
-    if not match or not any(match.groups()):
-        raise UserError(f"--time-budget {text!r} is not a duration like 90m, 2h or 1h30m")
-    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
-    total = hours * 3600 + minutes * 60 + seconds
-    if total <= 0:
-        raise UserError("--time-budget must be positive")
-    return total
 
 
 def check_settings(s: SearchSettings) -> None:
@@ -375,7 +363,7 @@ def build_searcher(s: SearchSettings, num_classes: int, costs: "Costs | None" = 
     from search.budget import check_space_fits, startup_trials
     from search.records import optuna_url, read_trials
     from search.searcher import BudgetedOptunaSearch
-    from search.space import WARM_START, default_space, load_space
+    from search.space import WARM_START, default_space, load_space, params_of
 
     fixed = {**s.overrides, "epochs": s.max_epochs, "seed": s.seed}
     # The built-in space leaves fixed keys out of the search; a user's space is overridden.
@@ -403,8 +391,11 @@ def build_searcher(s: SearchSettings, num_classes: int, costs: "Costs | None" = 
         searcher.warm = warm_start(study, s.warm_from, {"space_hash": content_hash(s.space) if s.space else None,
                                                         "overrides": s.overrides, "minimize": s.minimize})
         print(searcher.warm.describe(), flush=True)
-    elif s.warm_start and warm:
-        for params in warm if isinstance(warm, list) else [warm]:
+    elif s.warm_start and (warm or s.extra.get("warm_configs")):
+        # Configs a caller wants weighed first (search.auto's fixed recipe in the budget), where
+        # the built-in space can build them, then the space's own warm starts.
+        first = [] if s.space else [p for p in (params_of(c, fixed) for c in s.extra.get("warm_configs", [])) if p]
+        for params in first + (warm if isinstance(warm, list) else [warm] if warm else []):
             study.enqueue_trial(params)
     return searcher
 

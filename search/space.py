@@ -111,6 +111,40 @@ WRN_START: dict[str, Any] = {
 WARM_START: list[dict[str, Any]] = [SEED_START, WRN_START]
 
 
+def params_of(config: dict[str, Any], fixed: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The built-in space's parameters that build `config` (a warm start in the space's own
+    terms), or None where the space cannot build it exactly (widths off its grid, a value
+    outside a range).
+
+    >>> from trainable.zoo import DEADLINE_RECIPE, fit_to_budget
+    >>> params_of(fit_to_budget(DEADLINE_RECIPE, 200_000))["width_base"]
+    16
+    >>> params_of({"blocks": [2, 2], "widths": [16, 17]}) is None
+    True
+    """
+    from trainable.config import with_defaults
+
+    cfg = with_defaults(config)
+    widths = cfg["widths"]
+    params: dict[str, Any] = {"n_stages": len(widths), **{f"blocks_{i}": b for i, b in enumerate(cfg["blocks"])},
+                              "width_base": widths[0], "width_growth": (widths[-1] / widths[0]) ** (1 / max(1, len(widths) - 1))}
+    for key in ("stem_width", "block", "kernel_size", "skip_kernel_size", "dropout", "drop_path", "zero_init_residual",
+                "optimizer", "warmup_epochs", "batch_size", "label_smoothing", "sam_rho", "cutout", "augment_policy",
+                "mixup_alpha", "cutmix_alpha", "randaugment_n", "randaugment_m"):
+        params[key] = cfg[key]
+    prefix = cfg["optimizer"] + "_"
+    params.update({prefix + "lr": cfg["lr"], prefix + "weight_decay": cfg["weight_decay"]})
+    if cfg["optimizer"] == "sgd":
+        params["sgd_momentum"] = cfg["momentum"]
+    try:
+        built = default_space(optuna.trial.FixedTrial(params), fixed)
+    except ValueError:  # FixedTrial refuses a value outside a distribution
+        return None
+    if any(built.get(key) != cfg.get(key) for key in built if key not in (fixed or {})):
+        return None
+    return params
+
+
 # ----------------------------------------------------------------------------- YAML spaces
 def _suggest(trial: optuna.Trial, name: str, spec: Any) -> Any:
     if isinstance(spec, list):

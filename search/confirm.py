@@ -1,0 +1,192 @@
+"""The confirm stage of `search.auto`: the search's top configs, and the fixed recipe, trained
+again to the end of a longer horizon and ranked on validation.
+
+Short ASHA rungs favour what learns fast, not what ends best, so the pick is made again at
+length. It is a search experiment of its own (`runs/NAME/confirm/`, FIFO, one trial per
+config): it packs across GPUs, is cut by its deadline and resumes like any search. Only
+runs that reached the horizon are compared on their figures (runs cut at different points
+of their schedules are not comparable); the others keep the search's order after them.
+The fixed recipe (`trainable.zoo.DEADLINE_RECIPE` in the budget) competes as trial
+"recipe", so a known-good config is always weighed at length.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+from trainable.errors import UserError
+
+RECIPE_ID = "recipe"
+
+
+def kendall_tau(first: Sequence[str], second: Sequence[str]) -> float | None:
+    """Kendall's tau-a between two orders of the same items (best first); None under 2 items.
+
+    >>> kendall_tau(["a", "b", "c"], ["a", "b", "c"]), kendall_tau(["a", "b", "c"], ["c", "b", "a"])
+    (1.0, -1.0)
+    >>> kendall_tau(["a", "b", "c", "d"], ["b", "a", "c", "d"])
+    0.6666666666666666
+    """
+    items = [item for item in first if item in second]
+    if len(items) < 2:
+        return None
+    position = {item: second.index(item) for item in items}
+    concordant = discordant = 0
+    for i in range(len(items)):
+        for j in range(i + 1, len(items)):
+            if position[items[i]] < position[items[j]]:
+                concordant += 1
+            else:
+                discordant += 1
+    return (concordant - discordant) / (concordant + discordant)
+
+
+def parse_pick(text: str) -> tuple[str, float | None]:
+    """--pick: ('best' | 'knee', None) or ('under', N); N may end in k, M or G.
+
+    >>> parse_pick("knee"), parse_pick("under:1.5M"), parse_pick("under:2")
+    (('knee', None), ('under', 1500000.0), ('under', 2.0))
+    """
+    if text in ("best", "knee"):
+        return text, None
+    match = re.fullmatch(r"under:(\d+(?:\.\d+)?)([kKmMgG]?)", text)
+    if not match:
+        raise UserError(f"--pick must be best, knee or under:N (e.g. under:1M), got {text!r}")
+    scale = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[match.group(2).lower()]
+    return "under", float(match.group(1)) * scale
+
+
+def ranked_configs(folder: Path) -> list[tuple[str, dict[str, Any], float]]:
+    """(trial id, config, best val_acc) of an experiment's trials, best first (`records.rank`)."""
+    from search.records import config_from_row, number, rank, read_trials
+
+    return [(r["trial_id"], config_from_row(r), number(r["best_val_acc"])) for r in rank(read_trials(folder))]
+
+
+def trial_costs(folder: Path, objective: str) -> dict[str, float]:
+    """Each trial's cost on `objective` (its trials.csv column), where recorded."""
+    from search.records import COST_COLUMN, number, read_trials
+
+    column = COST_COLUMN[objective]
+    return {r["trial_id"]: number(r.get(column)) for r in read_trials(folder) if number(r.get(column)) is not None}
+
+
+def knee_first(ids: list[str], accuracy: dict[str, float], costs: dict[str, float]) -> list[str]:
+    """`ids` with the front of (accuracy, cost) among them ordered from its knee outwards
+    (nearest on the front first), then the others in the order given."""
+    from search.pareto import front_indices, knee
+
+    scored = [t for t in ids if t in accuracy and t in costs]
+    front = sorted((scored[i] for i in front_indices([(accuracy[t], -costs[t]) for t in scored])),
+                   key=lambda t: costs[t])
+    at = knee([(accuracy[t], costs[t]) for t in front])
+    near = sorted(range(len(front)), key=lambda i: (abs(i - at), i)) if at is not None else []
+    head = [front[i] for i in near]
+    return head + [t for t in ids if t not in head]
+
+
+def candidates(folder: Path, pick: str, count: int, objective: str) -> list[tuple[str, dict[str, Any], float]]:
+    """The search's top `count` configs by the --pick rule."""
+    rule, limit = parse_pick(pick)
+    ranked = ranked_configs(folder)
+    costs = trial_costs(folder, objective)
+    if rule == "under":
+        ranked = [r for r in ranked if costs.get(r[0]) is not None and costs[r[0]] <= limit]
+        if not ranked:
+            cheapest = min(costs.values(), default=None)
+            raise UserError(f"--pick {pick}: no trial of the search costs at most {limit:,.6g} {objective} "
+                            f"(the cheapest: {cheapest if cheapest is None else f'{cheapest:,.6g}'})")
+    elif rule == "knee":
+        by_id = {r[0]: r for r in ranked}
+        ranked = [by_id[t] for t in knee_first(list(by_id), {t: r[2] for t, r in by_id.items()}, costs)]
+    return ranked[:count]
+
+
+CONFIRM_SPACE = '''"""The confirm stage's space: one of the search's top configs, each run once (warm starts)."""
+CANDIDATES = {candidates!r}
+WARM_START = [{{"candidate": i}} for i in range(len(CANDIDATES))]
+
+
+def space(trial):
+    return dict(CANDIDATES[trial.suggest_categorical("candidate", list(range(len(CANDIDATES))))])
+'''
+
+
+def fitting_epochs(folder: Path, trial_ids: list[str], epochs: int, seconds: float, concurrent: int,
+                   fallback_s: float) -> int:
+    """The longest horizon up to `epochs` at which every candidate runs to its end in
+    `seconds`, at the epoch times the search measured for each (`fallback_s` for one it has
+    none of: the fixed recipe), `concurrent` at a time."""
+    from search.plan import SAFETY
+    from search.records import read_history
+
+    times: dict[str, list[float]] = {}
+    for h in read_history(folder):
+        if h.get("epoch_seconds"):
+            times.setdefault(h["trial_id"], []).append(h["epoch_seconds"])
+    per_epoch = [statistics.median(times[t]) if times.get(t) else fallback_s for t in trial_ids]
+    # Trials run `concurrent` at a time: the slowest of each wave sets its pace.
+    ordered = sorted(per_epoch, reverse=True)
+    wave_s = sum(ordered[i] for i in range(0, len(ordered), max(1, concurrent)))
+    return min(epochs, int(seconds * SAFETY / max(1e-9, wave_s)))
+
+
+def stage_confirm(s: Any, pick: str, count: int, epochs: int, seconds: float, resume: bool,
+                  recipe: dict[str, Any] | None, epoch_s: float, concurrent: int) -> dict[str, Any]:
+    """Train the search's top `count` configs (by `pick`) and `recipe` for `epochs` epochs (fewer
+    if the measured epoch times say they would not finish in `seconds`), then rank them."""
+    from search.plan import RAY_OVERHEAD_S
+    from search.records import read_trials
+    from search.run import SearchSettings, run_search
+
+    top = candidates(s.folder, pick, count, s.minimize or "params")
+    if not top:
+        raise UserError("the search finished no epoch: nothing to confirm (give it more --time-budget)")
+    entries = list(top) + ([(RECIPE_ID, {**recipe, "seed": s.seed}, float("nan"))] if recipe else [])
+    folder = s.folder / "confirm"
+    horizon = fitting_epochs(s.folder, [t for t, _, _ in entries], epochs, seconds - RAY_OVERHEAD_S, concurrent,
+                             epoch_s)
+    search_order = [trial_id for trial_id, _, _ in top]
+    outcome: dict[str, Any] = {"pick": pick, "objective": s.minimize or "params", "search_order": search_order,
+                               "search_val_acc": {t: v for t, _, v in top}, "confirm_epochs": horizon,
+                               "configs": {t: c for t, c, _ in entries}}
+    if horizon <= s.max_epochs:  # no longer than the search's own horizon: nothing to learn
+        print(f"confirm: skipped; the candidates would not reach more than {horizon} epochs in "
+              f"{seconds / 60:.1f} min", flush=True)
+        return {**outcome, "skipped": True, "confirm_order": search_order + ([RECIPE_ID] if recipe else []),
+                "confirm_val_acc": {}, "kendall_tau": None, "pick_changed": False}
+    space = s.folder / "confirm_space.py"
+    if not resume or not space.exists():
+        chosen = [{k: v for k, v in config.items() if k not in ("epochs", "seed")} for _, config, _ in entries]
+        space.write_text(CONFIRM_SPACE.format(candidates=chosen))
+    confirm = SearchSettings(
+        name="confirm", storage=str(s.folder), gpus=s.gpus, cpus=s.cpus, gpus_per_trial=s.gpus_per_trial,
+        cpus_per_trial=s.cpus_per_trial, address=s.address, trials=len(entries), max_epochs=horizon,
+        scheduler="fifo", sampler="random", param_budget=s.param_budget, space=str(space), seed=s.seed,
+        dataset=s.dataset, data_dir=s.data_dir, val_fraction=s.val_fraction, subset=s.subset, compile=s.compile,
+        checkpoint_every=s.checkpoint_every, max_failures=s.max_failures, verbose=s.verbose,
+        time_budget=f"{max(1.0, seconds - RAY_OVERHEAD_S):.0f}s",
+        resume=resume and (folder / "settings.json").exists())
+    run_search(replace(confirm))
+
+    def key(config: dict[str, Any]) -> str:
+        return repr(sorted((k, v) for k, v in config.items() if k not in ("epochs", "seed")))
+
+    # Each confirm trial is one of the candidates: name it by the search trial it came from.
+    by_config = {key(c): t for t, c, _ in entries}
+    finished = {r["trial_id"] for r in read_trials(folder) if r["status"] == "completed"}
+    confirmed = [(by_config.get(key(c), t), v, t in finished) for t, c, v in ranked_configs(folder)]
+    ended = [t for t, _, done in confirmed if done]
+    order = ended + [t for t, _, _ in entries if t not in ended]
+    confirm_val = {t: v for t, v, done in confirmed if done}
+    if parse_pick(pick)[0] == "knee":  # the knee of the confirmed figures goes first
+        order = knee_first(order, confirm_val, trial_costs(s.folder, s.minimize or "params"))
+    if len(ended) < len(entries):
+        print(f"confirm: {len(ended)} of {len(entries)} candidates reached {horizon} epochs; only those are ranked "
+              "on their figures", flush=True)
+    return {**outcome, "confirm_order": order, "confirm_val_acc": confirm_val, "confirm_ended": ended,
+            "kendall_tau": kendall_tau(search_order, order), "pick_changed": bool(order) and order[0] != search_order[0]}

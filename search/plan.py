@@ -1,0 +1,237 @@
+"""The plan of `search.auto`: how one deadline is split, from times measured on this machine.
+
+What the plan measures before anything runs (the start-up, reported apart):
+- an epoch of a middle-sized config of the space on the search's device (a few timed steps);
+- a prediction of the real `--input` with TTA (a timed pass over a slice of it, scaled).
+
+What it decides from them:
+- **whether a search pays.** Under a short deadline the epochs of the final model are what
+  pays (README, benchmark 11: on 3,000 CIFAR-10 images a fixed recipe trained for the whole
+  deadline beat a search that left its final model 9 epochs). When the deadline holds fewer
+  than `SEARCH_PAYS_EPOCHS` epochs of the middle config, the plan trains the fixed recipe
+  (`trainable.zoo.DEADLINE_RECIPE` scaled into the budget) for all of it, and says so;
+- **otherwise the shares**: the retrain at least `RETRAIN_SHARE` of the time, the search and
+  the confirm stage the rest; the ASHA horizon the longest that still runs `MIN_TRIALS`
+  trials in the search's share (or `--max-epochs` when given); the confirm stage's horizon
+  the longest at which every candidate, the fixed recipe among them, runs to its end (a
+  comparison of runs cut at different points of their schedules would be noise); a
+  `--trials` that needs less time than the share gives the rest to the retrain;
+- **the predict stage's share**, from the timed pass over the input.
+
+Every stage after the plan asks the clock again (`search.auto`): a late stage takes from the
+next, and the retrain trains to whatever time is left (`trainable.loop.TimeBudget`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+STAGES = ("search", "confirm", "retrain", "predict")
+# Below this many epochs of the middle config in the whole deadline, no search: the retrain
+# gets the time. At 150, a search plan still leaves its retrain 75 epochs, where the known
+# recipes' curves have flattened (README, benchmark 11 measures the split on 3,000 images).
+SEARCH_PAYS_EPOCHS = 150
+RETRAIN_SHARE = 0.5  # of the time after the predict stage: the final model's epochs pay most
+CONFIRM_SHARE = 0.15  # the rest (0.35) is the search's
+MIN_TRIALS = 20  # the ASHA horizon shrinks until the search's share runs this many trials
+MIN_SEARCH_TRIALS = 8  # fewer than this in the share: the search cannot learn, so no search
+# Starting and stopping Ray around a search stage, which Tune's time budget does not count
+# (measured here: 8-12 s on 2 cores); nothing when Ray is already up (a notebook, a cluster).
+RAY_OVERHEAD_S = 10.0
+REPORT_S = 6.0  # the report after the last stage (plots of a small search: 3-5 s on 2 cores)
+PREDICT_MARGIN = 1.5  # the timed pass is a slice of the input; the whole may run slower
+SAFETY = 0.85  # plan runs that must finish (confirm) to fill 85% of their time
+
+
+@dataclass
+class Plan:
+    """How the deadline is split, and what each stage is expected to do with its share."""
+
+    total_s: float
+    seconds: dict[str, float]
+    mode: str  # "search": search, confirm, retrain; "recipe": the fixed recipe for all the time
+    reason: str
+    max_epochs: int
+    expected_trials: int
+    confirm_configs: int
+    confirm_epochs: int
+    concurrent: int
+    epoch_s_estimate: float
+    predict_s_estimate: float
+    retrain_epochs_estimate: int
+    seeds: int
+    trials: int
+    recipe: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        head = (f"plan for {self.total_s / 60:.1f} min (measured here: an epoch of a middle-sized config "
+                f"{self.epoch_s_estimate:.1f} s, a prediction of the input with TTA {self.predict_s_estimate:.1f} s; "
+                f"{self.concurrent} trials at once)")
+        lines = [head, f"  {self.reason}"]
+        if self.mode == "search":
+            lines.append(f"  search   {self.seconds['search'] / 60:6.1f} min: ASHA to {self.max_epochs} epochs, "
+                         f"about {self.expected_trials} trials")
+            confirm = (f"the top {self.confirm_configs - 1} configs and the fixed recipe at {self.confirm_epochs} "
+                       "epochs, each to its end, ranked on validation" if self.confirm_configs else
+                       "skipped: too short to run candidates to the end")
+            lines.append(f"  confirm  {self.seconds['confirm'] / 60:6.1f} min: {confirm}")
+        what = "the winner" if self.mode == "search" else "the fixed recipe"
+        lines.append(f"  retrain  {self.seconds['retrain'] / 60:6.1f} min: {what} on train + val, {self.seeds} "
+                     f"seed(s), EMA, to the time left (about {self.retrain_epochs_estimate} epochs), the learning "
+                     "rate following the elapsed share of the time")
+        lines.append(f"  predict  {self.seconds['predict'] / 60:6.1f} min: EMA weights + TTA, and the report")
+        return "\n".join(lines)
+
+
+def asha_epochs_per_trial(grace: int, max_epochs: int, reduction_factor: int) -> float:
+    """Epochs an average trial trains under ASHA: all reach the grace rung, 1/rf of them the
+    next, and so on.
+
+    >>> asha_epochs_per_trial(1, 1, 3), round(asha_epochs_per_trial(1, 9, 3), 2)  # 1 + 2/3 + 6/9
+    (1.0, 2.33)
+    """
+    from search.records import milestones
+
+    rungs = milestones(grace, max_epochs, reduction_factor)
+    bounds = [m for m in rungs if m < max_epochs] + [max_epochs]
+    return float(bounds[0]) + sum((hi - lo) / reduction_factor ** (k + 1) for k, (lo, hi) in enumerate(zip(bounds, bounds[1:])))
+
+
+def probe_config(budget: int) -> dict[str, Any]:
+    """The probe's model: [2,2,2] x [48,96,192] (the middle of the built-in space under 5M,
+    1.1M params), narrowed to about half of a smaller budget.
+
+    >>> probe_config(5_000_000)["widths"], probe_config(200_000)["widths"]
+    ([48, 96, 192], [16, 32, 64])
+    """
+    from trainable.model import count_params
+    from trainable.zoo import MIDDLE
+
+    scale = math.sqrt(min(1.0, budget / 2 / count_params(MIDDLE)))  # params grow with width squared
+    base = max(8, int(round(48 * scale / 8)) * 8)
+    return {"blocks": list(MIDDLE["blocks"]), "widths": [base, 2 * base, 4 * base]}
+
+
+def _device(gpus: int) -> torch.device:
+    return torch.device("cuda" if gpus and torch.cuda.is_available() else "cpu")
+
+
+def probe_epoch_seconds(budget: int, threads: int, train_images: int, gpus: int) -> float:
+    """Seconds of one training epoch of a middle-sized config of the space on the search's
+    device (on a CPU, with `threads` threads), from a few timed steps (the plan's estimate;
+    the stages measure the real ones)."""
+    from trainable.data import make_synthetic, to_device
+    from trainable.loop import Trainer
+
+    device = _device(gpus)
+    before = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(threads)
+    steps, batch = 4, 128
+    data = to_device(make_synthetic(n_train=batch * (steps + 1), n_test=8), device, val_fraction=0.0)
+    trainer = Trainer({**probe_config(budget), "epochs": 1, "warmup_epochs": 0, "batch_size": batch}, data)
+    trainer.steps_per_epoch = 1
+    trainer.train_epoch()  # warm-up
+    trainer.steps_per_epoch = steps
+    start = time.perf_counter()
+    trainer.train_epoch()
+    per_image = (time.perf_counter() - start) / (steps * batch)
+    torch.set_num_threads(before)
+    return per_image * train_images
+
+
+def predict_seconds(config: dict[str, Any], images: torch.Tensor, num_classes: int, gpus: int) -> float:
+    """Seconds to predict `images` with TTA with a model of `config`'s shape, from a timed pass
+    over a slice of them (what `search.predict` does, less reading the input)."""
+    from trainable.augment import tta_views
+    from trainable.model import build_model
+    from trainable.train import forward_seconds
+
+    device = _device(gpus)
+    torch.manual_seed(0)
+    model = build_model(config, num_classes, images.shape[1]).to(device)
+    mean = torch.full((1, images.shape[1], 1, 1), 128.0, device=device)
+    std = torch.full((1, images.shape[1], 1, 1), 64.0, device=device)
+    return forward_seconds(model, images, mean, std, tta_views(config), len(images))
+
+
+def fits_in(seconds: float, per_trial_epochs: float, epoch_s: float, concurrent: int, slowdown: float) -> int:
+    """Trials of `per_trial_epochs` epochs each that fit in `seconds`, `concurrent` at a time."""
+    return int(seconds * concurrent / max(1e-9, per_trial_epochs * epoch_s * slowdown))
+
+
+def make_plan(s: Any, a: Any, total: float, concurrent: int, epoch_s: float, gpus: int,
+              predict_s: float, retrain_epoch_s: float | None = None, ray_up: bool = False) -> Plan:
+    """Split `total` seconds (see the module docstring). `s`: the search's settings; `a`:
+    search.auto's; `epoch_s`: a middle config's epoch on the search's training split, as a
+    trial runs it; `retrain_epoch_s`: the same as the retrain runs it (alone, every CPU
+    thread; default `epoch_s`); `predict_s`: the timed prediction of the input."""
+    retrain_epoch_s = retrain_epoch_s or epoch_s
+    given = set(s.extra.get("given") or [])
+    seeds = a.seeds or max(1, gpus)
+    train_val = 1 / (1 - s.val_fraction)
+    # Trials sharing a device run slower; count the device's throughput once.
+    share_slowdown = max(1.0, concurrent / max(1, gpus)) if gpus else 1.0
+    tail = predict_s * PREDICT_MARGIN + REPORT_S
+    usable = max(1.0, total - tail)
+    whole = usable / (retrain_epoch_s * train_val)  # epochs of the middle config if the retrain had it all
+
+    def recipe_plan(reason: str) -> Plan:
+        seconds = {"search": 0.0, "confirm": 0.0, "retrain": usable, "predict": tail}
+        return Plan(total, seconds, "recipe", reason, s.max_epochs, 0, 0, 0, concurrent, epoch_s, predict_s,
+                    max(1, int(whole)), seeds, 0)
+
+    if whole < SEARCH_PAYS_EPOCHS:
+        return recipe_plan(f"no search: the deadline holds about {whole:.0f} epochs of a middle-sized config, fewer "
+                           f"than {SEARCH_PAYS_EPOCHS}; the fixed recipe trains for all of it")
+    overhead = 0.0 if ray_up else 2 * RAY_OVERHEAD_S
+    searchable = usable - overhead
+    search_s = searchable * (1 - RETRAIN_SHARE - CONFIRM_SHARE)
+    confirm_s = searchable * CONFIRM_SHARE
+    # The ASHA horizon: the user's, else the longest that still runs MIN_TRIALS trials.
+    horizon = s.max_epochs
+    if "max_epochs" not in given:
+        while horizon > max(2, s.grace + 1) and fits_in(search_s, asha_epochs_per_trial(
+                min(s.grace, horizon), horizon, s.reduction_factor), epoch_s, concurrent, share_slowdown) < MIN_TRIALS:
+            horizon -= 1
+    per_trial = asha_epochs_per_trial(min(s.grace, horizon), horizon, s.reduction_factor)
+    expected = fits_in(search_s, per_trial, epoch_s, concurrent, share_slowdown)
+    if expected < MIN_SEARCH_TRIALS:
+        return recipe_plan(f"no search: its share runs about {expected} trials here, fewer than {MIN_SEARCH_TRIALS}; "
+                           "the fixed recipe trains for all the time")
+    trials = s.trials
+    if "trials" in given and trials < expected:  # --trials needs less time: the rest goes to the retrain
+        search_s *= trials / expected
+        expected = trials
+    # The confirm stage: the top configs and the fixed recipe, each to the end of one horizon.
+    candidates = a.confirm + 1
+    waves = math.ceil(candidates / concurrent)
+    confirm_epochs = min(a.confirm_factor * horizon,
+                         int(confirm_s * SAFETY / (waves * epoch_s * share_slowdown)))
+    if confirm_epochs <= horizon:
+        candidates, confirm_epochs, confirm_s = 0, 0, 0.0
+    retrain_s = usable - overhead * (1 if candidates else 0.5) - search_s - confirm_s
+    seconds = {"search": search_s, "confirm": confirm_s, "retrain": retrain_s, "predict": tail}
+    reason = (f"search: the deadline holds about {whole:.0f} epochs of a middle-sized config; the retrain keeps "
+              f"{retrain_s / usable:.0%} of the time")
+    return Plan(total, seconds, "search", reason, horizon, expected, candidates, confirm_epochs, concurrent, epoch_s,
+                predict_s, max(1, int(retrain_s / (retrain_epoch_s * train_val))), seeds, trials)
+
+
+def planned_concurrency(s: Any) -> tuple[int, int]:
+    """(GPUs, trials at once) the search will use, as `search.run.plan_resources` will set them."""
+    from search.run import check_gpus, plan_resources, ray_session, resources_for
+
+    if s.address:
+        with ray_session(s):
+            resources = plan_resources(s)
+    else:
+        resources = resources_for(s, check_gpus(s), s.cpus or os.cpu_count() or 1)
+    return resources.gpus, resources.concurrent
