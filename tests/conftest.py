@@ -122,3 +122,34 @@ def check_resumed(folder, finished_before: dict, trials: int) -> list:
         assert after[trial_id]["best_val_acc"] == row["best_val_acc"]
         assert after[trial_id]["epochs_trained"] == row["epochs_trained"]
     return rows
+
+
+# ----------------------------------------------------------------------------- a busy machine
+HOG = "import time\nend = time.time() + {seconds}\nwhile time.time() < end:\n    pass\n"
+
+
+class CpuHogs:
+    """Real CPU-bound processes that share the machine with the code under test: started
+    with `start()` (e.g. midway through a run), ended by `stop()` or after `seconds`."""
+
+    def __init__(self, count: int = 2, seconds: float = 300):
+        self.count, self.seconds, self.procs = count, seconds, []
+
+    def start(self) -> None:
+        import subprocess
+        import sys
+
+        self.procs = [subprocess.Popen([sys.executable, "-c", HOG.format(seconds=self.seconds)])
+                      for _ in range(self.count)]
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def cpu_hogs():
+    hogs = CpuHogs()
+    yield hogs
+    hogs.stop()

@@ -149,7 +149,8 @@ class TimeBudget:
 class StepClock:
     """The wall time a run has used (across resumes) and how much its steps have slowed down.
 
-    Per-step times are smoothed (an exponential average over about 20 steps); the fastest
+    Per-step times are smoothed (an exponential average over about 5 steps, so a slowdown is
+    seen within a few steps); the fastest
     smoothed time seen is the reference for the slowdown, so a machine that frees up later
     does not leave a stale, inflated reserve behind.
     """
@@ -165,14 +166,16 @@ class StepClock:
     def used(self) -> float:
         return self.used_before + time.perf_counter() - self.started
 
-    def tick(self) -> None:
-        """Note that a step ended (the first steps of a run, slowed by warm-up, are not a reference)."""
+    def tick(self) -> float:
+        """Note that a step ended; return its seconds (the first steps of a run, slowed by
+        warm-up, are not a reference for the slowdown)."""
         now = time.perf_counter()
         dt, self.last = now - self.last, now
         self.steps += 1
-        self.smoothed = dt if self.smoothed is None else 0.95 * self.smoothed + 0.05 * dt
+        self.smoothed = dt if self.smoothed is None else 0.8 * self.smoothed + 0.2 * dt
         if self.steps >= 5:
             self.fastest = self.smoothed if self.fastest is None else min(self.fastest, self.smoothed)
+        return dt
 
     def resync(self) -> None:
         """Start the next step's time now (after validation or a checkpoint, which are not steps)."""
@@ -277,11 +280,20 @@ class Trainer:
         if self.time_budget is None:
             self.progress = by_steps
             return
-        self.clock.tick()
+        step_s = self.clock.tick()
         budget = self.time_budget
+        used = self.clock.used()
         # The budget counts from this run's start; time a resumed run used before adds to both sides.
-        training_s = max(1e-6, self.clock.used_before + budget.seconds - budget.tail_s * self.clock.slowdown())
-        self.progress = max(self.progress, by_steps, min(1.0, self.clock.used() / training_s))
+        end = self.clock.used_before + budget.seconds
+        training_s = max(1e-6, end - budget.tail_s * self.clock.slowdown())
+        target = min(1.0, used / training_s)
+        if used < end - budget.tail_s:
+            # A sudden slowdown grows the kept-back tail, and the target jumps: catch up at up to
+            # 4x the clock's pace, so the last steps still anneal (a few steps' time, at most).
+            target = min(target, self.progress + 4 * step_s / training_s)
+        else:
+            target = 1.0  # the unscaled tail is reached: stop now whatever the schedule says
+        self.progress = max(self.progress, by_steps, target)
 
     def finished(self) -> bool:
         """The horizon is reached: every epoch, or (under a time budget) its time."""

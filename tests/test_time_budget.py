@@ -1,0 +1,96 @@
+"""Training to a time budget: the schedule follows the clock, so a run ends annealed and on
+time, even when other processes slow the machine down halfway."""
+
+import json
+import threading
+import time
+
+import pytest
+
+from trainable.data import make_synthetic, to_device
+from trainable.loop import TimeBudget, Trainer
+
+CONFIG = {"blocks": [1, 1], "widths": [16, 32], "batch_size": 64, "warmup_epochs": 1, "epochs": 500, "lr": 3e-3}
+
+
+def run_to_budget(seconds: float, tail_s: float = 0.0, on_start=None) -> tuple[Trainer, list, float]:
+    data = to_device(make_synthetic(n_train=1200, n_test=100), "cpu")
+    trainer = Trainer(CONFIG, data, time_budget=TimeBudget(seconds, tail_s))
+    start = time.perf_counter()
+    if on_start:
+        on_start()
+    history = list(trainer.epochs())
+    return trainer, history, time.perf_counter() - start
+
+
+def test_a_time_budget_ends_on_time_and_annealed():
+    trainer, history, wall = run_to_budget(6.0, tail_s=1.0)
+    # The tail is kept back: training ends near 5 s, never after 6.
+    assert 4.5 <= wall <= 6.0, wall
+    assert len(history) >= 3  # several epochs: the cap (500) was not what ended it
+    assert trainer.progress == 1.0
+    assert history[-1]["lr"] <= 0.02 * CONFIG["lr"]  # annealed, not cut at a high learning rate
+    lrs = [m["lr"] for m in history[1:]]
+    assert lrs == sorted(lrs, reverse=True)  # after warm-up it only decays
+
+
+def test_an_epoch_cap_that_comes_first_also_ends_annealed():
+    data = to_device(make_synthetic(n_train=400, n_test=50), "cpu")
+    trainer = Trainer({**CONFIG, "epochs": 3}, data, time_budget=TimeBudget(600.0))
+    history = list(trainer.epochs())
+    assert len(history) == 3 and history[-1]["lr"] < 0.05 * CONFIG["lr"]
+
+
+def test_a_machine_that_slows_down_midway_still_ends_on_time(cpu_hogs):
+    """A CPU-bound process starts 3 s into an 8 s budget on this 2-core machine: the steps
+    slow down (2-3x), the kept-back tail grows with them, and the run still ends on time."""
+    cpu_hogs.count = 1
+    timer = threading.Timer(3.0, cpu_hogs.start)
+    trainer, history, wall = run_to_budget(8.0, tail_s=0.3, on_start=timer.start)
+    timer.join()
+    assert wall <= 8.0 * 1.05, wall
+    assert history[-1]["slowdown"] > 1.3, history[-1]  # the hogs were felt
+    # Annealed: the reserve grew with the slowdown (a jump in the schedule's progress), and
+    # the last steps still ran at a few percent of the peak rate.
+    assert history[-1]["lr"] <= 0.05 * CONFIG["lr"]
+    # The epochs after the hogs started are slower than before.
+    assert max(m["epoch_seconds"] for m in history[-2:]) > 1.2 * min(m["epoch_seconds"] for m in history[:2])
+
+
+def test_retrain_time_budget_from_the_command_line(tmp_path, cli, cpu_hogs):
+    """`search.retrain --time-budget`: from the command's start to its end, data and test pass
+    included, within the budget + 5%, with a machine that slows down halfway."""
+    from search.retrain import main
+
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({k: v for k, v in CONFIG.items() if k != "epochs"}))
+    timer = threading.Timer(5.0, cpu_hogs.start)
+    timer.start()
+    start = time.perf_counter()
+    code, out, err = cli(main, ["--config", config, "--dataset", "synthetic", "--subset", "1200", "--ema",
+                                "--time-budget", "15s", "--epochs", "500", "--out", tmp_path / "out"])
+    wall = time.perf_counter() - start
+    timer.join()
+    assert code == 0, err
+    assert wall <= 15 * 1.05, wall
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    epochs = metrics["per_seed"][0]["epochs"]
+    assert 3 <= len(epochs) < 500 and epochs[-1]["lr"] <= 0.05 * CONFIG["lr"]
+    assert epochs[-1]["slowdown"] > 1.3  # the hogs were felt
+    assert "test_acc_ema_mean" in metrics and "(at most 500 epochs)" in out
+
+
+def test_a_resumed_time_budget_counts_the_time_used_before(tmp_path):
+    """A run stopped after part of its time continues with what the checkpoint says it used:
+    its schedule goes on from there, it does not start over."""
+    data = to_device(make_synthetic(n_train=600, n_test=50), "cpu")
+    first = Trainer(CONFIG, data, time_budget=TimeBudget(6.0))
+    epochs = first.epochs()
+    before = [next(epochs) for _ in range(2)]
+    state = first.state_dict()
+    again = Trainer(CONFIG, data, time_budget=TimeBudget(3.0))
+    again.load_state_dict(state)
+    assert again.progress == pytest.approx(first.progress) and again.clock.used() >= before[-1]["time_used_s"] - 0.01
+    after = list(again.epochs())
+    assert after[0]["epoch"] == 3 and after[0]["lr"] <= before[-1]["lr"] * 1.01
+    assert after[-1]["lr"] <= 0.02 * CONFIG["lr"]
