@@ -21,7 +21,7 @@ from benchmarks.search_efficiency import BUDGET, SPACE
 
 def run(data_dir: str | None, quick: bool, out: Path | None = None, seeds: int = 3) -> dict[str, Any]:
     """Each seed's search and confirm stage in `out` (finished ones are read back, not rerun)."""
-    from search.auto import AutoSettings, stage_confirm
+    from search.confirm import stage_confirm
     from search.run import SearchSettings, run_search
 
     seeds = [0] if quick else list(range(seeds))
@@ -39,8 +39,9 @@ def run(data_dir: str | None, quick: bool, out: Path | None = None, seeds: int =
                            subset=600 if quick else 5000, verbose=0)
         if not (s.folder / "settings.json").exists():
             run_search(s)
-        confirm = stage_confirm(s, AutoSettings(confirm=top, confirm_factor=factor), 7200.0,
-                                resume=(s.folder / "confirm" / "settings.json").exists())
+        confirm = stage_confirm(s, "best", top, horizon * factor, 7200.0,
+                                resume=(s.folder / "confirm" / "settings.json").exists(), recipe=None, epoch_s=1.0,
+                                concurrent=2)
         search_pick, confirmed_pick = confirm["search_order"][0], confirm["confirm_order"][0]
         per_seed[str(seed)] = {
             "kendall_tau": confirm["kendall_tau"], "pick_changed": confirm["pick_changed"],

@@ -235,7 +235,12 @@ def shared_plan(s: SearchSettings, a: AutoSettings, total: float, plan: Plan) ->
     """The plan with --shares' split instead of its own (a search plan: the shares say so)."""
     if a.shares is None:
         return plan
-    return replace(plan, mode="search", seconds={stage: total * a.shares[stage] for stage in STAGES},
+    # The predict stage keeps at least the time its timed pass asks for; the other three
+    # split the rest in the proportions given.
+    predict = max(total * a.shares["predict"], plan.seconds["predict"])
+    rest = sum(a.shares[stage] for stage in STAGES[:3]) or 1.0
+    seconds = {**{stage: (total - predict) * a.shares[stage] / rest for stage in STAGES[:3]}, "predict": predict}
+    return replace(plan, mode="search", seconds=seconds,
                    reason="the split given by --shares", confirm_configs=a.confirm + 1,
                    confirm_epochs=a.confirm_factor * plan.max_epochs,
                    expected_trials=max(plan.expected_trials, 1))

@@ -217,7 +217,10 @@ def make_plan(s: Any, a: Any, total: float, concurrent: int, epoch_s: float, gpu
                          int(confirm_s * SAFETY / (waves * epoch_s * share_slowdown)))
     if confirm_epochs <= horizon:
         candidates, confirm_epochs, confirm_s = 0, 0, 0.0
-    retrain_s = usable - overhead * (1 if candidates else 0.5) - search_s - confirm_s
+    # Each stage that starts Ray carries its overhead (its wall time includes it).
+    search_s += overhead / 2
+    confirm_s += overhead / 2 if candidates else 0.0
+    retrain_s = usable - search_s - confirm_s
     seconds = {"search": search_s, "confirm": confirm_s, "retrain": retrain_s, "predict": tail}
     reason = (f"search: the deadline holds about {whole:.0f} epochs of a middle-sized config; the retrain keeps "
               f"{retrain_s / usable:.0%} of the time")

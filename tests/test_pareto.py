@@ -389,21 +389,19 @@ def test_the_front_table_report_and_retrain_of_a_pareto_search(pareto_search, cl
 
 
 def test_auto_confirms_what_its_pick_names(pareto_search):
-    from search.auto import AutoSettings, candidates
-    from search.run import SearchSettings
+    from search.confirm import candidates
     from trainable.errors import UserError
 
     folder = pareto_search[0].folder
-    s = SearchSettings(name=folder.name, storage=str(folder.parent), minimize="params")
     front = json.loads((folder / "front.json").read_text())
-    assert candidates(s, AutoSettings(pick="knee", confirm=2))[0][0] == front["knee"]
-    best = candidates(s, AutoSettings(pick="best", confirm=6))
+    assert candidates(folder, "knee", 2, "params")[0][0] == front["knee"]
+    best = candidates(folder, "best", 6, "params")
     assert [c[2] for c in best] == sorted((c[2] for c in best), reverse=True)
     cheapest = min(m["params"] for m in front["members"])
-    under = candidates(s, AutoSettings(pick=f"under:{cheapest}", confirm=6))
+    under = candidates(folder, f"under:{cheapest}", 6, "params")
     assert under[0][0] == front["members"][0]["trial_id"]  # the cheapest member is the best that cheap
     with pytest.raises(UserError, match="no trial of the search costs at most"):
-        candidates(s, AutoSettings(pick="under:0.000001", confirm=2))
+        candidates(folder, "under:0.000001", 2, "params")
 
 
 def test_a_latency_search_measures_each_architecture_once_in_its_own_slot(ray_session, tmp_path):
