@@ -44,7 +44,7 @@ IMPORTED = time.time()  # the command's start-up counts from here
 
 from search.confirm import RECIPE_ID, parse_pick, stage_confirm  # noqa: E402
 from search.plan import (PREDICT_MARGIN, REPORT_S, STAGES, Plan, make_plan, planned_concurrency,  # noqa: E402
-                         predict_seconds, probe_epoch_seconds)
+                         predict_seconds, probe_epoch_seconds, ray_overhead)
 from search.run import SearchSettings, build_parser, parse_duration, settings_from_parsed  # noqa: E402
 from trainable.cli import run_main  # noqa: E402
 from trainable.errors import UserError  # noqa: E402
@@ -157,12 +157,9 @@ class Record:
 
 # ----------------------------------------------------------------------------- the stages
 def stage_search(s: SearchSettings, plan: Plan, seconds: float, resume: bool) -> Any:
-    from search.plan import RAY_OVERHEAD_S
     from search.run import run_search
 
-    import ray
-
-    overhead = 0.0 if ray.is_initialized() else RAY_OVERHEAD_S
+    overhead = ray_overhead(s.address)
     # The fixed recipe runs first in the search (where the space can build it): the search's
     # best is then weighed against a known-good config at the same horizon.
     extra = {**s.extra, "warm_configs": [plan.recipe] if plan.recipe else []}
@@ -284,10 +281,8 @@ def run_auto(s: SearchSettings, a: AutoSettings, started: float | None = None) -
         recipe = {**fit_to_budget(DEADLINE_RECIPE, s.param_budget, num_classes, channels), "seed": s.seed}
         sample = images[:256]
         predict_s = predict_seconds(recipe, sample, num_classes, gpus) * len(images) / max(1, len(sample))
-        import ray
-
         plan = replace(shared_plan(s, a, total, make_plan(s, a, total, concurrent, epoch_s, gpus, predict_s,
-                                                          retrain_epoch_s, ray_up=ray.is_initialized())), recipe=recipe)
+                                                          retrain_epoch_s, ray_overhead(s.address))), recipe=recipe)
     startup = time.time() - started
     print(plan.describe(), flush=True)
     print(f"start-up (data, Ray, timings) took {startup:.0f} s; the deadline counts from here", flush=True)

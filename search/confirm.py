@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
+from trainable.config import with_defaults
 from trainable.errors import UserError
 
 RECIPE_ID = "recipe"
@@ -139,17 +140,17 @@ def stage_confirm(s: Any, pick: str, count: int, epochs: int, seconds: float, re
                   recipe: dict[str, Any] | None, epoch_s: float, concurrent: int) -> dict[str, Any]:
     """Train the search's top `count` configs (by `pick`) and `recipe` for `epochs` epochs (fewer
     if the measured epoch times say they would not finish in `seconds`), then rank them."""
-    from search.plan import RAY_OVERHEAD_S
+    from search.plan import ray_overhead
     from search.records import read_trials
     from search.run import SearchSettings, run_search
 
+    overhead = ray_overhead(s.address)  # Ray started (or joined) and stopped around the stage
     top = candidates(s.folder, pick, count, s.minimize or "params")
     if not top:
         raise UserError("the search finished no epoch: nothing to confirm (give it more --time-budget)")
     entries = list(top) + ([(RECIPE_ID, {**recipe, "seed": s.seed}, float("nan"))] if recipe else [])
     folder = s.folder / "confirm"
-    horizon = fitting_epochs(s.folder, [t for t, _, _ in entries], epochs, seconds - RAY_OVERHEAD_S, concurrent,
-                             epoch_s)
+    horizon = fitting_epochs(s.folder, [t for t, _, _ in entries], epochs, seconds - overhead, concurrent, epoch_s)
     search_order = [trial_id for trial_id, _, _ in top]
     outcome: dict[str, Any] = {"pick": pick, "objective": s.minimize or "params", "search_order": search_order,
                                "search_val_acc": {t: v for t, _, v in top}, "confirm_epochs": horizon,
@@ -169,12 +170,12 @@ def stage_confirm(s: Any, pick: str, count: int, epochs: int, seconds: float, re
         scheduler="fifo", sampler="random", param_budget=s.param_budget, space=str(space), seed=s.seed,
         dataset=s.dataset, data_dir=s.data_dir, val_fraction=s.val_fraction, subset=s.subset, compile=s.compile,
         checkpoint_every=s.checkpoint_every, max_failures=s.max_failures, verbose=s.verbose,
-        time_budget=f"{max(1.0, seconds - RAY_OVERHEAD_S):.0f}s",
+        time_budget=f"{max(1.0, seconds - overhead):.0f}s",
         resume=resume and (folder / "settings.json").exists())
     run_search(replace(confirm))
 
-    def key(config: dict[str, Any]) -> str:
-        return repr(sorted((k, v) for k, v in config.items() if k not in ("epochs", "seed")))
+    def key(config: dict[str, Any]) -> str:  # every key, defaults filled in: the recipe names only a few
+        return repr(sorted((k, v) for k, v in with_defaults(config).items() if k not in ("epochs", "seed")))
 
     # Each confirm trial is one of the candidates: name it by the search trial it came from.
     by_config = {key(c): t for t, c, _ in entries}

@@ -43,8 +43,19 @@ CONFIRM_SHARE = 0.15  # the rest (0.35) is the search's
 MIN_TRIALS = 20  # the ASHA horizon shrinks until the search's share runs this many trials
 MIN_SEARCH_TRIALS = 8  # fewer than this in the share: the search cannot learn, so no search
 # Starting and stopping Ray around a search stage, which Tune's time budget does not count
-# (measured here: 8-12 s on 2 cores); nothing when Ray is already up (a notebook, a cluster).
+# (measured here: 8-12 s on 2 cores); connecting to a running cluster (--address): about 2 s;
+# nothing when Ray is already up in this process (a notebook).
 RAY_OVERHEAD_S = 10.0
+RAY_CONNECT_S = 2.0
+
+
+def ray_overhead(address: str | None) -> float:
+    """Seconds a search stage spends starting and stopping Ray, outside its time budget."""
+    import ray
+
+    if ray.is_initialized():
+        return 0.0
+    return RAY_CONNECT_S if address else RAY_OVERHEAD_S
 REPORT_S = 6.0  # the report after the last stage (plots of a small search: 3-5 s on 2 cores)
 PREDICT_MARGIN = 1.5  # the timed pass is a slice of the input; the whole may run slower
 SAFETY = 0.85  # plan runs that must finish (confirm) to fill 85% of their time
@@ -168,7 +179,7 @@ def fits_in(seconds: float, per_trial_epochs: float, epoch_s: float, concurrent:
 
 
 def make_plan(s: Any, a: Any, total: float, concurrent: int, epoch_s: float, gpus: int,
-              predict_s: float, retrain_epoch_s: float | None = None, ray_up: bool = False) -> Plan:
+              predict_s: float, retrain_epoch_s: float | None = None, overhead: float = RAY_OVERHEAD_S) -> Plan:
     """Split `total` seconds (see the module docstring). `s`: the search's settings; `a`:
     search.auto's; `epoch_s`: a middle config's epoch on the search's training split, as a
     trial runs it; `retrain_epoch_s`: the same as the retrain runs it (alone, every CPU
@@ -191,7 +202,7 @@ def make_plan(s: Any, a: Any, total: float, concurrent: int, epoch_s: float, gpu
     if whole < SEARCH_PAYS_EPOCHS:
         return recipe_plan(f"no search: the deadline holds about {whole:.0f} epochs of a middle-sized config, fewer "
                            f"than {SEARCH_PAYS_EPOCHS}; the fixed recipe trains for all of it")
-    overhead = 0.0 if ray_up else 2 * RAY_OVERHEAD_S
+    overhead *= 2  # the search stage and the confirm stage each start Ray
     searchable = usable - overhead
     search_s = searchable * (1 - RETRAIN_SHARE - CONFIRM_SHARE)
     confirm_s = searchable * CONFIRM_SHARE
