@@ -83,7 +83,11 @@ def stage_table(folder: Path) -> pd.DataFrame | None:
         return None
     rows = []
     for stage, entry in record.get("stages", {}).items():
-        if stage == "search":
+        if entry.get("skipped") and stage == "search":
+            outcome = record.get("plan", {}).get("reason", "skipped")
+        elif entry.get("skipped"):
+            outcome = "skipped"
+        elif stage == "search":
             outcome = f"best trial {entry.get('best')}"
         elif stage == "confirm":
             tau = entry.get("kendall_tau")
@@ -105,7 +109,12 @@ def make_report(path: str | Path, out: str | Path) -> dict[str, Path]:
     settings = settings_of(folder)
     table, curves = load_experiment(folder)
     importances, note = optuna_importances(folder)
-    best_id = table.iloc[0]["trial_id"]
+    # The model that was submitted is the report's "best" (search.auto may have confirmed
+    # another config than the search's top, or retrained a trial at length).
+    record = read_auto(folder) or {}
+    submitted = record.get("stages", {}).get("retrain", {}).get("trial_id")
+    best_id = submitted if submitted in set(table["trial_id"]) else table.iloc[0]["trial_id"]
+    best_caption = "Submitted model (trial {})".format(best_id) if submitted == best_id else "Best trial"
     files = {
         "Learning curves": plots.learning_curves(table, curves, out / "learning_curves.png"),
         "Params against val_acc": plots.params_vs_accuracy(table, int(settings.get("param_budget", 5_000_000)),
@@ -113,7 +122,7 @@ def make_report(path: str | Path, out: str | Path) -> dict[str, Path]:
         "Hyperparameter importance": plots.importance(importances, out / "importance.png", note),
         "val_acc against each hyperparameter": plots.hyperparameters(table, out / "hyperparameters.png"),
         "ASHA rungs": plots.rungs(table, asha_milestones(settings), out / "asha_rungs.png"),
-        "Best trial": plots.best_trial(curves, best_id, out / "best_trial.png"),
+        best_caption: plots.best_trial(curves, best_id, out / "best_trial.png"),
     }
     pareto = None
     if settings.get("minimize"):

@@ -134,6 +134,17 @@ class AutoResult:
 
         return analysis.load(self.folder)
 
+    def __repr__(self) -> str:
+        from search.auto import total_seconds
+
+        stages = self.record["stages"]
+        used = sum(st.get("used_s", 0.0) for st in stages.values())
+        who = "the fixed recipe" if self.trial_id == "recipe" else f"trial {self.trial_id}"
+        test = "n/a" if self.test_acc is None else f"{self.test_acc:.4f}"
+        return (f"AutoResult({self.folder}: {who} retrained {stages['retrain'].get('epochs')} epochs, test acc {test}; "
+                f"{stages['predict'].get('rows')} rows in {self.submission}; stages {used / 60:.1f} of "
+                f"{self.record['time_budget_s'] / 60:.1f} min, {total_seconds(self.record)[0] / 60:.1f} min in all)")
+
 
 def auto(**flags: Any) -> AutoResult:
     """From data to submission under one deadline: `python -m search.auto` as a function."""
@@ -146,7 +157,7 @@ def auto(**flags: Any) -> AutoResult:
         raise UserError("dry_run=True only prints the plan; call without it to run")
     retrained = record["stages"]["retrain"]
     return AutoResult(settings.folder, Path(record["stages"]["predict"]["submission"]), retrained["trial_id"],
-                      retrained.get("test_acc_ema_tta_mean"), record)
+                      retrained.get("test_acc_ema_mean", retrained.get("test_acc_ema_tta_mean")), record)
 
 
 @dataclass
@@ -159,6 +170,14 @@ class RetrainResult:
     @property
     def test_acc(self) -> float | None:
         return self.metrics.get("test_acc_mean", self.metrics.get("test_acc_ema_mean"))
+
+    def __repr__(self) -> str:
+        if "members" in self.metrics:
+            return f"RetrainResult({self.folder}: {len(self.metrics['members'])} front members retrained)"
+        seeds = len(self.metrics.get("seeds", []))
+        test = "n/a" if self.test_acc is None else f"{self.test_acc:.4f}"
+        return (f"RetrainResult({self.folder}: {self.metrics.get('params', 0):,} params, {seeds} seed(s), "
+                f"test acc {test}, {self.metrics.get('status')})")
 
 
 def retrain(experiment: str | Path | None = None, **flags: Any) -> RetrainResult:
@@ -185,6 +204,9 @@ class PredictResult:
 
     submission: Path
     rows: pd.DataFrame
+
+    def __repr__(self) -> str:
+        return f"PredictResult({self.submission}: {len(self.rows)} rows)"
 
 
 def predict(model: str | Path, **flags: Any) -> PredictResult:

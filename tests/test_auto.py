@@ -63,7 +63,17 @@ def test_auto_goes_from_data_to_a_submission_within_its_deadline(auto_run):
     rows = (tmp / "submission.csv").read_text().splitlines()
     assert rows[0] == "ID,Labels" and len(rows) == 41
     assert (folder / "final" / "weights_ema.pt").is_file()
-    assert "## Stages (search.auto)" in (folder / "report" / "report.md").read_text()
+    report = (folder / "report" / "report.md").read_text()
+    assert "## Stages (search.auto)" in report
+    if retrained["trial_id"] != "recipe":  # the report's "best" is the model that was submitted
+        assert f"Submitted model (trial {retrained['trial_id']})" in report
+    # The notebook API's result prints as a short summary, not as a dump of the record.
+    from search.api import AutoResult
+
+    result = AutoResult(folder, tmp / "submission.csv", retrained["trial_id"], retrained.get("test_acc_ema_mean"),
+                        record)
+    text = repr(result)
+    assert "\n" not in text and len(text) < 300 and "40 rows" in text and "test acc" in text
     # The confirm stage is an experiment of its own, read like any other.
     import analysis
 
