@@ -363,11 +363,12 @@ def build_searcher(s: SearchSettings, num_classes: int, costs: "Costs | None" = 
     from search.budget import check_space_fits, startup_trials
     from search.records import optuna_url, read_trials
     from search.searcher import BudgetedOptunaSearch
-    from search.space import WARM_START, default_space, load_space, params_of
+    from search.space import default_space, load_space, params_of, warm_starts
 
     fixed = {**s.overrides, "epochs": s.max_epochs, "seed": s.seed}
     # The built-in space leaves fixed keys out of the search; a user's space is overridden.
-    space, warm = load_space(s.space) if s.space else (functools.partial(default_space, fixed=fixed), WARM_START)
+    space, warm = load_space(s.space) if s.space else (
+        functools.partial(default_space, fixed=fixed), warm_starts(s.param_budget, num_classes, in_channels, fixed))
     feasible = check_space_fits(space, s.param_budget, num_classes, fixed, seed=s.seed, in_channels=in_channels)
     startup = startup_trials(feasible) if s.sampler == "tpe" else None
     sampler = (optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=startup)

@@ -89,26 +89,32 @@ def default_space(trial: optuna.Trial, fixed: dict[str, Any] | None = None) -> d
     return {**config, **fixed}
 
 
-# Warm starts, run first in this order, in the default space's terms:
-# 1. the seed's configuration: [3,5,3] x [64,128,256], F=3, K=1, AdamW with warm-up and
-#    cosine, crop + flip only (4,918,602 params);
-# 2. a WRN-40-2-like net (pre-activation [6,6,6] x [32,64,128], stem 16: 2,243,546 params)
-#    with TrivialAugment and cutout 16, Nesterov SGD lr 0.1, weight decay 5e-4, batch 128:
-#    the family of the 96.3% AutoAugment result in the known recipes.
-SEED_START: dict[str, Any] = {
-    "n_stages": 3, "blocks_0": 3, "blocks_1": 5, "blocks_2": 3, "width_base": 64, "width_growth": 2.0,
-    "stem_width": None, "block": "basic", "kernel_size": 3, "skip_kernel_size": 1, "dropout": 0.0,
-    "drop_path": 0.0, "zero_init_residual": False, "sam_rho": 0.0, "optimizer": "adamw", "adamw_lr": 2e-3, "adamw_weight_decay": 5e-2, "warmup_epochs": 2, "batch_size": 128,
-    "label_smoothing": 0.0, "cutout": 0, "augment_policy": "none", "mixup_alpha": 0.0, "cutmix_alpha": 0.0,
-}
-WRN_START: dict[str, Any] = {
-    "n_stages": 3, "blocks_0": 6, "blocks_1": 6, "blocks_2": 6, "width_base": 32, "width_growth": 2.0,
-    "stem_width": 16, "block": "preact", "kernel_size": 3, "skip_kernel_size": 1, "dropout": 0.0,
-    "drop_path": 0.0, "zero_init_residual": False, "sam_rho": 0.0, "optimizer": "sgd", "sgd_lr": 0.1, "sgd_weight_decay": 5e-4, "sgd_momentum": 0.9, "warmup_epochs": 1,
-    "batch_size": 128, "label_smoothing": 0.0, "cutout": 16, "augment_policy": "trivialaugment",
-    "mixup_alpha": 0.0, "cutmix_alpha": 0.0,
-}
-WARM_START: list[dict[str, Any]] = [SEED_START, WRN_START]
+# Warm starts, run first in this order, each scaled into the budget (`warm_starts`): the
+# seed's configuration (trainable.zoo.SEED: [3,5,3] x [64,128,256], AdamW, crop + flip only;
+# 4,918,602 params) and a WRN-40-2 (trainable.zoo.WRN_40_2: pre-activation [6,6,6] x
+# [32,64,128], stem 16, TrivialAugment, cutout 16, Nesterov SGD 0.1; 2,243,546 params), the
+# family of the 96.3% AutoAugment result in the known recipes.
+def warm_starts(budget: int = 5_000_000, num_classes: int = 10, in_channels: int = 3,
+                fixed: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The built-in space's warm starts in its own terms, each narrowed into `budget`
+    (`trainable.zoo.fit_to_budget`, never widened); one the space cannot build at that size
+    (widths below its range) is left out.
+
+    >>> [p["width_base"] for p in warm_starts()], [p["width_base"] for p in warm_starts(1_000_000)]
+    ([64, 32], [32])
+    """
+    from trainable.zoo import SEED, WRN_40_2, fit_to_budget
+
+    chosen = []
+    for config in (SEED, WRN_40_2):
+        try:
+            fitted = fit_to_budget(config, budget, num_classes, in_channels, grow=False)
+        except ValueError:
+            continue
+        params = params_of(fitted, fixed)
+        if params is not None:
+            chosen.append(params)
+    return chosen
 
 
 def params_of(config: dict[str, Any], fixed: dict[str, Any] | None = None) -> dict[str, Any] | None:
@@ -136,9 +142,13 @@ def params_of(config: dict[str, Any], fixed: dict[str, Any] | None = None) -> di
     params.update({prefix + "lr": cfg["lr"], prefix + "weight_decay": cfg["weight_decay"]})
     if cfg["optimizer"] == "sgd":
         params["sgd_momentum"] = cfg["momentum"]
+    import warnings
+
     try:
-        built = default_space(optuna.trial.FixedTrial(params), fixed)
-    except ValueError:  # FixedTrial refuses a value outside a distribution
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # FixedTrial only warns of a value outside a distribution
+            built = default_space(optuna.trial.FixedTrial(params), fixed)
+    except (ValueError, UserWarning):
         return None
     if any(built.get(key) != cfg.get(key) for key in built if key not in (fixed or {})):
         return None
@@ -213,3 +223,6 @@ def load_space(path: str | Path) -> tuple[SpaceFn, dict[str, Any] | list[dict[st
     if not callable(getattr(module, "space", None)):
         raise UserError(f"space file {path} must define a function space(trial) -> dict")
     return module.space, getattr(module, "WARM_START", None)
+
+
+WARM_START: list[dict[str, Any]] = warm_starts()  # at 5M; a search scales them into its own budget

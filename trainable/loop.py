@@ -147,34 +147,37 @@ class TimeBudget:
 
 
 class StepClock:
-    """The wall time a run has used (across resumes) and how much its steps have slowed down.
+    """The wall time a run has used (across resumes) and how its steps' speed has changed.
 
-    Per-step times are smoothed (an exponential average over about 5 steps, so a slowdown is
-    seen within a few steps); the fastest
-    smoothed time seen is the reference for the slowdown, so a machine that frees up later
-    does not leave a stale, inflated reserve behind.
+    Per-step times are smoothed (an exponential average over about 5 steps, so a change is
+    seen within a few steps). The reference is the smoothed time at the 10th step: the speed
+    at which the tail was measured, just before training began. The tail then scales with
+    the machine's speed now against then, up or down (clamped to 1/4..4x): a reference taken
+    from the fastest stretch seen would count a slowdown twice when the tail itself was
+    measured on a busy machine.
     """
+
+    REFERENCE_STEP = 10
 
     def __init__(self, used_s: float = 0.0):
         self.used_before = used_s
         self.started = time.perf_counter()
         self.last = self.started
         self.smoothed: float | None = None
-        self.fastest: float | None = None
+        self.reference: float | None = None
         self.steps = 0
 
     def used(self) -> float:
         return self.used_before + time.perf_counter() - self.started
 
     def tick(self) -> float:
-        """Note that a step ended; return its seconds (the first steps of a run, slowed by
-        warm-up, are not a reference for the slowdown)."""
+        """Note that a step ended; return its seconds."""
         now = time.perf_counter()
         dt, self.last = now - self.last, now
         self.steps += 1
         self.smoothed = dt if self.smoothed is None else 0.8 * self.smoothed + 0.2 * dt
-        if self.steps >= 5:
-            self.fastest = self.smoothed if self.fastest is None else min(self.fastest, self.smoothed)
+        if self.steps == self.REFERENCE_STEP:
+            self.reference = self.smoothed
         return dt
 
     def resync(self) -> None:
@@ -182,9 +185,9 @@ class StepClock:
         self.last = time.perf_counter()
 
     def slowdown(self) -> float:
-        if not self.smoothed or not self.fastest:
+        if not self.smoothed or not self.reference:
             return 1.0
-        return max(1.0, self.smoothed / self.fastest)
+        return min(4.0, max(0.25, self.smoothed / self.reference))
 
 
 class WeightAverage:
@@ -285,12 +288,13 @@ class Trainer:
         used = self.clock.used()
         # The budget counts from this run's start; time a resumed run used before adds to both sides.
         end = self.clock.used_before + budget.seconds
-        training_s = max(1e-6, end - budget.tail_s * self.clock.slowdown())
-        target = min(1.0, used / training_s)
+        training_s = end - budget.tail_s * self.clock.slowdown()
+        target = min(1.0, used / training_s) if training_s > 0 else 1.0
         if used < end - budget.tail_s:
-            # A sudden slowdown grows the kept-back tail, and the target jumps: catch up at up to
-            # 4x the clock's pace, so the last steps still anneal (a few steps' time, at most).
-            target = min(target, self.progress + 4 * step_s / training_s)
+            # A sudden slowdown grows the kept-back tail and the target jumps: move on at up to
+            # 4x the clock's pace, or a tenth of what is left a step, so the last steps anneal.
+            pace = step_s / max(training_s, step_s)
+            target = min(target, self.progress + max(4 * pace, (1 - self.progress) / 10 + 0.005))
         else:
             target = 1.0  # the unscaled tail is reached: stop now whatever the schedule says
         self.progress = max(self.progress, by_steps, target)
