@@ -394,6 +394,9 @@ def summary(result: dict[str, Any], folder: Path) -> str:
         lines.append(f"  open {stages['predict']['report']}")
     if (folder / "trials.csv").is_file():
         lines.append(f"  python -m analysis.table {folder}")
+    if result["plan"].get("mode") == "recipe" and result["plan"].get("search_from_s"):
+        lines.append(f"  a --time-budget of {result['plan']['search_from_s'] / 60:.0f} min or more lets it search "
+                     "on this machine (a smaller --subset or a GPU shortens that)")
     return "\n".join(lines)
 
 

@@ -80,6 +80,8 @@ class Plan:
     seeds: int
     trials: int
     recipe: dict[str, Any] = field(default_factory=dict)
+    search_from_s: float = 0.0  # the shortest deadline at which this plan would search
+
 
     def describe(self) -> str:
         head = (f"plan for {self.total_s / 60:.1f} min (measured here: an epoch of a middle-sized config "
@@ -194,10 +196,12 @@ def make_plan(s: Any, a: Any, total: float, concurrent: int, epoch_s: float, gpu
     usable = max(1.0, total - tail)
     whole = usable / (retrain_epoch_s * train_val)  # epochs of the middle config if the retrain had it all
 
+    search_from = SEARCH_PAYS_EPOCHS * retrain_epoch_s * train_val + tail
+
     def recipe_plan(reason: str) -> Plan:
         seconds = {"search": 0.0, "confirm": 0.0, "retrain": usable, "predict": tail}
         return Plan(total, seconds, "recipe", reason, s.max_epochs, 0, 0, 0, concurrent, epoch_s, predict_s,
-                    max(1, int(whole)), seeds, 0)
+                    max(1, int(whole)), seeds, 0, search_from_s=search_from)
 
     if whole < SEARCH_PAYS_EPOCHS:
         return recipe_plan(f"no search: the deadline holds about {whole:.0f} epochs of a middle-sized config, fewer "
@@ -236,7 +240,8 @@ def make_plan(s: Any, a: Any, total: float, concurrent: int, epoch_s: float, gpu
     reason = (f"search: the deadline holds about {whole:.0f} epochs of a middle-sized config; the retrain keeps "
               f"{retrain_s / usable:.0%} of the time")
     return Plan(total, seconds, "search", reason, horizon, expected, candidates, confirm_epochs, concurrent, epoch_s,
-                predict_s, max(1, int(retrain_s / (retrain_epoch_s * train_val))), seeds, trials)
+                predict_s, max(1, int(retrain_s / (retrain_epoch_s * train_val))), seeds, trials,
+                search_from_s=search_from)
 
 
 def planned_concurrency(s: Any) -> tuple[int, int]:

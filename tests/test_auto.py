@@ -255,6 +255,9 @@ def test_a_short_deadline_trains_the_fixed_recipe_and_a_long_one_searches():
     short = make_plan(s, a, 6 * 60, 2, epoch_s, 0, predict_s=20, retrain_epoch_s=3.0)
     assert short.mode == "recipe" and short.seconds["search"] == 0 and short.seconds["retrain"] > 0.8 * 360
     assert "no search" in short.describe()
+    # The plan knows from what deadline a search would run here (the summary says so).
+    assert short.search_from_s > 6 * 60
+    assert make_plan(s, a, short.search_from_s + 1, 2, epoch_s, 0, predict_s=20, retrain_epoch_s=3.0).mode == "search"
     long = make_plan(s, a, 60 * 60, 2, epoch_s, 0, predict_s=20, retrain_epoch_s=3.0)
     assert long.mode == "search" and 3600 / 3.0 > SEARCH_PAYS_EPOCHS
     assert long.seconds["retrain"] >= 0.49 * (3600 - long.seconds["predict"])
@@ -277,3 +280,29 @@ def test_the_plan_respects_trials_and_the_horizon_follows_the_deadline():
     shorter = make_plan(s, a, 15 * 60, 2, 8.0, 0, predict_s=20, retrain_epoch_s=3.0)
     assert shorter.mode == "search" and shorter.expected_trials >= 20
     assert shorter.max_epochs < make_plan(s, a, 120 * 60, 2, 8.0, 0, predict_s=20, retrain_epoch_s=3.0).max_epochs
+
+
+def test_a_deadline_too_short_to_search_trains_the_fixed_recipe_for_all_of_it(tmp_path, cli, monkeypatch):
+    """A deadline that holds fewer than SEARCH_PAYS_EPOCHS epochs of the middle config: no
+    search and no confirm stage (no Ray at all), the fixed recipe in the budget trained to the
+    time left, a submission, and a summary that says so and from what deadline it would search."""
+    from search.auto import main
+
+    monkeypatch.chdir(tmp_path)
+    unlabelled(tmp_path / "test.npy")
+    start = time.time()
+    code, out, err = cli(main, ["--gpus", "0", "--dataset", "synthetic", "--subset", "2000", "--param-budget",
+                                "100000", "--time-budget", "25s", "--input", "test.npy", "--out", "sub.csv",
+                                "--name", "short"])
+    wall = time.time() - start
+    assert code == 0, err
+    record = json.loads((tmp_path / "runs" / "short" / "auto.json").read_text())
+    assert record["plan"]["mode"] == "recipe" and "no search" in out
+    assert record["stages"]["search"]["skipped"] and record["stages"]["confirm"]["skipped"]
+    assert not (tmp_path / "runs" / "short" / "trials.csv").exists()
+    retrained = record["stages"]["retrain"]
+    assert retrained["trial_id"] == "recipe" and retrained["epochs"] >= 2
+    assert retrained["config"]["block"] == "preact" and retrained["config"]["augment_policy"] == "trivialaugment"
+    assert wall - record["runs"][0]["startup_s"] <= 25 * 1.05
+    assert len((tmp_path / "sub.csv").read_text().splitlines()) == 41
+    assert "lets it search on this machine" in out
