@@ -103,3 +103,22 @@ def test_preactivation_counts_match_counts_by_hand():
 def test_layer_table_names_the_block_form():
     assert "pre-activation" in layer_summary({"blocks": [1, 1], "widths": [8, 16], "block": "preact"}).splitlines()[0]
     assert "post-activation" in layer_summary({"blocks": [1, 1], "widths": [8, 16]}).splitlines()[0]
+
+
+@pytest.mark.parametrize("block", ["basic", "preact", "shake"])
+def test_the_closed_form_count_equals_the_built_models_count(block):
+    """count_params (closed form, microseconds) against the parameters of the model itself,
+    over random shapes: odd widths, 5x5 kernels, 3x3 shortcuts, stems, classes, channels."""
+    import random
+
+    from trainable.model import count_built
+
+    rng = random.Random(block)
+    for _ in range(150):
+        stages = rng.randint(2, 4)
+        config = {"blocks": [rng.randint(1, 4) for _ in range(stages)],
+                  "widths": [rng.choice([8, 12, 16, 24, 33, 64]) for _ in range(stages)], "block": block,
+                  "kernel_size": rng.choice([3, 5]), "skip_kernel_size": rng.choice([1, 3]),
+                  "stem_width": rng.choice([None, 7, 16]), "dropout": rng.random() * 0.3}
+        classes, channels = rng.choice([10, 100]), rng.choice([1, 3])
+        assert count_params(config, classes, channels) == count_built(config, classes, channels), config
