@@ -197,6 +197,7 @@ def unlabelled_input(folder: Path, name: str, channels: int, side: int) -> Path:
 def test_a_search_a_retrain_and_a_prediction_on_each_set(ray_session, space_file, tmp_path, monkeypatch,
                                                         published_files, cli, name):
     from search.predict import main as predict_main
+    from search.records import read_history
     from search.retrain import main as retrain_main
     from search.run import run_search
 
@@ -215,7 +216,11 @@ def test_a_search_a_retrain_and_a_prediction_on_each_set(ray_session, space_file
     for row in rows:  # the exact count with the data's own classes and channels
         config = config_from_row(row)
         assert int(float(row["params"])) == count_params(config, classes, channels)
-        assert float(row["best_val_acc"]) >= 0
+    # Each trial's best is its epoch's val accuracy, a share of the val images it got right.
+    history = read_history(folder)
+    for row in rows:
+        epochs = [h["val_acc"] for h in history if h["trial_id"] == row["trial_id"]]
+        assert epochs and float(row["best_val_acc"]) == pytest.approx(max(epochs)) and 0 <= max(epochs) <= 1
     assert json.loads((folder / "settings.json").read_text())["dataset"] == name
 
     out = tmp_path / "final"

@@ -75,7 +75,13 @@ def test_sam_composes_with_ema_mixup_a_policy_and_every_block(data):
                           data, ema_decay=0.9)
         metrics = [m for m in trainer.epochs()]
         assert len(metrics) == 2 and all(torch.isfinite(torch.tensor(m["train_loss"])) for m in metrics)
-        assert trainer.evaluate(data.val_x, data.val_y, use_ema=True)["acc"] >= 0
+        ema = trainer.evaluate(data.val_x, data.val_y, use_ema=True)
+        assert torch.isfinite(torch.tensor(ema["loss"])) and 0 <= ema["acc"] <= 1
+        # The average moved with the training: it is neither the first weights nor the last.
+        first = Trainer({**TINY, "block": block}, data).model.state_dict()
+        averaged, last = trainer.ema.module.state_dict(), trainer.model.state_dict()
+        moved = [k for k, v in averaged.items() if v.is_floating_point() and not torch.equal(v, first[k])]
+        assert moved and any(not torch.equal(averaged[k], last[k]) for k in moved), block
 
 
 def test_drop_path_is_the_identity_at_evaluation_and_rescales_in_training():

@@ -84,6 +84,7 @@ def test_tensorboard_event_files_hold_each_trials_val_acc(tracked):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     folder, history = tracked
+    assert len(history) == 3 and all(history.values())  # every trial reported val_acc
     for trial_id, epochs in history.items():
         events = EventAccumulator(str(folder / "tensorboard" / trial_id))
         events.Reload()
