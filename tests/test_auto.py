@@ -198,7 +198,11 @@ def test_auto_holds_its_deadline_when_the_machine_slows_down_midway(ray_session,
     """Two CPU-bound processes (real ones) start midway through the search stage and run to
     the end: the command still ends within its deadline + 5%, start-up excluded."""
     deadline = 60
+    # --shares: a search plan whatever this machine's speed (the plan alone could judge 60 s
+    # too short to search on a slow machine), with the plan's own half for the retrain, which
+    # absorbs what the Ray stages overrun while the hogs run (Tune stops trials late then).
     args = [sys.executable, "-m", "search.auto", "--address", ray_session.address] + TOY[:-2] + [
+        "--shares", "0.3,0.15,0.52,0.03",
         "--space", str(space_file), "--storage", str(tmp_path / "runs"), "--name", "busy",
         "--time-budget", f"{deadline}s", "--input", str(unlabelled(tmp_path / "test.npy")),
         "--out", str(tmp_path / "submission.csv")]

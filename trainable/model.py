@@ -7,7 +7,6 @@ The seed's model, BasicBlocks [3,5,3] x [64,128,256] with F=3 and K=1, counts 4,
 
 from __future__ import annotations
 
-import json
 from typing import Any, Sequence
 
 import torch
