@@ -13,6 +13,7 @@ The fixed recipe (`trainable.zoo.DEADLINE_RECIPE` in the budget) competes as tri
 from __future__ import annotations
 
 import re
+import shutil
 import statistics
 from dataclasses import replace
 from pathlib import Path
@@ -160,6 +161,8 @@ def stage_confirm(s: Any, pick: str, count: int, epochs: int, seconds: float, re
               f"{seconds / 60:.1f} min", flush=True)
         return {**outcome, "skipped": True, "confirm_order": search_order + ([RECIPE_ID] if recipe else []),
                 "confirm_val_acc": {}, "kendall_tau": None, "pick_changed": False}
+    if folder.exists() and not (folder / "settings.json").exists():
+        shutil.rmtree(folder)  # killed before its settings were written: nothing in it to keep
     space = s.folder / "confirm_space.py"
     if not resume or not space.exists():
         chosen = [{k: v for k, v in config.items() if k not in ("epochs", "seed")} for _, config, _ in entries]
