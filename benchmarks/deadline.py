@@ -67,6 +67,7 @@ def run_command(argv: list[str], log: Path) -> float:
 
 def one(method: str, seed: int, deadline: str, data: list[str], budget: int, test: Path, out: Path) -> dict[str, Any]:
     """Run one method at one deadline; its score and times (read back if it already ran)."""
+    from trainable.model import count_params
     from trainable.zoo import DEADLINE_RECIPE, SEED, fit_to_budget
 
     folder = out / f"{method}-{deadline}-seed{seed}"
@@ -82,8 +83,10 @@ def one(method: str, seed: int, deadline: str, data: list[str], budget: int, tes
                             "--seed", str(seed), "--input", str(test), "--out", str(csv), "--storage", str(runs),
                             "--name", "auto", "--verbose", "0"], folder / "auto.log")
         record = json.loads((runs / "auto" / "auto.json").read_text())
+        retrained = record["stages"]["retrain"]
         result.update(wall_s=wall, startup_s=record["runs"][0]["startup_s"], mode=record["plan"]["mode"],
-                      trial=record["stages"]["retrain"]["trial_id"], epochs=record["stages"]["retrain"]["epochs"],
+                      trial=retrained["trial_id"], epochs=retrained["epochs"], widths=retrained["config"]["widths"],
+                      params=count_params(retrained["config"]),
                       stages_s=sum(st.get("used_s", 0) for st in record["stages"].values()))
     else:
         recipe = {**fit_to_budget(SEED if method == "seed_recipe" else DEADLINE_RECIPE, budget), "seed": seed}

@@ -43,8 +43,8 @@ from typing import Any, Sequence
 IMPORTED = time.time()  # the command's start-up counts from here
 
 from search.confirm import RECIPE_ID, parse_pick, stage_confirm  # noqa: E402
-from search.plan import (PREDICT_MARGIN, REPORT_S, STAGES, Plan, make_plan, planned_concurrency,  # noqa: E402
-                         predict_seconds, probe_epoch_seconds, ray_overhead)
+from search.plan import (PREDICT_MARGIN, REPORT_S, STAGES, Plan, epoch_seconds, make_plan,  # noqa: E402
+                         planned_concurrency, predict_seconds, probe_epoch_seconds, ray_overhead, sized_recipe)
 from search.run import SearchSettings, build_parser, parse_duration, settings_from_parsed  # noqa: E402
 from trainable.cli import run_main  # noqa: E402
 from trainable.errors import UserError  # noqa: E402
@@ -184,7 +184,7 @@ def stage_retrain(s: SearchSettings, seconds: float, order: list[str], configs: 
         config = {**configs[trial_id], "epochs": MAX_RETRAIN_EPOCHS}
         gpus = torch.cuda.device_count() if s.gpus != 0 else 0
         tail = predict_seconds(config, images[:256], num_classes, gpus) * len(images) / max(1, len(images[:256]))
-        tail = tail * PREDICT_MARGIN + REPORT_S
+        tail = tail * PREDICT_MARGIN + (REPORT_S if (s.folder / "trials.csv").is_file() else 0.0)
         left = deadline - time.time()
         if tried and left < 2 * tail:
             break  # no time for another config
@@ -232,9 +232,10 @@ def shared_plan(s: SearchSettings, a: AutoSettings, total: float, plan: Plan) ->
     """The plan with --shares' split instead of its own (a search plan: the shares say so)."""
     if a.shares is None:
         return plan
-    # The predict stage keeps at least the time its timed pass asks for; the other three
+    # The predict stage keeps at least the time its timed pass asks for (and the report's: a
+    # split with a search writes one); the other three
     # split the rest in the proportions given.
-    predict = max(total * a.shares["predict"], plan.seconds["predict"])
+    predict = max(total * a.shares["predict"], plan.predict_s_estimate * PREDICT_MARGIN + REPORT_S)
     rest = sum(a.shares[stage] for stage in STAGES[:3]) or 1.0
     seconds = {**{stage: (total - predict) * a.shares[stage] / rest for stage in STAGES[:3]}, "predict": predict}
     return replace(plan, mode="search", seconds=seconds,
@@ -283,6 +284,13 @@ def run_auto(s: SearchSettings, a: AutoSettings, started: float | None = None) -
         predict_s = predict_seconds(recipe, sample, num_classes, gpus) * len(images) / max(1, len(sample))
         plan = replace(shared_plan(s, a, total, make_plan(s, a, total, concurrent, epoch_s, gpus, predict_s,
                                                           retrain_epoch_s, ray_overhead(s.address))), recipe=recipe)
+        if plan.mode == "recipe":  # the recipe alone: at the size that trains enough epochs in the time
+            threads = s.cpus or os.cpu_count() or 1
+            whole = int(train_images / (1 - s.val_fraction))  # the retrain trains on train + val
+            recipe, epochs = sized_recipe(
+                DEADLINE_RECIPE, s.param_budget, plan.seconds["retrain"],
+                lambda config: epoch_seconds(config, threads, whole, gpus), num_classes, channels)
+            plan = replace(plan, recipe={**recipe, "seed": s.seed}, retrain_epochs_estimate=max(1, int(epochs)))
     startup = time.time() - started
     print(plan.describe(), flush=True)
     print(f"start-up (data, Ray, timings) took {startup:.0f} s; the deadline counts from here", flush=True)

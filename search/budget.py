@@ -1,13 +1,13 @@
 """The parameter budget: the pieces `search.searcher` and the driver use before any trial exists.
 
-Each config Optuna proposes is counted exactly (meta device, no weights) by the searcher;
-this module holds the constraint value, the probe that refuses an impossible budget before
-Ray starts, and the size of TPE's random start-up under a budget.
+Each config Optuna proposes is counted exactly (in closed form) by the searcher; this module
+holds the constraint value and the probe that refuses an impossible budget before Ray starts.
+The built-in space solves its widths into the budget, so it never meets the constraint; a
+user's space that names widths is checked against it.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import optuna
@@ -16,6 +16,7 @@ from search.space import SpaceFn
 from trainable.config import DEFAULTS, validate_config
 from trainable.errors import ConfigError, UserError
 from trainable.model import count_params
+
 
 def over_budget(params: int, budget: int) -> int:
     """Constraint value: > 0 when `params` is not strictly below `budget` (Optuna: <= 0 is feasible)."""
@@ -54,8 +55,7 @@ def check_space_fits(space: SpaceFn, budget: int, num_classes: int, fixed: dict[
     """Raise UserError, before anything starts, if no config of the space fits the budget.
 
     Tries the space's smallest corner (`LowestSampler`) and `draws` configs from Optuna's
-    RandomSampler. Returns the share of the random draws under the budget (what
-    `startup_trials` needs). A space where none fits (e.g. --param-budget 1000) is reported
+    RandomSampler. Returns the share of the random draws under the budget. A space where none fits (e.g. --param-budget 1000) is reported
     with the smallest count seen.
     """
     samplers = [LowestSampler()] + [optuna.samplers.RandomSampler(seed=seed)] * draws
@@ -81,14 +81,3 @@ def _count_one(space: SpaceFn, sampler: optuna.samplers.BaseSampler, fixed: dict
     except ConfigError as exc:
         raise UserError(f"the search space produced a bad config: {exc}") from None
     return count_params(config, num_classes, in_channels)
-
-
-def startup_trials(feasible_share: float, launched: int = 10) -> int:
-    """TPE's n_startup_trials so that about `launched` random configs actually run.
-
-    Rejected configs are Optuna trials too (pruned, infeasible) and count toward TPE's
-    random start-up; under a tight budget they would use it up before any trial ran (a
-    CPU search at 500,000 params launched only AdamW configs that way). Capped at 100:
-    past that, TPE's model of the infeasible region is what finds the feasible one.
-    """
-    return min(100, math.ceil(launched / max(feasible_share, 0.02)))

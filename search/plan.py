@@ -38,6 +38,12 @@ STAGES = ("search", "confirm", "retrain", "predict")
 # gets the time. At 150, a search plan still leaves its retrain 75 epochs, where the known
 # recipes' curves have flattened (README, benchmark 11 measures the split on 3,000 images).
 SEARCH_PAYS_EPOCHS = 150
+# The fixed recipe's size under a short deadline: on 3,000 CIFAR-10 images and 5 minutes here,
+# the deadline recipe at 175k params trained 56 epochs (0.669 test accuracy), at 95k 84
+# epochs (0.680), at 44k 117 epochs (0.671). A model that trains fewer than RECIPE_EPOCHS
+# epochs in the time is halved, down to a quarter of the budget.
+RECIPE_EPOCHS = 80
+MIN_RECIPE_FILL = 0.25
 RETRAIN_SHARE = 0.5  # of the time after the predict stage: the final model's epochs pay most
 CONFIRM_SHARE = 0.15  # the rest (0.35) is the search's
 MIN_TRIALS = 20  # the ASHA horizon shrinks until the search's share runs this many trials
@@ -56,8 +62,11 @@ def ray_overhead(address: str | None) -> float:
     if ray.is_initialized():
         return 0.0
     return RAY_CONNECT_S if address else RAY_OVERHEAD_S
-REPORT_S = 6.0  # the report after the last stage (plots of a small search: 3-5 s on 2 cores)
-PREDICT_MARGIN = 1.5  # the timed pass is a slice of the input; the whole may run slower
+REPORT_S = 6.0  # the report after a search (plots of a small search: 3-5 s on 2 cores); none without
+# The timed pass is a slice of the input; the stage also reads the input, loads the model and
+# writes the CSV. A slowdown of the machine is not in the margin: the retrain scales what it
+# keeps back with the machine's speed now (`trainable.loop`).
+PREDICT_MARGIN = 1.25
 SAFETY = 0.85  # plan runs that must finish (confirm) to fill 85% of their time
 
 
@@ -95,11 +104,17 @@ class Plan:
                        "epochs, each to its end, ranked on validation" if self.confirm_configs else
                        "skipped: too short to run candidates to the end")
             lines.append(f"  confirm  {self.seconds['confirm'] / 60:6.1f} min: {confirm}")
-        what = "the winner" if self.mode == "search" else "the fixed recipe"
+        what = "the winner"
+        if self.mode == "recipe" and self.recipe:
+            from trainable.model import count_params
+
+            what = (f"the fixed recipe ({self.recipe.get('block', 'basic')} {self.recipe['blocks']} x "
+                    f"{self.recipe['widths']}, {count_params(self.recipe):,} params)")
         lines.append(f"  retrain  {self.seconds['retrain'] / 60:6.1f} min: {what} on train + val, {self.seeds} "
                      f"seed(s), EMA, to the time left (about {self.retrain_epochs_estimate} epochs), the learning "
                      "rate following the elapsed share of the time")
-        lines.append(f"  predict  {self.seconds['predict'] / 60:6.1f} min: EMA weights + TTA, and the report")
+        report = ", and the report" if self.mode == "search" else ""
+        lines.append(f"  predict  {self.seconds['predict'] / 60:6.1f} min: EMA weights + TTA{report}")
         return "\n".join(lines)
 
 
@@ -140,6 +155,13 @@ def probe_epoch_seconds(budget: int, threads: int, train_images: int, gpus: int)
     """Seconds of one training epoch of a middle-sized config of the space on the search's
     device (on a CPU, with `threads` threads), from a few timed steps (the plan's estimate;
     the stages measure the real ones)."""
+    return epoch_seconds({**probe_config(budget), "batch_size": 128}, threads, train_images, gpus)
+
+
+def epoch_seconds(config: dict[str, Any], threads: int, train_images: int, gpus: int) -> float:
+    """Seconds of one training epoch of `config` (its augmentation and batch size included)
+    over `train_images` images, from a few timed steps on the device."""
+    from trainable.config import with_defaults
     from trainable.data import make_synthetic, to_device
     from trainable.loop import Trainer
 
@@ -147,9 +169,9 @@ def probe_epoch_seconds(budget: int, threads: int, train_images: int, gpus: int)
     before = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(threads)
-    steps, batch = 4, 128
+    steps, batch = 4, with_defaults(config)["batch_size"]
     data = to_device(make_synthetic(n_train=batch * (steps + 1), n_test=8), device, val_fraction=0.0)
-    trainer = Trainer({**probe_config(budget), "epochs": 1, "warmup_epochs": 0, "batch_size": batch}, data)
+    trainer = Trainer({**config, "epochs": 1, "warmup_epochs": 0}, data)
     trainer.steps_per_epoch = 1
     trainer.train_epoch()  # warm-up
     trainer.steps_per_epoch = steps
@@ -173,6 +195,24 @@ def predict_seconds(config: dict[str, Any], images: torch.Tensor, num_classes: i
     mean = torch.full((1, images.shape[1], 1, 1), 128.0, device=device)
     std = torch.full((1, images.shape[1], 1, 1), 64.0, device=device)
     return forward_seconds(model, images, mean, std, tta_views(config), len(images))
+
+
+def sized_recipe(recipe: dict[str, Any], budget: int, seconds: float, time_epoch: Any,
+                 num_classes: int = 10, in_channels: int = 3) -> tuple[dict[str, Any], float]:
+    """The fixed recipe at the size the deadline trains well: filling `budget`, or halved
+    (down to `MIN_RECIPE_FILL` of it) while the full size would train fewer than
+    `RECIPE_EPOCHS` epochs in `seconds`. `time_epoch(config)`: its measured epoch seconds.
+    Returns (config, the epochs it is expected to train)."""
+    from trainable.zoo import fit_to_budget
+
+    fill = 1.0
+    config = fit_to_budget(recipe, budget, num_classes, in_channels)
+    epochs = seconds / time_epoch(config)
+    while epochs < RECIPE_EPOCHS and fill / 2 >= MIN_RECIPE_FILL:
+        fill /= 2
+        smaller = fit_to_budget(recipe, budget, num_classes, in_channels, fill=fill)
+        config, epochs = smaller, seconds / time_epoch(smaller)
+    return config, epochs
 
 
 def fits_in(seconds: float, per_trial_epochs: float, epoch_s: float, concurrent: int, slowdown: float) -> int:
@@ -199,7 +239,9 @@ def make_plan(s: Any, a: Any, total: float, concurrent: int, epoch_s: float, gpu
     search_from = SEARCH_PAYS_EPOCHS * retrain_epoch_s * train_val + tail
 
     def recipe_plan(reason: str) -> Plan:
-        seconds = {"search": 0.0, "confirm": 0.0, "retrain": usable, "predict": tail}
+        # Without a search there is no report to write: its seconds go to the retrain.
+        tail_alone = predict_s * PREDICT_MARGIN
+        seconds = {"search": 0.0, "confirm": 0.0, "retrain": total - tail_alone, "predict": tail_alone}
         return Plan(total, seconds, "recipe", reason, s.max_epochs, 0, 0, 0, concurrent, epoch_s, predict_s,
                     max(1, int(whole)), seeds, 0, search_from_s=search_from)
 

@@ -254,7 +254,9 @@ def prepare_folder(s: SearchSettings) -> SearchSettings:
         fresh = {k: getattr(s, k) if given is None or k in given else getattr(defaults, k) for k in RESUMABLE}
         return replace(saved, **fresh, trials=s.trials if given is None or "trials" in given else saved.trials,
                        name=s.name, storage=s.storage, study=saved.study or saved.name, resume=True,
-                       extra={**s.extra, "data_hash": raw.get("data_hash")})
+                       extra={**s.extra, "data_hash": raw.get("data_hash"),
+                              # made before versions were recorded: version 1 of the built-in space
+                              "space_version": raw.get("space_version") or 1})
     from search.records import AUTO
 
     # auto.json alone is `search.auto`'s record, written before its search stage begins.
@@ -360,18 +362,22 @@ def build_searcher(s: SearchSettings, num_classes: int, costs: "Costs | None" = 
     """The searcher over this experiment's Optuna study: created, or reloaded to resume."""
     import optuna
 
-    from search.budget import check_space_fits, startup_trials
+    from search.budget import check_space_fits
     from search.records import optuna_url, read_trials
     from search.searcher import BudgetedOptunaSearch
-    from search.space import default_space, load_space, params_of, warm_starts
+    from search.space import SPACE_VERSION, built_in_space, load_space, params_of, warm_starts
+    from search.tune.sampler import STARTUP_LAUNCHED, LaunchedStartup
 
     fixed = {**s.overrides, "epochs": s.max_epochs, "seed": s.seed}
     # The built-in space leaves fixed keys out of the search; a user's space is overridden.
     space, warm = load_space(s.space) if s.space else (
-        functools.partial(default_space, fixed=fixed), warm_starts(s.param_budget, num_classes, in_channels, fixed))
-    feasible = check_space_fits(space, s.param_budget, num_classes, fixed, seed=s.seed, in_channels=in_channels)
-    startup = startup_trials(feasible) if s.sampler == "tpe" else None
-    sampler = (optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=startup)
+        built_in_space(s.extra.get("space_version", SPACE_VERSION), fixed, s.param_budget, num_classes, in_channels),
+        warm_starts(s.param_budget, num_classes, in_channels, fixed))
+    check_space_fits(space, s.param_budget, num_classes, fixed, seed=s.seed, in_channels=in_channels)
+    # TPE's start-up is counted in launched trials, on its own random stream (search.tune.sampler);
+    # TPE itself starts no random phase of its own.
+    startup = STARTUP_LAUNCHED if s.sampler == "tpe" else None
+    sampler = (LaunchedStartup(optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=0), startup, seed=s.seed)
                if startup else optuna.samplers.RandomSampler(seed=s.seed))
     s.folder.mkdir(parents=True, exist_ok=True)
     storage = optuna.storages.RDBStorage(optuna_url(s.folder))
@@ -389,13 +395,17 @@ def build_searcher(s: SearchSettings, num_classes: int, costs: "Costs | None" = 
     elif s.warm_from:
         from search.warm import warm_start
 
+        convert = None if s.space else functools.partial(params_of, fixed=fixed, budget=s.param_budget,
+                                                         num_classes=num_classes, in_channels=in_channels, exact=False)
         searcher.warm = warm_start(study, s.warm_from, {"space_hash": content_hash(s.space) if s.space else None,
-                                                        "overrides": s.overrides, "minimize": s.minimize})
+                                                        "space_version": None if s.space else SPACE_VERSION,
+                                                        "overrides": s.overrides, "minimize": s.minimize}, convert)
         print(searcher.warm.describe(), flush=True)
     elif s.warm_start and (warm or s.extra.get("warm_configs")):
         # Configs a caller wants weighed first (search.auto's fixed recipe in the budget), where
         # the built-in space can build them, then the space's own warm starts.
-        first = [] if s.space else [p for p in (params_of(c, fixed) for c in s.extra.get("warm_configs", [])) if p]
+        first = [] if s.space else [p for p in (params_of(c, fixed, s.param_budget, num_classes, in_channels)
+                                                for c in s.extra.get("warm_configs", [])) if p]
         for params in first + (warm if isinstance(warm, list) else [warm] if warm else []):
             study.enqueue_trial(params)
     return searcher
@@ -492,11 +502,14 @@ def run_search(s: SearchSettings, trial_cls: type | None = None) -> SearchOutcom
         costs = Costs(s.folder, num_classes, size, s.minimize, resources.probe, in_channels=channels)
         searcher = build_searcher(s, num_classes, costs, in_channels=channels)
         if not s.resume:
+            from search.space import SPACE_VERSION
+
             saved = {k: v for k, v in asdict(s).items() if k not in ("extra", "resume")}
             warm = getattr(searcher, "warm", None)
             write_settings(s.folder, {**saved, "grace_epochs": s.grace, "gpus": resources.gpus,
                                       "gpu_share": resources.gpus_per_trial, "data_hash": digest,
                                       "space_hash": content_hash(s.space) if s.space else None,
+                                      "space_version": None if s.space else s.extra.get("space_version", SPACE_VERSION),
                                       "warm_start_result": warm.describe() if warm else None})
         ended = sum(r["status"] in {e.value for e in ENDED} for r in read_trials(s.folder))
         remaining = max(0, s.trials - ended)

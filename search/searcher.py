@@ -46,6 +46,7 @@ from search.budget import complete_config, over_budget
 from search.costs import Costs
 from search.records import CONTINUABLE, ENDED, Status, ended_status
 from search.space import SpaceFn
+from search.tune.sampler import launched
 from trainable.config import validate_config
 from trainable.errors import UserError
 from trainable.model import count_params
@@ -82,7 +83,7 @@ class BudgetedOptunaSearch(Searcher):
         super().__init__(metric=metric, mode=mode)
         self.costs = costs  # records MACs (and latency) per trial; the second objective with --minimize
         self.multi = len(study.directions) > 1
-        self.startup = startup  # TPE's n_startup_trials, to record who proposed each config
+        self.startup = startup  # launched trials before TPE proposes, to record who proposed each config
         self.study = study
         self.storage = storage  # the one `study` was created with: trials are looked up by number there
         self.space = space
@@ -138,17 +139,16 @@ class BudgetedOptunaSearch(Searcher):
         return Searcher.FINISHED
 
     def _proposer(self) -> str:
-        """Who will propose the next config: a warm start, TPE's random start-up, or TPE.
+        """Who will propose the next config: a warm start, the random start-up, or TPE.
 
-        TPE samples at random until `startup` trials are COMPLETE or PRUNED (rejections
-        included); the benchmarks report how many launched configs TPE itself chose.
+        The start-up lasts until `startup` trials were launched (`search.tune.sampler`);
+        the benchmarks report how many launched configs TPE itself chose.
         """
         if self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             return "warm_start"
         if self.startup is None:
             return "random"
-        done = len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-        return "tpe" if done >= self.startup else "startup"
+        return "tpe" if launched(self.study) >= self.startup else "startup"
 
     def _config(self, trial: optuna.Trial | optuna.trial.FixedTrial) -> dict[str, Any]:
         try:

@@ -4,9 +4,10 @@ When the two searches define the same space (the same --space file content, or b
 built-in space with the same --set keys) and the same objectives, the old study's finished
 trials (completed, stopped, and rejected for the budget) are added to the new study with
 `study.add_trials`: TPE reads them as if the new search had run them, so it skips its
-random start-up and samples where the old search found good configs. Otherwise the old
-search's top configs are enqueued (`study.enqueue_trial`) and run first: the parameters the
-new space shares by name are taken, the others sampled.
+random start-up and samples where the old search found good configs. Otherwise (another space, another version of the built-in
+space, other objectives) the old search's top configs are enqueued (`study.enqueue_trial`)
+and run first: in the new built-in space's own terms, or for a user's space the parameters
+it shares by name, the others sampled.
 
 Trials taken over are marked with the user attribute `warm_from` (the old experiment's
 name) and keep no Ray trial id, so nothing of this search mistakes them for its own.
@@ -16,9 +17,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from search.records import Status, load_study, number, rank, read_settings, read_trials
+from search.records import Status, config_from_row, load_study, number, rank, read_settings, read_trials
 from trainable.errors import UserError
 
 # How many of the old search's best configs run first when the spaces differ.
@@ -42,13 +43,19 @@ class WarmStart:
 
 
 def space_signature(settings: dict[str, Any]) -> tuple:
-    """What makes two searches' Optuna parameters mean the same thing."""
-    space = settings.get("space_hash") or ("built-in", tuple(sorted((settings.get("overrides") or {}).items())))
+    """What makes two searches' Optuna parameters mean the same thing (for the built-in space:
+    its version, 1 where none was recorded, and the --set keys)."""
+    space = settings.get("space_hash") or ("built-in", settings.get("space_version") or 1,
+                                           tuple(sorted((settings.get("overrides") or {}).items())))
     return space, settings.get("minimize")
 
 
-def warm_start(study: Any, old: str | Path, new_settings: dict[str, Any]) -> WarmStart:
-    """Take what the experiment `old` learned into `study` (module docstring)."""
+def warm_start(study: Any, old: str | Path, new_settings: dict[str, Any],
+               convert: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None) -> WarmStart:
+    """Take what the experiment `old` learned into `study` (module docstring). `convert`: the
+    new space's parameters for a config (`search.space.params_of`), for the configs queued
+    when the spaces differ (another version of the built-in space names other parameters);
+    without it, the old trial's parameters are queued as they are."""
     import optuna
     from optuna.trial import TrialState
 
@@ -77,7 +84,8 @@ def warm_start(study: Any, old: str | Path, new_settings: dict[str, Any]) -> War
         frozen = numbers.get(row["trial_id"])
         if frozen is None or number(row.get("best_val_acc")) is None or row["status"] == Status.DIVERGED:
             continue
-        study.enqueue_trial(frozen.params, user_attrs={"warm_from": folder.name}, skip_if_exists=True)
+        params = convert(config_from_row(row)) if convert else None
+        study.enqueue_trial(params or frozen.params, user_attrs={"warm_from": folder.name}, skip_if_exists=True)
         queued += 1
         if queued == ENQUEUED:
             break

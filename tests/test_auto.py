@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import BUDGET
+from trainable.model import count_params
 
 TOY = ["--gpus", "0", "--dataset", "synthetic", "--subset", "400", "--max-epochs", "2", "--grace-epochs", "1",
        "--reduction-factor", "2", "--param-budget", str(BUDGET), "--confirm", "2", "--verbose", "0",
@@ -226,6 +227,7 @@ def test_the_predict_share_is_planned_from_the_input(tmp_path):
     """A dry run times a prediction of the real input: 10,000 images get about 250 times the
     predict time of 40, and the plan keeps that time for the predict stage."""
     from search.auto import options_from_parsed, build_auto_parser, run_auto
+    from search.plan import PREDICT_MARGIN
 
     def plan_for(images: int) -> dict:
         path = tmp_path / f"in{images}.npy"
@@ -237,7 +239,7 @@ def test_the_predict_share_is_planned_from_the_input(tmp_path):
 
     small, large = plan_for(40), plan_for(10_000)
     assert large["predict_s_estimate"] > 50 * small["predict_s_estimate"], (small, large)
-    assert large["seconds"]["predict"] >= 1.5 * large["predict_s_estimate"]
+    assert large["seconds"]["predict"] >= PREDICT_MARGIN * large["predict_s_estimate"]
     assert large["seconds"]["predict"] > small["seconds"]["predict"] + large["predict_s_estimate"]
 
 
@@ -269,6 +271,29 @@ def test_a_short_deadline_trains_the_fixed_recipe_and_a_long_one_searches():
     assert abs(sum(long.seconds.values()) - 3600) < 1
     # A confirm stage runs its candidates to the end of a horizon longer than the search's.
     assert long.confirm_epochs > long.max_epochs
+
+
+def test_a_short_deadline_shrinks_the_fixed_recipe_until_it_trains_enough_epochs():
+    """The recipe fills the budget when the deadline holds RECIPE_EPOCHS epochs of it; else it
+    is halved (not below a quarter of the budget) until it does."""
+    from search.plan import MIN_RECIPE_FILL, RECIPE_EPOCHS, sized_recipe
+    from trainable.model import count_params
+    from trainable.zoo import DEADLINE_RECIPE, fit_to_budget
+
+    timed = []
+
+    def time_epoch(config):  # an epoch's seconds in proportion to the model's size
+        timed.append(count_params(config))
+        return count_params(config) * 1e-5
+
+    full = fit_to_budget(DEADLINE_RECIPE, 200_000)
+    config, epochs = sized_recipe(DEADLINE_RECIPE, 200_000, 300, time_epoch)  # 171 epochs of the full size
+    assert config["widths"] == full["widths"] and epochs >= RECIPE_EPOCHS and len(timed) == 1
+    config, epochs = sized_recipe(DEADLINE_RECIPE, 200_000, 100, time_epoch)  # 57 epochs of the full size
+    assert count_params(config) < 100_000 and epochs >= RECIPE_EPOCHS
+    assert config["block"] == "preact" and config["augment_policy"] == "trivialaugment"
+    config, epochs = sized_recipe(DEADLINE_RECIPE, 200_000, 10, time_epoch)  # never enough: a quarter
+    assert MIN_RECIPE_FILL * 200_000 / 2 < count_params(config) < MIN_RECIPE_FILL * 200_000 and epochs < RECIPE_EPOCHS
 
 
 def test_the_plan_respects_trials_and_the_horizon_follows_the_deadline():
@@ -307,6 +332,9 @@ def test_a_deadline_too_short_to_search_trains_the_fixed_recipe_for_all_of_it(tm
     retrained = record["stages"]["retrain"]
     assert retrained["trial_id"] == "recipe" and retrained["epochs"] >= 2
     assert retrained["config"]["block"] == "preact" and retrained["config"]["augment_policy"] == "trivialaugment"
+    # The recipe is sized for the deadline (`plan.sized_recipe`) and the plan names its size.
+    params = count_params(record["plan"]["recipe"])
+    assert params < 100_000 and f"{params:,} params" in out
     assert wall - record["runs"][0]["startup_s"] <= 25 * 1.05
     assert len((tmp_path / "sub.csv").read_text().splitlines()) == 41
     assert "lets it search on this machine" in out

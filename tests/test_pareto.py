@@ -253,13 +253,14 @@ def test_mo_asha_after_a_resume_decides_as_an_uninterrupted_run(seed):
 def test_a_multi_objective_study_keeps_every_epoch_and_prunes_the_stopped():
     from search.costs import Costs
     from search.searcher import BudgetedOptunaSearch
-    from search.space import default_space
+    from search.space import space_v1
+    from search.tune.sampler import LaunchedStartup
 
     storage = optuna.storages.InMemoryStorage()
-    study = optuna.create_study(storage=storage, directions=["maximize", "minimize"],
-                                sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=2))
+    sampler = LaunchedStartup(optuna.samplers.TPESampler(seed=0, n_startup_trials=0), 2, seed=0)
+    study = optuna.create_study(storage=storage, directions=["maximize", "minimize"], sampler=sampler)
     costs = Costs("/nonexistent", 10, 32, "params")
-    searcher = BudgetedOptunaSearch(study, storage, default_space, 3_000_000, 10, {"epochs": 2, "seed": 0}, 2,
+    searcher = BudgetedOptunaSearch(study, storage, space_v1, 3_000_000, 10, {"epochs": 2, "seed": 0}, 2,
                                     startup=2, costs=costs)
     configs = {f"t{i}": searcher.suggest(f"t{i}") for i in range(3)}
     searcher.on_trial_result("t0", {"epoch": 1, "val_acc": 0.3})

@@ -1,5 +1,6 @@
 """End-to-end searches on CPU: tiny models, synthetic data, one shared Ray session."""
 
+import functools
 import json
 import os
 import signal
@@ -14,12 +15,12 @@ from pathlib import Path
 import analysis
 
 from conftest import BUDGET, check_resumed, rows_of, settings
-from search.budget import check_space_fits, over_budget, startup_trials
+from search.budget import check_space_fits, over_budget
 from search.records import read_history
 from search.run import SearchSettings, check_settings, main, prepare_folder, run_search, settings_from_args
 from search.searcher import BudgetedOptunaSearch
 from search.trial import SearchTrial
-from search.space import WARM_START, YamlSpace, default_space, load_space
+from search.space import WARM_START, YamlSpace, default_space, load_space, space_v1
 from trainable.errors import UserError
 from trainable.model import count_params
 
@@ -73,23 +74,25 @@ def test_impossible_budget_exits_2_before_any_trial(tmp_path, space_file, cli):
 def test_budget_check_counts_before_launch():
     assert over_budget(4_999_999, 5_000_000) <= 0 < over_budget(5_000_000, 5_000_000)
     fixed = {"epochs": 1, "seed": 0}
-    share = check_space_fits(default_space, 5_000_000, 10, fixed)
-    assert 0 < share < 1  # part of the default space is over 5M
-    # About `launched` random configs run: the start-up grows as the feasible share shrinks.
-    assert startup_trials(0.5) == 20 and startup_trials(0.25, launched=5) == 20 and startup_trials(1.0) == 10
-    assert startup_trials(0.001) == 100  # capped
-    tight = check_space_fits(default_space, 200_000, 10, fixed)
+    # A space that names its widths (version 1 of the built-in one) meets the budget check.
+    share = check_space_fits(space_v1, 5_000_000, 10, fixed)
+    assert 0 < share < 1  # part of that space is over 5M
+    tight = check_space_fits(space_v1, 200_000, 10, fixed)
     assert tight < share  # a tighter budget leaves a smaller share of the space
     with pytest.raises(UserError, match="no config"):
-        check_space_fits(default_space, 10_000, 10, fixed)
+        check_space_fits(space_v1, 10_000, 10, fixed)
+    # The built-in space solves its widths into the budget: all of it fits.
+    assert check_space_fits(functools.partial(default_space, budget=200_000), 200_000, 10, fixed) == 1.0
 
 
 def test_warm_starts_are_the_seed_model_and_a_wrn():
-    seed, wrn = (default_space(optuna.trial.FixedTrial(params)) for params in WARM_START)
+    seed, wrn = (default_space(optuna.trial.FixedTrial(params), {"epochs": 20}) for params in WARM_START)
     assert seed["blocks"] == [3, 5, 3] and seed["widths"] == [64, 128, 256] and seed["augment_policy"] == "none"
     assert count_params(seed) == 4_918_602
+    assert (seed["lr"], seed["weight_decay"], seed["warmup_epochs"]) == pytest.approx((2e-3, 5e-2, 2))
     assert wrn["block"] == "preact" and wrn["augment_policy"] == "trivialaugment" and wrn["cutout"] == 16
-    assert (wrn["optimizer"], wrn["lr"], wrn["weight_decay"], wrn["batch_size"]) == ("sgd", 0.1, 5e-4, 128)
+    assert (wrn["optimizer"], wrn["batch_size"], wrn["stem_width"]) == ("sgd", 128, 16)
+    assert (wrn["lr"], wrn["weight_decay"]) == pytest.approx((0.1, 5e-4))
     assert count_params(wrn) == 2_243_546
 
 
@@ -106,12 +109,12 @@ def test_set_fixes_keys_and_takes_them_out_of_the_search(ray_session, tmp_path):
     assert any("mixup_alpha" in t.params for t in study.trials)  # the rest is still searched
 
 
-def test_the_space_floor_leaves_room_under_small_budgets():
+def test_the_first_space_floor_leaves_room_under_small_budgets():
     from search.budget import LowestSampler
 
-    corner = default_space(optuna.create_study(sampler=LowestSampler()).ask())
+    corner = space_v1(optuna.create_study(sampler=LowestSampler()).ask())
     assert count_params(corner) < 40_000  # the smallest model (it was 138,250 with widths from 32)
-    share = check_space_fits(default_space, 150_000, 10, {"epochs": 1, "seed": 0}, draws=400)
+    share = check_space_fits(space_v1, 150_000, 10, {"epochs": 1, "seed": 0}, draws=400)
     assert share >= 0.005  # random draws fit under 150,000 too, not only the corner
 
 
@@ -131,7 +134,8 @@ def test_space_files(tmp_path):
 def test_searcher_rejects_over_budget_configs_itself():
     storage = optuna.storages.InMemoryStorage()
     study = optuna.create_study(storage=storage, sampler=optuna.samplers.RandomSampler(seed=1), direction="maximize")
-    searcher = BudgetedOptunaSearch(study, storage, default_space, 3_000_000, 10, {"epochs": 2, "seed": 0}, 2)
+    # Rejection is the safety net for spaces that name their widths (version 1 of the built-in one).
+    searcher = BudgetedOptunaSearch(study, storage, space_v1, 3_000_000, 10, {"epochs": 2, "seed": 0}, 2)
     configs = [searcher.suggest(f"t{i}") for i in range(5)]
     assert all(count_params(c) < 3_000_000 for c in configs)
     assert searcher.rejected > 0

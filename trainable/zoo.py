@@ -57,19 +57,20 @@ def _scaled(widths: list[int], scale: float, multiple: int) -> list[int]:
 
 
 def fit_to_budget(config: dict[str, Any], budget: int, num_classes: int = 10, in_channels: int = 3,
-                  fill: float = 1.0, multiple: int = 8, grow: bool = True) -> dict[str, Any]:
+                  fill: float = 1.0, multiple: int = 8, grow: bool = True, scale_stem: bool = True) -> dict[str, Any]:
     """`config` with its widths (and stem) scaled by one factor, the largest that keeps the
     model under `fill` x `budget` params, at multiples of `multiple`; blocks are dropped
     from the deepest stage first where even `multiple`-wide stages overshoot.
 
     A config already under the budget is scaled up to fill it (`grow`), or returned as it
-    is. Raises ValueError when not even one block per stage at the narrowest widths fits.
+    is. A stem width of its own is scaled with the rest unless `scale_stem` is False (a
+    search space's fixed stem choice). Raises ValueError when not even one block per stage at the narrowest widths fits.
     """
     cap = budget * fill
     if not grow and count_params(config, num_classes, in_channels) < cap:
         return dict(config)
     config = {**config, "blocks": list(config["blocks"]), "widths": list(config["widths"])}
-    stem = config.get("stem_width")
+    stem = config.get("stem_width") if scale_stem else None
 
     def build(scale: float) -> dict[str, Any]:
         fitted = {**config, "widths": _scaled(config["widths"], scale, multiple)}
