@@ -9,7 +9,9 @@ What it decides from them:
   pays (README, benchmark 11: on 3,000 CIFAR-10 images a fixed recipe trained for the whole
   deadline beat a search that left its final model 9 epochs). When the deadline holds fewer
   than `SEARCH_PAYS_EPOCHS` epochs of the middle config, the plan trains the fixed recipe
-  (`trainable.zoo.DEADLINE_RECIPE` scaled into the budget) for all of it, and says so;
+  (`trainable.zoo.DEADLINE_RECIPE` scaled into the budget) for all of it, and says so; the
+  recipe is halved (down to a quarter of the budget) while at its size the deadline would
+  train fewer than `RECIPE_EPOCHS` epochs of it (`sized_recipe`, from timed steps of it);
 - **otherwise the shares**: the retrain at least `RETRAIN_SHARE` of the time, the search and
   the confirm stage the rest; the ASHA horizon the longest that still runs `MIN_TRIALS`
   trials in the search's share (or `--max-epochs` when given); the confirm stage's horizon

@@ -47,7 +47,9 @@ SEARCH_DEFINING = ("param_budget", "space", "overrides", "max_epochs", "grace_ep
 # uses that box's GPUs (--gpus defaults to all of them).
 RESUMABLE = ("gpus", "cpus", "gpus_per_trial", "cpus_per_trial", "address", "time_budget", "max_failures",
              "compile", "checkpoint_every", "verbose", "track")
-SAMPLERS = ("tpe", "random")
+# tpe: TPE over the study (stopped trials ranked by Optuna); rungs: TPE models of every ASHA
+# rung propose past the start-up (search.tune.rung_model); random: the baseline.
+SAMPLERS = ("tpe", "rungs", "random")
 SCHEDULERS = ("asha", "fifo")
 
 # Why 0.25 GPU per trial by default: a 5M-param ResNet at batch 128 in bf16 needs under
@@ -376,7 +378,7 @@ def build_searcher(s: SearchSettings, num_classes: int, costs: "Costs | None" = 
     check_space_fits(space, s.param_budget, num_classes, fixed, seed=s.seed, in_channels=in_channels)
     # TPE's start-up is counted in launched trials, on its own random stream (search.tune.sampler);
     # TPE itself starts no random phase of its own.
-    startup = STARTUP_LAUNCHED if s.sampler == "tpe" else None
+    startup = None if s.sampler == "random" else STARTUP_LAUNCHED
     sampler = (LaunchedStartup(optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=0), startup, seed=s.seed)
                if startup else optuna.samplers.RandomSampler(seed=s.seed))
     s.folder.mkdir(parents=True, exist_ok=True)
@@ -384,8 +386,13 @@ def build_searcher(s: SearchSettings, num_classes: int, costs: "Costs | None" = 
     directions = ["maximize", "minimize"] if s.minimize else ["maximize"]
     study = optuna.create_study(study_name=s.study or s.name, storage=storage, sampler=sampler,
                                 directions=directions, load_if_exists=True)
+    model = rung_model(s, space, directions) if s.sampler == "rungs" else None
     searcher = BudgetedOptunaSearch(study, storage, space, s.param_budget, num_classes, fixed, s.max_epochs,
-                                    startup=startup, costs=costs, in_channels=in_channels)
+                                    startup=startup, costs=costs, in_channels=in_channels, rung_model=model)
+    if model is not None and s.resume:  # the rung models learn again what history.csv holds
+        from search.records import read_history
+
+        model.rebuild(study, read_history(s.folder), searcher.cost_of if s.minimize else None)
     if s.resume:
         queued, fixed = searcher.continue_interrupted(read_trials(s.folder))
         fix_rows(s.folder, fixed)
@@ -409,6 +416,15 @@ def build_searcher(s: SearchSettings, num_classes: int, costs: "Costs | None" = 
         for params in first + (warm if isinstance(warm, list) else [warm] if warm else []):
             study.enqueue_trial(params)
     return searcher
+
+
+def rung_model(s: SearchSettings, space: Any, directions: list[str]) -> Any:
+    """A model of every ASHA rung and of the horizon (`search.tune.rung_model`)."""
+    from search.records import milestones
+    from search.tune.rung_model import RungModel
+
+    rungs = [m for m in milestones(s.grace, s.max_epochs, s.reduction_factor) if m < s.max_epochs]
+    return RungModel(space, rungs + [s.max_epochs], directions, seed=s.seed)
 
 
 def fix_rows(folder: Path, fixed: dict[str, str]) -> None:
@@ -566,7 +582,9 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--warm-from", metavar="runs/OLD",
                    help="start from an earlier search: its finished trials join the study when the spaces agree, "
                         "else its top configs run first (replaces the built-in warm start)")
-    g.add_argument("--sampler", choices=SAMPLERS, help=f"Optuna sampler (default {d.sampler}; random is a baseline)")
+    g.add_argument("--sampler", choices=SAMPLERS, help=f"who proposes configs (default {d.sampler}): tpe, Optuna's "
+                   "TPE over the study; rungs, TPE models of every ASHA rung (README, benchmark 12); random, "
+                   "the baseline. Each starts with 10 random launched trials (except random)")
     g.add_argument("--minimize", choices=OBJECTIVES,
                    help="Pareto search: trade val_acc against this cost (params; macs per image; latency at "
                         "batch 1, measured once per architecture); writes front.json (default: val_acc alone)")

@@ -46,6 +46,7 @@ from search.budget import complete_config, over_budget
 from search.costs import Costs
 from search.records import CONTINUABLE, ENDED, Status, ended_status
 from search.space import SpaceFn
+from search.tune.rung_model import RungModel
 from search.tune.sampler import launched
 from trainable.config import validate_config
 from trainable.errors import UserError
@@ -79,8 +80,10 @@ class BudgetedOptunaSearch(Searcher):
 
     def __init__(self, study: optuna.Study, storage: optuna.storages.BaseStorage, space: SpaceFn, budget: int,
                  num_classes: int, fixed: dict[str, Any], horizon: int, metric: str = "val_acc", mode: str = "max",
-                 startup: int | None = None, costs: Costs | None = None, in_channels: int = 3):
+                 startup: int | None = None, costs: Costs | None = None, in_channels: int = 3,
+                 rung_model: RungModel | None = None):
         super().__init__(metric=metric, mode=mode)
+        self.rung_model = rung_model  # proposes past the start-up from what each rung scored
         self.costs = costs  # records MACs (and latency) per trial; the second objective with --minimize
         self.multi = len(study.directions) > 1
         self.startup = startup  # launched trials before TPE proposes, to record who proposed each config
@@ -115,6 +118,11 @@ class BudgetedOptunaSearch(Searcher):
             return {**config, CONTINUES: {"trial_id": original, "checkpoint": checkpoint}}
         for _ in range(MAX_REJECTIONS_IN_A_ROW):
             proposer = self._proposer()
+            if proposer == "tpe" and self.rung_model is not None:
+                proposal = self.rung_model.propose()
+                if proposal is not None:  # queued, so that the main study holds it as its own trial
+                    params, proposer = proposal
+                    self.study.enqueue_trial(params)
             trial = self.study.ask()
             trial.set_user_attr("proposed_by", proposer)
             config = self._config(trial)
@@ -164,6 +172,7 @@ class BudgetedOptunaSearch(Searcher):
         epoch, value = result.get("epoch"), result.get(self.metric)
         if number is None or epoch is None or value is None:
             return
+        self._feed_rungs(number, int(epoch), float(value))
         if self.multi:  # the study takes no intermediate values (module docstring)
             self._trial(number).set_user_attr(EPOCH_ATTR.format(int(epoch)), float(value))
             self.reported[trial_id].add(int(epoch))
@@ -178,6 +187,17 @@ class BudgetedOptunaSearch(Searcher):
             return
         self._trial(number).report(float(value), int(epoch))
         self.reported[trial_id].add(int(epoch))
+
+    def _feed_rungs(self, number: int, epoch: int, value: float) -> None:
+        """A figure at a rung's epoch (or the horizon) goes to that rung's model."""
+        if self.rung_model is None or epoch not in self.rung_model.studies:
+            return
+        frozen = self.study.get_trials(deepcopy=False)[number]
+        self.rung_model.record(epoch, frozen, [value, self.cost_of(frozen)] if self.multi else value)
+
+    def cost_of(self, frozen: optuna.trial.FrozenTrial) -> float:
+        """A trial's second objective (multi-objective searches), from its config."""
+        return self.costs.value(self._config(optuna.trial.FixedTrial(frozen.params, frozen.number)))
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         number = self.numbers.pop(trial_id, None)
@@ -213,9 +233,7 @@ class BudgetedOptunaSearch(Searcher):
         """What a completed trial is told: val_acc, and its cost in a multi-objective study."""
         if not self.multi:
             return value
-        frozen = self.study.get_trials(deepcopy=False)[number]
-        config = self._config(optuna.trial.FixedTrial(frozen.params, number))
-        cost = self.costs.value(config)
+        cost = self.cost_of(self.study.get_trials(deepcopy=False)[number])
         if self.costs.objective == "latency":
             self._trial(number).set_user_attr("latency_ms", cost)
         return [value, cost]

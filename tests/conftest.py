@@ -15,6 +15,22 @@ TINY = {"blocks": [1, 1], "widths": [8, 16], "epochs": 2, "batch_size": 32, "war
         "lr": 3e-3, "weight_decay": 1e-2}
 
 
+# The suite's two tiers: `pytest -m "not slow"` runs the fast one (no Ray cluster, no
+# subprocess, no run of a command against a deadline). A test is slow when it needs Ray (its
+# fixtures say so) or is marked `@pytest.mark.slow` (a subprocess, or a command run to a deadline).
+SLOW_FIXTURES = {"ray_cluster", "ray_session", "finished_search", "cpu_hogs"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: needs Ray, a subprocess or a deadline (not in the fast tier)")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def tiny_config() -> dict:
     return dict(TINY)

@@ -195,3 +195,70 @@ def test_searcher_doc_example_uses_the_new_space():
     for i in range(20):
         assert searcher.suggest(f"t{i}") is not None
     assert searcher.rejected == 0  # 200k params: version 1 rejected 199 of 200 draws
+
+
+# ----------------------------------------------------------------------------- rung models
+def x_space(trial):
+    trial.suggest_float("x", 0.0, 1.0)
+    return {"blocks": [1, 1], "widths": [8, 8]}
+
+
+def stopped_study(directions, count=16):
+    """A main study whose trials were stopped at rung 1, the earliest-numbered the worst."""
+    study = optuna.create_study(directions=directions)
+    for i in range(count):
+        x = i / count  # trial 0 at x = 0 (worst), the last ones near the optimum at 0.8..1
+        study.add_trial(optuna.trial.create_trial(
+            params={"x": x}, distributions={"x": optuna.distributions.FloatDistribution(0.0, 1.0)},
+            state=optuna.trial.TrialState.PRUNED))
+    return study
+
+
+@pytest.mark.parametrize("directions", [["maximize"], ["maximize", "minimize"]])
+def test_stopped_trials_teach_the_rung_model_by_what_they_scored(directions):
+    from search.tune.rung_model import RungModel
+
+    study = stopped_study(directions)
+    model = RungModel(x_space, [1, 3, 9], directions, seed=0, random_share=0.0)
+    assert model.propose() is None  # no rung has enough points yet: the main sampler proposes
+    for trial in study.trials:
+        accuracy = 1 - abs(trial.params["x"] - 0.85)
+        model.record(1, trial, accuracy if len(directions) == 1 else [accuracy, 1.0])
+    model.record(1, study.trials[0], 0.0 if len(directions) == 1 else [0.0, 1.0])  # recorded once only
+    assert model.points(1) == 16 and model.proposing_rung() == 1
+    proposals = [model.propose() for _ in range(30)]
+    assert all(who == "rung_1" for _, who in proposals)
+    # TPE's good set at rung 1 is the trials that scored best there (x near 0.85), not the
+    # first-numbered ones (x near 0), which a study of stopped trials without values ranks first.
+    assert statistics.median(abs(p["x"] - 0.85) for p, _ in proposals) < 0.2
+
+
+def test_the_highest_rung_with_enough_points_proposes_and_a_share_stays_random():
+    from search.tune.rung_model import RungModel
+
+    study = stopped_study(["maximize"], count=40)
+    model = RungModel(x_space, [1, 3, 9], ["maximize"], seed=1, random_share=0.25)
+    for trial in study.trials:
+        model.record(1, trial, trial.params["x"])
+    for trial in study.trials[:12]:
+        model.record(3, trial, trial.params["x"])
+    who = [model.propose()[1] for _ in range(80)]
+    assert set(who) == {"rung_3", "random"} and 0.1 < who.count("random") / 80 < 0.4
+
+
+def test_a_rungs_search_proposes_from_the_rungs_and_rebuilds_them_on_resume(ray_session, tmp_path):
+    first = run_search(settings(tmp_path, None, name="rungs", space=None, trials=14, max_epochs=3, grace_epochs=1,
+                                reduction_factor=3, param_budget=60_000, warm_start=False, sampler="rungs"))
+    study = optuna.load_study(study_name="rungs", storage=f"sqlite:///{first.folder / 'optuna.db'}")
+    launched = sorted((t for t in study.trials if "ray_trial_id" in t.user_attrs), key=lambda t: t.number)
+    who = [t.user_attrs["proposed_by"] for t in launched]
+    assert who[:STARTUP_LAUNCHED] == ["startup"] * STARTUP_LAUNCHED
+    assert all(w == "tpe" or w == "random" or w.startswith("rung_") for w in who[STARTUP_LAUNCHED:])
+    assert any(w.startswith("rung_") for w in who)  # 10+ trials reached rung 1: it proposed
+    from search.records import read_history
+
+    at_rung_1 = {r["trial_id"] for r in read_history(first.folder) if r["epoch"] == 1}
+    s = prepare_folder(settings(tmp_path, None, name="rungs", space=None, resume=True, trials=15,
+                                extra={"given": ["name", "storage", "resume", "trials"]}))
+    resumed = build_searcher(s, 10)
+    assert resumed.rung_model.points(1) == len(at_rung_1) >= STARTUP_LAUNCHED

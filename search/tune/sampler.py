@@ -38,15 +38,16 @@ def launched(study: optuna.Study) -> int:
                if LAUNCHED in t.user_attrs or (TAKEN_OVER in t.user_attrs and t.state in finished))
 
 
-def stream_seed(seed: int | None, number: int) -> int | None:
-    """The seed of trial `number`'s random draws: distinct per trial, and from `seed`'s own stream.
+def stream_seed(seed: int | None, number: int, stream: int = STREAM) -> int | None:
+    """The seed of trial `number`'s random draws: distinct per trial, and from `seed`'s own
+    `stream` (other parts of the search draw from streams of their own).
 
     >>> stream_seed(0, 0) != stream_seed(0, 1) != stream_seed(1, 0), stream_seed(None, 3)
     (True, None)
     """
     if seed is None:
         return None
-    return int(np.random.SeedSequence([STREAM, seed, number]).generate_state(1)[0])
+    return int(np.random.SeedSequence([stream, seed, number]).generate_state(1)[0])
 
 
 class LaunchedStartup(BaseSampler):
