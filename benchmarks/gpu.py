@@ -39,9 +39,8 @@ def gpu_utilisation(samples: list[float], stop: threading.Event) -> None:
 def run(data_dir: str | None, quick: bool) -> dict[str, Any]:
     if not torch.cuda.is_available():
         return {"skipped": "no CUDA device"}
-    import ray
-
     from search.run import SearchSettings, run_search
+    from search.tune.resources import ray_started
     from trainable.data import to_device
     from trainable.loop import Trainer
 
@@ -74,31 +73,27 @@ def run(data_dir: str | None, quick: bool) -> dict[str, Any]:
     torch.cuda.empty_cache()
 
     # Trials per GPU-hour with k trials sharing the GPU, and utilisation during the k=4 search.
-    ray.init(num_gpus=1, include_dashboard=False, configure_logging=False, log_to_driver=False)
     sharing = {}
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            space = Path(tmp) / "space.py"
-            space.write_text(SHARED_SPACE)
-            for k in (1, 2, 4, 8):
-                samples: list[float] = []
-                stop = threading.Event()
-                watcher = threading.Thread(target=gpu_utilisation, args=(samples, stop), daemon=True)
-                watcher.start()
-                settings = SearchSettings(name=f"share-{k}", storage=tmp, gpus=1, gpus_per_trial=1 / k,
-                                          cpus_per_trial=1, trials=2 * k if quick else 4 * k, max_epochs=3,
-                                          grace_epochs=3, space=str(space), dataset="imagefolder" if data_dir else
-                                          "synthetic", data_dir=data_dir, subset=10_000, warm_start=False,
-                                          verbose=0)
-                start = time.time()
-                outcome = run_search(settings)
-                wall = time.time() - start
-                stop.set()
-                watcher.join()
-                done = sum(outcome.counts.values())
-                sharing[k] = {"trials": done, "wall_s": wall, "trials_per_gpu_hour": done / wall * 3600,
-                              "mean_gpu_utilisation": sum(samples) / len(samples) if samples else None}
-    finally:
-        ray.shutdown()
+    with ray_started(gpus=1), tempfile.TemporaryDirectory() as tmp:
+        space = Path(tmp) / "space.py"
+        space.write_text(SHARED_SPACE)
+        for k in (1, 2, 4, 8):
+            samples: list[float] = []
+            stop = threading.Event()
+            watcher = threading.Thread(target=gpu_utilisation, args=(samples, stop), daemon=True)
+            watcher.start()
+            settings = SearchSettings(name=f"share-{k}", storage=tmp, gpus=1, gpus_per_trial=1 / k,
+                                      cpus_per_trial=1, trials=2 * k if quick else 4 * k, max_epochs=3,
+                                      grace_epochs=3, space=str(space), dataset="imagefolder" if data_dir else
+                                      "synthetic", data_dir=data_dir, subset=10_000, warm_start=False,
+                                      verbose=0)
+            start = time.time()
+            outcome = run_search(settings)
+            wall = time.time() - start
+            stop.set()
+            watcher.join()
+            done = sum(outcome.counts.values())
+            sharing[k] = {"trials": done, "wall_s": wall, "trials_per_gpu_hour": done / wall * 3600,
+                          "mean_gpu_utilisation": sum(samples) / len(samples) if samples else None}
     results["sharing"] = sharing
     return results

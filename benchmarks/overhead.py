@@ -28,9 +28,8 @@ def space(trial):
 
 
 def run(data_dir: str | None, quick: bool) -> dict[str, Any]:
-    import ray
-
     from search.run import SearchSettings, run_search
+    from search.tune.resources import ray_started
     from trainable.data import prepare_data
     from trainable.loop import Trainer
 
@@ -50,31 +49,26 @@ def run(data_dir: str | None, quick: bool) -> dict[str, Any]:
 
     # The trial gets the threads the bare run had; otherwise this measures thread counts.
     threads = torch.get_num_threads()
-    ray.init(num_cpus=threads, num_gpus=1 if dev.type == "cuda" else 0, include_dashboard=False,
-             configure_logging=False, log_to_driver=False)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            space = Path(tmp) / "space.py"
-            space.write_text(SPACE)
-            # Two trials one after the other on one worker: the first pays for starting the
-            # worker process (imports, data load); the second reuses it (reuse_actors=True).
-            settings = SearchSettings(name="overhead", storage=tmp, gpus=1 if dev.type == "cuda" else 0,
-                                      gpus_per_trial=1.0, cpus_per_trial=threads, trials=2, max_epochs=epochs, grace_epochs=epochs,
-                                      space=str(space), dataset=dataset, data_dir=data_dir_arg, subset=subset,
-                                      warm_start=False, verbose=0)
-            start = time.time()
-            run_search(settings)
-            tune_s = time.time() - start
-            history = read_history(Path(tmp) / "overhead")
-            runs = [sorted((h for h in history if h["trial_id"] == trial_id), key=lambda h: h["epoch"])
-                    for trial_id in {h["trial_id"] for h in history}]
-            runs.sort(key=lambda lines: lines[0]["wall_time"])
-            # Launch to first batch = the first report's wall time, less that epoch, less the launch:
-            # the search's start for the first trial, the end of the first trial for the second.
-            cold = runs[0][0]["wall_time"] - runs[0][0]["epoch_seconds"] - start
-            warm = runs[1][0]["wall_time"] - runs[1][0]["epoch_seconds"] - runs[0][-1]["wall_time"]
-    finally:
-        ray.shutdown()
+    with ray_started(cpus=threads, gpus=1 if dev.type == "cuda" else 0), tempfile.TemporaryDirectory() as tmp:
+        space = Path(tmp) / "space.py"
+        space.write_text(SPACE)
+        # Two trials one after the other on one worker: the first pays for starting the
+        # worker process (imports, data load); the second reuses it (reuse_actors=True).
+        settings = SearchSettings(name="overhead", storage=tmp, gpus=1 if dev.type == "cuda" else 0,
+                                  gpus_per_trial=1.0, cpus_per_trial=threads, trials=2, max_epochs=epochs, grace_epochs=epochs,
+                                  space=str(space), dataset=dataset, data_dir=data_dir_arg, subset=subset,
+                                  warm_start=False, verbose=0)
+        start = time.time()
+        run_search(settings)
+        tune_s = time.time() - start
+        history = read_history(Path(tmp) / "overhead")
+        runs = [sorted((h for h in history if h["trial_id"] == trial_id), key=lambda h: h["epoch"])
+                for trial_id in {h["trial_id"] for h in history}]
+        runs.sort(key=lambda lines: lines[0]["wall_time"])
+        # Launch to first batch = the first report's wall time, less that epoch, less the launch:
+        # the search's start for the first trial, the end of the first trial for the second.
+        cold = runs[0][0]["wall_time"] - runs[0][0]["epoch_seconds"] - start
+        warm = runs[1][0]["wall_time"] - runs[1][0]["epoch_seconds"] - runs[0][-1]["wall_time"]
     epoch_s = bare_s / epochs
     small_ckpt_s = checkpoint_seconds(config, dataset, data_dir_arg, dev, subset)
     seed_ckpt_s = checkpoint_seconds({"epochs": 1, "seed": 0}, dataset, data_dir_arg, dev, subset)

@@ -15,6 +15,8 @@ from typing import Any
 
 import pandas as pd
 
+from search.records import load_study
+
 SPACE = '''
 def space(trial):
     n = trial.suggest_int("n_stages", 2, 3)
@@ -38,10 +40,8 @@ def best_so_far(history: pd.DataFrame) -> pd.DataFrame:
 
 
 def proposers(folder: Path) -> dict[str, str]:
-    """Who proposed each launched trial (warm_start, startup, tpe, random), by trial id."""
-    import optuna
-
-    study = optuna.load_study(study_name=folder.name, storage=f"sqlite:///{folder / 'optuna.db'}")
+    """Who proposed each launched trial (warm_start, startup, tpe, rung_K, random), by trial id."""
+    study = load_study(folder)
     return {t.user_attrs["ray_trial_id"]: t.user_attrs.get("proposed_by", "unknown")
             for t in study.get_trials(deepcopy=False) if "ray_trial_id" in t.user_attrs}
 

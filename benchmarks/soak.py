@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from search.records import load_study
+
 
 def _rss_mb() -> float:
     with open("/proc/self/status") as handle:
@@ -72,7 +74,7 @@ def run(data_dir: str | None, quick: bool, out: Path | None = None) -> dict[str,
             outcome = run_search(settings)
             wall = time.time() - start
             rows = read_trials(outcome.folder)
-            study = optuna.load_study(study_name="soak", storage=f"sqlite:///{outcome.folder / 'optuna.db'}")
+            study = load_study(outcome.folder)
             running = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
             optuna_trials = len(study.trials)
     finally:

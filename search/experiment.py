@@ -15,10 +15,9 @@ from typing import Any
 
 from ray.tune import Callback
 
-from search.records import (COST_COLUMN, ENDED, CONFIG_COLUMNS, HistoryLog, Status, cell, config_from_row,
+from search.records import (COST_COLUMN, CONTINUES, ENDED, CONFIG_COLUMNS, HistoryLog, Status, cell, config_from_row,
                             count_statuses, ended_status, front_member, front_rows, number, rank, read_history, read_trials,
-                            record_driver, write_best, write_front, write_trials)
-from search.searcher import CONTINUES
+                            record_driver, row_id, write_best, write_front, write_trials)
 
 
 def library_versions() -> str:
@@ -193,19 +192,18 @@ class TrialTable(Callback):
 
     def _row(self, trial: Any) -> dict[str, Any]:
         if trial.trial_id not in self.ids:
-            continues = trial.config.get(CONTINUES)
-            row_id = continues["trial_id"] if continues else trial.trial_id
-            self.ids[trial.trial_id] = row_id
-            if row_id in self.rows:  # continued: keep its figures, count its time on
-                self.rows[row_id]["_wall_before"] = self.rows[row_id].get("wall_seconds") or 0
+            own = row_id(trial)
+            self.ids[trial.trial_id] = own
+            if own in self.rows:  # continued: keep its figures, count its time on
+                self.rows[own]["_wall_before"] = self.rows[own].get("wall_seconds") or 0
             else:
                 config = {k: v for k, v in trial.config.items() if k != CONTINUES}
-                row = {"trial_id": row_id, "horizon": self.horizon, "versions": self.versions, "restarts": 0}
+                row = {"trial_id": own, "horizon": self.horizon, "versions": self.versions, "restarts": 0}
                 # Config cells as trials.csv holds them, so live rows and rows read back parse alike.
                 row.update({key: str(cell(config.get(key))) for key in CONFIG_COLUMNS})
                 if self.costs is not None:
                     row.update(self.costs.figures(config))
-                self.rows[row_id] = row
+                self.rows[own] = row
         return self.rows[self.ids[trial.trial_id]]
 
     def write(self, force: bool = True) -> None:

@@ -40,6 +40,15 @@ OPTUNA_DB = "optuna.db"
 DRIVERS = "drivers.json"
 AUTO = "auto.json"  # search.auto's plan and stages, when the experiment is one of its runs
 FRONT = "front.json"  # --minimize: the Pareto front of accuracy against the cost
+# A continued trial's config carries the id it had before the driver stopped, so its rows,
+# history and Optuna trial stay one trial. `search.trial` removes it before training.
+CONTINUES = "continues_trial"
+
+
+def row_id(trial: Any) -> str:
+    """A Ray trial's id in trials.csv: the one it continues, or its own."""
+    continues = trial.config.get(CONTINUES)
+    return continues["trial_id"] if continues else trial.trial_id
 LATENCY = "latency.json"  # --minimize latency: measured latency per architecture
 OBJECTIVES = ("params", "macs", "latency")  # what --minimize trades against val_acc
 COST_COLUMN = {"params": "params", "macs": "macs", "latency": "latency_ms"}  # its trials.csv column
@@ -253,7 +262,7 @@ def read_auto(folder: str | Path) -> dict[str, Any] | None:
 
 
 def read_front(folder: str | Path) -> list[dict[str, Any]] | None:
-    """front.json's members (see `search.experiment.front_members`), or None without one."""
+    """front.json's members (`front_member` rows, written by `search.experiment`), or None without one."""
     path = Path(folder) / FRONT
     return json.loads(path.read_text())["members"] if path.is_file() else None
 

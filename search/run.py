@@ -295,21 +295,11 @@ class Resources:
 
 @contextmanager
 def ray_session(s: SearchSettings) -> Iterator[None]:
-    """Use the caller's Ray session if there is one; otherwise start one and stop it after."""
-    import ray
+    """The search's Ray (`search.tune.resources.ray_started`): the caller's, or one of its own."""
+    from search.tune.resources import ray_started
 
-    if ray.is_initialized():
+    with ray_started(s.address, s.cpus or os.cpu_count(), s.gpus, log_to_driver=s.verbose > 1):
         yield
-        return
-    # "local" starts a Ray of this run's own even when another runs on this machine (Ray
-    # would otherwise join one it finds, with its resources and not the ones asked for).
-    ray.init(address=s.address or "local", num_cpus=None if s.address else s.cpus or os.cpu_count(),
-             num_gpus=None if s.address else s.gpus, include_dashboard=False, configure_logging=False,
-             log_to_driver=s.verbose > 1)
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def plan_resources(s: SearchSettings) -> Resources:

@@ -37,8 +37,7 @@ import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from search.pareto import promote
-from search.records import milestones
-from search.searcher import CONTINUES
+from search.records import CONTINUES, milestones, row_id
 
 
 def judge(recorded: dict[str, float], value: float, reduction_factor: int) -> bool:
@@ -50,12 +49,6 @@ def judge(recorded: dict[str, float], value: float, reduction_factor: int) -> bo
     if not recorded:
         return True
     return not value < np.nanpercentile(list(recorded.values()), (1 - 1 / reduction_factor) * 100)
-
-
-def row_id(trial: Any) -> str:
-    """The trial's id in trials.csv: the one it continues, or its own."""
-    continues = trial.config.get(CONTINUES)
-    return continues["trial_id"] if continues else trial.trial_id
 
 
 class RungScheduler(FIFOScheduler):

@@ -44,7 +44,7 @@ from ray.tune.search import Searcher
 
 from search.budget import complete_config, over_budget
 from search.costs import Costs
-from search.records import CONTINUABLE, ENDED, Status, ended_status
+from search.records import CONTINUABLE, CONTINUES, ENDED, Status, ended_status
 from search.space import SpaceFn
 from search.tune.rung_model import RungModel
 from search.tune.sampler import launched
@@ -55,9 +55,6 @@ from trainable.model import count_params
 logger = logging.getLogger(__name__)
 
 CONSTRAINT = "params_over_budget"
-# A continued trial's config carries the id it had before the driver stopped, so its rows,
-# history and Optuna trial stay one trial. `search.trial` removes it before training.
-CONTINUES = "continues_trial"
 # What a finished Optuna trial's state means for its row, when the searcher recorded no status.
 FINISHED_AS = {TrialState.COMPLETE: Status.COMPLETED, TrialState.PRUNED: Status.STOPPED, TrialState.FAIL: Status.ERRORED}
 EPOCH_ATTR = "val_acc_epoch_{}"  # a multi-objective study's per-epoch figure (user attribute)

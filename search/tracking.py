@@ -107,7 +107,7 @@ class TensorBoardLog(Callback):
         return {"folder": self.folder, "writers": {}}  # open writers do not pickle; they reopen
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        from search.rungs import row_id
+        from search.records import row_id
 
         epoch = result.get("epoch")
         if epoch is None or result.get("status") == "errored":
@@ -123,7 +123,7 @@ class TensorBoardLog(Callback):
         self.writers[key].flush()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        from search.rungs import row_id
+        from search.records import row_id
 
         writer = self.writers.pop(row_id(trial), None)
         if writer is not None:

@@ -36,8 +36,7 @@ import ray
 import torch
 from ray import tune
 
-from search.records import Status
-from search.searcher import CONTINUES
+from search.records import CONTINUES, Status
 from trainable.checkpoint import load_checkpoint, save_checkpoint
 from trainable.data import DataSpec, DeviceData, TrainArrays, cached_device_data
 from trainable.loop import Trainer, device_for, is_out_of_memory

@@ -12,7 +12,8 @@ import torch
 from search.pareto import (crowding_distances, dominates, front_indices, hypervolume, knee, nondominated_ranks,
                            pareto_order, promote)
 from search.rungs import ParetoRungScheduler, RungScheduler, judge
-from search.searcher import CONTINUES
+from search.records import CONTINUES
+from search.records import load_study
 
 
 # ----------------------------------------------------------------------------- the arithmetic
@@ -337,7 +338,7 @@ def test_a_pareto_search_resumes_after_a_kill_and_records_its_costs(pareto_searc
     rows = check_resumed(folder, finished_before, trials=6)
     for row in rows:
         assert int(row["macs"]) == count_macs(config_from_row(row), 10, 32)
-    study = optuna.load_study(study_name="front", storage=f"sqlite:///{folder / 'optuna.db'}")
+    study = load_study(folder)
     history: dict = {}
     for h in read_history(folder):
         history.setdefault(h["trial_id"], {})[h["epoch"]] = h["val_acc"]
@@ -422,7 +423,7 @@ def test_a_latency_search_measures_each_architecture_once_in_its_own_slot(ray_se
     assert all(v["isolated"] and v["batch1_runs"] >= 3 and v["batch256_ms"] > v["batch1_ms"] for v in measured.values())
     for row in rows:
         assert float(row["latency_ms"]) == by_width[config_from_row(row)["widths"][0]]["batch1_ms"]
-    study = optuna.load_study(study_name="fast", storage=f"sqlite:///{outcome.folder / 'optuna.db'}")
+    study = load_study(outcome.folder)
     for trial in study.trials:
         if trial.state == optuna.trial.TrialState.COMPLETE:
             row = next(r for r in rows if r["trial_id"] == trial.user_attrs["ray_trial_id"])

@@ -16,7 +16,7 @@ import torch
 
 import analysis
 from conftest import check_resumed, rows_of, settings
-from search.records import read_history
+from search.records import load_study, read_history
 from search.run import run_search
 from search.trial import SearchTrial
 
@@ -75,7 +75,7 @@ def test_divergence_and_oom_end_their_trials_and_the_search_goes_on(ray_session,
     table = analysis.load(outcome.folder)
     assert set(table["status"]) >= {"diverged", "errored"}
     assert table.loc[table["status"] == "errored", "error"].str.contains("out of memory").all()
-    study = optuna.load_study(study_name="faults", storage=f"sqlite:///{outcome.folder / 'optuna.db'}")
+    study = load_study(outcome.folder)
     failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
     assert len(failed) == len(errored)  # the searcher heard of every error
 
@@ -166,14 +166,14 @@ def test_a_killed_driver_resumes_and_its_files_stay_readable(ray_session, tmp_pa
     proc.wait(timeout=30)
     assert reads >= 1
     rows_of(folder)
-    study = optuna.load_study(study_name="killed", storage=f"sqlite:///{folder / 'optuna.db'}")
+    study = load_study(folder)
     assert len(study.trials) >= 2
 
     outcome = run_search(settings(tmp_path, space, name="killed", resume=True, trials=6, subset=600,
                                   param_budget=10**6))
     assert outcome.complete and "search finished: 6 trials run" in outcome.summary
     check_resumed(folder, finished_before, trials=6)
-    study = optuna.load_study(study_name="killed", storage=f"sqlite:///{folder / 'optuna.db'}")
+    study = load_study(folder)
     states = [t.state for t in study.trials]
     assert optuna.trial.TrialState.RUNNING not in states
 

@@ -14,10 +14,11 @@ from conftest import rows_of, settings
 from search.experiment import TrialTable
 from ray.tune.search import Searcher
 
-from search.records import ran_seconds, read_drivers, read_history
+from search.records import load_study, ran_seconds, read_drivers, read_history
 from search.run import check_same_data, data_hash, prepare_folder, run_search
 from search.rungs import RungScheduler
-from search.searcher import CONTINUES, BudgetedOptunaSearch
+from search.records import CONTINUES
+from search.searcher import BudgetedOptunaSearch
 from search.space import load_space
 from trainable.data import TrainArrays, make_synthetic
 from trainable.errors import UserError
@@ -48,7 +49,7 @@ def test_a_resume_from_another_folder_continues_the_experiment_it_names(ray_sess
     assert len(rows_of(moved)) == 4 and outcome.complete
     storage = optuna.storages.RDBStorage(f"sqlite:///{moved / 'optuna.db'}")
     assert optuna.get_all_study_names(storage) == ["e"]
-    launched = [t for t in optuna.load_study(study_name="e", storage=storage).trials if "ray_trial_id" in t.user_attrs]
+    launched = [t for t in load_study(moved).trials if "ray_trial_id" in t.user_attrs]
     assert len(launched) == 4
 
 
@@ -202,7 +203,7 @@ def test_trials_cut_by_the_deadline_are_continued_to_the_horizon(ray_session, tm
         epochs = history.loc[history["trial_id"] == trial_id, "epoch"].tolist()
         assert sorted(set(epochs)) == list(range(1, 9))
         assert epochs.count(1) == 1, f"the cut trial started over: {epochs}"
-    study = optuna.load_study(study_name="deadline", storage=f"sqlite:///{second.folder / 'optuna.db'}")
+    study = load_study(second.folder)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
     # The time the search ran is the two runs, not the pause between them.
     assert len(read_drivers(second.folder)) == 2
@@ -225,7 +226,7 @@ def test_a_row_the_table_never_closed_is_settled_from_optuna(finished_search, sp
     outcome = run_search(settings(tmp_path, space_file, name="exp", trials=8, resume=True))
     after = {r["trial_id"]: r for r in rows_of(folder)}
     assert len(after) == 8 and after[phantom["trial_id"]]["status"] == "stopped"
-    study = optuna.load_study(study_name="exp", storage=f"sqlite:///{folder / 'optuna.db'}")
+    study = load_study(folder)
     assert len([t for t in study.trials if "ray_trial_id" in t.user_attrs]) == 8  # no trial launched
     assert outcome.complete
 

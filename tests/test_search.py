@@ -16,7 +16,7 @@ import analysis
 
 from conftest import BUDGET, check_resumed, rows_of, settings
 from search.budget import check_space_fits, over_budget
-from search.records import read_history
+from search.records import load_study, read_history
 from search.run import SearchSettings, check_settings, main, prepare_folder, run_search, settings_from_args
 from search.searcher import BudgetedOptunaSearch
 from search.trial import SearchTrial
@@ -49,7 +49,7 @@ def test_no_trial_over_the_budget_ran(finished_search):
 
 def test_optuna_study_matches_the_trials(finished_search):
     folder = finished_search.folder
-    study = optuna.load_study(study_name="exp", storage=f"sqlite:///{folder / 'optuna.db'}")
+    study = load_study(folder)
     by_ray_id = {t.user_attrs["ray_trial_id"]: t for t in study.trials if "ray_trial_id" in t.user_attrs}
     rows = rows_of(folder)
     assert set(by_ray_id) == {r["trial_id"] for r in rows}
@@ -104,7 +104,7 @@ def test_set_fixes_keys_and_takes_them_out_of_the_search(ray_session, tmp_path):
     assert len(rows) == 2 and {(r["augment_policy"], r["cutout"]) for r in rows} == {("trivialaugment", "16")}
     saved = json.loads((outcome.folder / "settings.json").read_text())
     assert saved["overrides"] == {"augment_policy": "trivialaugment", "cutout": 16}
-    study = optuna.load_study(study_name="fixed", storage=f"sqlite:///{outcome.folder / 'optuna.db'}")
+    study = load_study(outcome.folder)
     assert all("augment_policy" not in t.params and "cutout" not in t.params for t in study.trials)
     assert any("mixup_alpha" in t.params for t in study.trials)  # the rest is still searched
 
@@ -151,7 +151,7 @@ def test_searcher_rejects_over_budget_configs_itself():
 
 def test_every_epoch_is_an_intermediate_value_in_the_study(finished_search):
     folder = finished_search.folder
-    study = optuna.load_study(study_name="exp", storage=f"sqlite:///{folder / 'optuna.db'}")
+    study = load_study(folder)
     history: dict = {}
     for row in read_history(folder):
         history.setdefault(row["trial_id"], {})[row["epoch"]] = row["val_acc"]
@@ -245,7 +245,7 @@ def test_resume_after_interrupt_keeps_finished_trials(ray_session, space_file, t
 
     outcome = run_search(settings(tmp_path, space_file, name="cut", resume=True, trials=6))
     check_resumed(folder, finished_before, trials=6)
-    study = optuna.load_study(study_name="cut", storage=f"sqlite:///{folder / 'optuna.db'}")
+    study = load_study(folder)
     launched = [t for t in study.trials if "ray_trial_id" in t.user_attrs]
     assert len(launched) == 6
     assert outcome.counts.get("completed", 0) + outcome.counts.get("stopped", 0) == 6

@@ -15,6 +15,7 @@ from search.space import BASE_LR, BASE_WEIGHT_DECAY, MAX_WARMUP_SHARE, default_s
 from search.tune.sampler import STARTUP_LAUNCHED, LaunchedStartup
 from trainable.model import count_params
 from trainable.zoo import DEADLINE_RECIPE, SEED, fit_to_budget
+from search.records import load_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -159,7 +160,7 @@ def test_a_study_made_with_the_first_space_resumes_with_it(ray_session, tmp_path
                                   extra={"given": ["name", "storage", "resume", "trials"]}))
     rows = rows_of(resumed.folder)
     assert len(rows) == 4
-    study = optuna.load_study(study_name="old", storage=f"sqlite:///{first.folder / 'optuna.db'}")
+    study = load_study(first.folder)
     launched = [t for t in study.trials if "ray_trial_id" in t.user_attrs]
     assert len(launched) == 4
     # Every launched trial, before and after the resume, has version 1's parameters.
@@ -249,7 +250,7 @@ def test_the_highest_rung_with_enough_points_proposes_and_a_share_stays_random()
 def test_a_rungs_search_proposes_from_the_rungs_and_rebuilds_them_on_resume(ray_session, tmp_path):
     first = run_search(settings(tmp_path, None, name="rungs", space=None, trials=14, max_epochs=3, grace_epochs=1,
                                 reduction_factor=3, param_budget=60_000, warm_start=False, sampler="rungs"))
-    study = optuna.load_study(study_name="rungs", storage=f"sqlite:///{first.folder / 'optuna.db'}")
+    study = load_study(first.folder)
     launched = sorted((t for t in study.trials if "ray_trial_id" in t.user_attrs), key=lambda t: t.number)
     who = [t.user_attrs["proposed_by"] for t in launched]
     assert who[:STARTUP_LAUNCHED] == ["startup"] * STARTUP_LAUNCHED

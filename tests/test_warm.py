@@ -5,10 +5,7 @@ import optuna
 import pytest
 
 from conftest import settings
-
-
-def _study(folder):
-    return optuna.load_study(study_name=folder.name, storage=f"sqlite:///{folder / 'optuna.db'}")
+from search.records import load_study
 
 
 def test_a_search_warm_started_from_the_same_space_learns_from_the_old_trials(finished_search, space_file,
@@ -16,7 +13,7 @@ def test_a_search_warm_started_from_the_same_space_learns_from_the_old_trials(fi
     from search.records import rejected_count
     from search.run import run_search
 
-    old = _study(finished_search.folder)
+    old = load_study(finished_search.folder)
     finished = [t for t in old.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
     # A budget the whole space fits under: TPE's random start-up is then 10 trials (under the
     # old search's 20,000 most configs were rejected and it would be far longer), and the
@@ -24,7 +21,7 @@ def test_a_search_warm_started_from_the_same_space_learns_from_the_old_trials(fi
     outcome = run_search(settings(tmp_path, space_file, name="warm", trials=2, max_epochs=1, seed=5,
                                   param_budget=10**6, warm_from=str(finished_search.folder)))
     assert f"its {len(finished)} finished trials are in the study" in outcome.summary
-    new = _study(outcome.folder)
+    new = load_study(outcome.folder)
     taken = [t for t in new.trials if t.user_attrs.get("warm_from") == "exp"]
     assert [(t.params, t.values, t.state) for t in taken] == [(t.params, t.values, t.state) for t in finished]
     assert not any("ray_trial_id" in t.user_attrs for t in taken)  # never mistaken for this search's own
@@ -41,7 +38,7 @@ def test_a_search_over_another_space_runs_the_old_top_configs_first(finished_sea
     from search.run import run_search
 
     old_rows = {r["trial_id"]: r for r in read_trials(finished_search.folder)}
-    old = {t.user_attrs.get("ray_trial_id"): t.params for t in _study(finished_search.folder).trials}
+    old = {t.user_attrs.get("ray_trial_id"): t.params for t in load_study(finished_search.folder).trials}
     top = [old[r["trial_id"]] for r in rank(old_rows.values())][:2]
     # Another space file (one more fixed key) with the same parameter names.
     from conftest import TINY_SPACE
@@ -51,7 +48,7 @@ def test_a_search_over_another_space_runs_the_old_top_configs_first(finished_sea
     outcome = run_search(settings(tmp_path, other, name="other", trials=2, max_epochs=1,
                                   warm_from=str(finished_search.folder)))
     assert "its space differs; its top" in outcome.summary
-    launched = sorted((t for t in _study(outcome.folder).trials if "ray_trial_id" in t.user_attrs),
+    launched = sorted((t for t in load_study(outcome.folder).trials if "ray_trial_id" in t.user_attrs),
                       key=lambda t: t.number)
     assert [t.params for t in launched] == top  # the old best two, first, as they were
     assert all(t.user_attrs["warm_from"] == "exp" for t in launched)
