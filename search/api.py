@@ -4,7 +4,7 @@
     import analysis
 
     result = search(gpus=0, dataset="synthetic", subset=400, trials=6, max_epochs=3, name="quick")
-    result.table                                # the trial table, a DataFrame (analysis.load)
+    analysis.load(result.folder)                # the trial table, a DataFrame
     model = retrain(result.folder, epochs=30)   # the best trial on train + val
     submission = predict(model.folder, input="test.npy", out="submission.csv", tta=True)
 
@@ -90,20 +90,6 @@ class SearchResult:
     summary: str
     counts: dict[str, int] = field(default_factory=dict)
 
-    @property
-    def table(self) -> pd.DataFrame:
-        """One row per trial, best first (`analysis.load`)."""
-        import analysis
-
-        return analysis.load(self.folder)
-
-    @property
-    def curves(self) -> pd.DataFrame:
-        """Every trial's epochs (`analysis.curves`)."""
-        import analysis
-
-        return analysis.curves(self.folder)
-
     def __repr__(self) -> str:
         best = f"best val_acc {self.best['val_acc']:.4f} (trial {self.best['trial_id']})" if self.best else "no best yet"
         return f"SearchResult({self.folder}, {'complete' if self.complete else 'incomplete'}, {best})"
@@ -127,12 +113,6 @@ class AutoResult:
     trial_id: str
     test_acc: float | None
     record: dict[str, Any]
-
-    @property
-    def table(self) -> pd.DataFrame:
-        import analysis
-
-        return analysis.load(self.folder)
 
     def __repr__(self) -> str:
         from search.auto import total_seconds

@@ -17,7 +17,9 @@ the experiment folder:
    before the predict stage: the learning rate follows the elapsed share of that time, so
    the model ends annealed and on time even if the machine slows down (if every seed
    diverges, the next confirmed config while time remains);
-4. predict: EMA weights with TTA into `--out`, and the report (with a stage table).
+4. predict: EMA weights with TTA into `--out`. The summary then names the report command
+   (`python -m analysis.report runs/NAME`, with a stage table): `search` never imports
+   `analysis`, which reads its records.
 
 Every stage asks the clock when it starts: a stage that runs late takes from the next,
 never from the deadline, and the whole command ends within --time-budget (+5% at most),
@@ -43,7 +45,7 @@ from typing import Any, Sequence
 IMPORTED = time.time()  # the command's start-up counts from here
 
 from search.confirm import RECIPE_ID, parse_pick, stage_confirm  # noqa: E402
-from search.plan import (PREDICT_MARGIN, REPORT_S, STAGES, Plan, epoch_seconds, make_plan,  # noqa: E402
+from search.plan import (PREDICT_MARGIN, STAGES, Plan, epoch_seconds, make_plan,  # noqa: E402
                          planned_concurrency, predict_seconds, probe_epoch_seconds, ray_overhead, sized_recipe)
 from search.run import SearchSettings, build_parser, parse_duration, settings_from_parsed  # noqa: E402
 from trainable.cli import run_main  # noqa: E402
@@ -184,7 +186,7 @@ def stage_retrain(s: SearchSettings, seconds: float, order: list[str], configs: 
         config = {**configs[trial_id], "epochs": MAX_RETRAIN_EPOCHS}
         gpus = torch.cuda.device_count() if s.gpus != 0 else 0
         tail = predict_seconds(config, images[:256], num_classes, gpus) * len(images) / max(1, len(images[:256]))
-        tail = tail * PREDICT_MARGIN + (REPORT_S if (s.folder / "trials.csv").is_file() else 0.0)
+        tail = tail * PREDICT_MARGIN
         left = deadline - time.time()
         if tried and left < 2 * tail:
             break  # no time for another config
@@ -194,8 +196,8 @@ def stage_retrain(s: SearchSettings, seconds: float, order: list[str], configs: 
         if not again and final.exists():
             shutil.rmtree(final)  # a retrain killed before every seed had a checkpoint starts over
         print(f"retrain: {'the fixed recipe' if trial_id == RECIPE_ID else f'trial {trial_id}'} for "
-              f"{(left - tail) / 60:.1f} min x {seeds} seed(s) (then {tail:.0f} s kept for the prediction "
-              "and the report)", flush=True)
+              f"{(left - tail) / 60:.1f} min x {seeds} seed(s) (then {tail:.0f} s kept for the prediction)",
+              flush=True)
         parallel = seeds > 1 and torch.cuda.device_count() > 1
         result = retrain(config, spec, final, seeds=seeds, ema_decay=0.999, resume=again, compile_model=s.compile,
                          parallel=parallel, time_budget_s=left, tail_s=tail)
@@ -211,7 +213,7 @@ def stage_retrain(s: SearchSettings, seconds: float, order: list[str], configs: 
 
 
 def stage_predict(s: SearchSettings, a: AutoSettings) -> dict[str, Any]:
-    """The submission (EMA weights, TTA), then the report."""
+    """The submission (EMA weights, TTA)."""
     from search.predict import predict_labels, read_input, write_submission
 
     final = s.folder / "final"
@@ -221,21 +223,14 @@ def stage_predict(s: SearchSettings, a: AutoSettings) -> dict[str, Any]:
     return {"submission": str(Path(a.out).resolve()), "rows": len(ids)}
 
 
-def write_report(folder: Path) -> str:
-    from analysis.report import make_report  # analysis reads search's records; only this stage calls it
-
-    return str(make_report(folder, folder / "report")["report.md"])
-
-
 # ----------------------------------------------------------------------------- the command
 def shared_plan(s: SearchSettings, a: AutoSettings, total: float, plan: Plan) -> Plan:
     """The plan with --shares' split instead of its own (a search plan: the shares say so)."""
     if a.shares is None:
         return plan
-    # The predict stage keeps at least the time its timed pass asks for (and the report's: a
-    # split with a search writes one); the other three
+    # The predict stage keeps at least the time its timed pass asks for; the other three
     # split the rest in the proportions given.
-    predict = max(total * a.shares["predict"], plan.predict_s_estimate * PREDICT_MARGIN + REPORT_S)
+    predict = max(total * a.shares["predict"], plan.seconds["predict"])
     rest = sum(a.shares[stage] for stage in STAGES[:3]) or 1.0
     seconds = {**{stage: (total - predict) * a.shares[stage] / rest for stage in STAGES[:3]}, "predict": predict}
     return replace(plan, mode="search", seconds=seconds,
@@ -357,8 +352,6 @@ def run_auto(s: SearchSettings, a: AutoSettings, started: float | None = None) -
                                                      num_classes))
             else:
                 facts = stage_predict(s, a)
-                if (s.folder / "trials.csv").is_file():  # a plan without a search has no trials to report
-                    facts["report"] = write_report(s.folder)
                 record.finish(stage, **facts)
     finally:
         record.close()
@@ -398,9 +391,8 @@ def summary(result: dict[str, Any], folder: Path) -> str:
     lines += [f"retrained {who} for {retrained['epochs']} epochs x {retrained['seeds']} seed(s): test accuracy "
               f"(EMA, read once at the end) {test:.4f}{spread}",
               f"submission: {stages['predict']['submission']} ({stages['predict']['rows']} rows)", "next:"]
-    if stages["predict"].get("report"):
-        lines.append(f"  open {stages['predict']['report']}")
-    if (folder / "trials.csv").is_file():
+    if (folder / "trials.csv").is_file():  # the report reads the experiment; search never imports analysis
+        lines.append(f"  python -m analysis.report {folder}      # plots and report.md, with the stage table")
         lines.append(f"  python -m analysis.table {folder}")
     if result["plan"].get("mode") == "recipe" and result["plan"].get("search_from_s"):
         lines.append(f"  a --time-budget of {result['plan']['search_from_s'] / 60:.0f} min or more lets it search "

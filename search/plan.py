@@ -64,7 +64,6 @@ def ray_overhead(address: str | None) -> float:
     if ray.is_initialized():
         return 0.0
     return RAY_CONNECT_S if address else RAY_OVERHEAD_S
-REPORT_S = 6.0  # the report after a search (plots of a small search: 3-5 s on 2 cores); none without
 # The timed pass is a slice of the input; the stage also reads the input, loads the model and
 # writes the CSV. A slowdown of the machine is not in the margin: the retrain scales what it
 # keeps back with the machine's speed now (`trainable.loop`).
@@ -115,8 +114,7 @@ class Plan:
         lines.append(f"  retrain  {self.seconds['retrain'] / 60:6.1f} min: {what} on train + val, {self.seeds} "
                      f"seed(s), EMA, to the time left (about {self.retrain_epochs_estimate} epochs), the learning "
                      "rate following the elapsed share of the time")
-        report = ", and the report" if self.mode == "search" else ""
-        lines.append(f"  predict  {self.seconds['predict'] / 60:6.1f} min: EMA weights + TTA{report}")
+        lines.append(f"  predict  {self.seconds['predict'] / 60:6.1f} min: EMA weights + TTA")
         return "\n".join(lines)
 
 
@@ -234,16 +232,14 @@ def make_plan(s: Any, a: Any, total: float, concurrent: int, epoch_s: float, gpu
     train_val = 1 / (1 - s.val_fraction)
     # Trials sharing a device run slower; count the device's throughput once.
     share_slowdown = max(1.0, concurrent / max(1, gpus)) if gpus else 1.0
-    tail = predict_s * PREDICT_MARGIN + REPORT_S
+    tail = predict_s * PREDICT_MARGIN
     usable = max(1.0, total - tail)
     whole = usable / (retrain_epoch_s * train_val)  # epochs of the middle config if the retrain had it all
 
     search_from = SEARCH_PAYS_EPOCHS * retrain_epoch_s * train_val + tail
 
     def recipe_plan(reason: str) -> Plan:
-        # Without a search there is no report to write: its seconds go to the retrain.
-        tail_alone = predict_s * PREDICT_MARGIN
-        seconds = {"search": 0.0, "confirm": 0.0, "retrain": total - tail_alone, "predict": tail_alone}
+        seconds = {"search": 0.0, "confirm": 0.0, "retrain": usable, "predict": tail}
         return Plan(total, seconds, "recipe", reason, s.max_epochs, 0, 0, 0, concurrent, epoch_s, predict_s,
                     max(1, int(whole)), seeds, 0, search_from_s=search_from)
 

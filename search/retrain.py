@@ -61,10 +61,11 @@ def config_from_experiment(folder: Path, trial: str | None) -> dict[str, Any]:
 
 def plot_curves(history: list[dict[str, Any]], path: Path, title: str) -> None:
     """Training loss and accuracy per epoch, as a PNG."""
-    from analysis.plots import subplots
+    from matplotlib.figure import Figure  # without pyplot: no display, no global state
 
     epochs = [m["epoch"] for m in history]
-    fig, (left, right) = subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    left, right = fig.subplots(1, 2)
     left.plot(epochs, [m["train_loss"] for m in history], label="train loss")
     left.set_xlabel("epoch"), left.set_ylabel("loss"), left.legend()
     right.plot(epochs, [m["train_acc"] for m in history], label="train acc")

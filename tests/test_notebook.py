@@ -43,7 +43,7 @@ STOPPED = textwrap.dedent('''
     stopped = search(trials=4, **kw)
     Path("stopped.txt").write_text(str(stopped.complete))
 ''')
-RESUMED = "again = search(trials=4, resume=True, storage='runs', name='stop', verbose=0)\nprint('AGAIN', again.complete, len(again.table))"
+RESUMED = "again = search(trials=4, resume=True, storage='runs', name='stop', verbose=0)\nimport analysis\nprint('AGAIN', again.complete, len(analysis.load(again.folder)))"
 
 
 def test_the_quickstart_notebook_runs_in_a_real_kernel_and_its_stop_button_ends_a_search(tmp_path):
