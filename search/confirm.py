@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
+from trainable.checkpoint import write_json
 from trainable.config import with_defaults
 from trainable.errors import UserError
 
@@ -108,16 +109,6 @@ def candidates(folder: Path, pick: str, count: int, objective: str) -> list[tupl
     return ranked[:count]
 
 
-CONFIRM_SPACE = '''"""The confirm stage's space: one of the search's top configs, each run once (warm starts)."""
-CANDIDATES = {candidates!r}
-WARM_START = [{{"candidate": i}} for i in range(len(CANDIDATES))]
-
-
-def space(trial):
-    return dict(CANDIDATES[trial.suggest_categorical("candidate", list(range(len(CANDIDATES))))])
-'''
-
-
 def fitting_epochs(folder: Path, trial_ids: list[str], epochs: int, seconds: float, concurrent: int,
                    fallback_s: float) -> int:
     """The longest horizon up to `epochs` at which every candidate runs to its end in
@@ -163,10 +154,12 @@ def stage_confirm(s: Any, pick: str, count: int, epochs: int, seconds: float, re
                 "confirm_val_acc": {}, "kendall_tau": None, "pick_changed": False}
     if folder.exists() and not (folder / "settings.json").exists():
         shutil.rmtree(folder)  # killed before its settings were written: nothing in it to keep
-    space = s.folder / "confirm_space.py"
+    # The candidates, each run once (`search.space.CandidateSpace`), kept in the experiment so a
+    # resumed stage runs the same ones.
+    space = s.folder / "confirm_candidates.json"
     if not resume or not space.exists():
         chosen = [{k: v for k, v in config.items() if k not in ("epochs", "seed")} for _, config, _ in entries]
-        space.write_text(CONFIRM_SPACE.format(candidates=chosen))
+        write_json(space, {"candidates": chosen})
     confirm = SearchSettings(
         name="confirm", storage=str(s.folder), gpus=s.gpus, cpus=s.cpus, gpus_per_trial=s.gpus_per_trial,
         cpus_per_trial=s.cpus_per_trial, address=s.address, trials=len(entries), max_epochs=horizon,

@@ -39,9 +39,26 @@ BASE_LR = {"sgd": 0.05, "adamw": 2e-3}
 BASE_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 1e-2}
 LR_SCALE = (0.25, 4.0)
 WEIGHT_DECAY_SCALE = (0.1, 10.0)
-# Uniform: a median proposal asks for 0.75 of the budget; widths at multiples of 8 round that
-# down (to a median 0.72 of 5M, 0.62 of 200k over 1,000 random draws).
-BUDGET_FRACTION = (0.5, 1.0)
+# The share of the budget a model is solved for: 1 - 0.6 x shortfall^2, with `budget_shortfall`
+# uniform in 0-1. So 0.4 to 1.0 (WRN-40-2 uses 0.45 of 5M), a median proposal asks for 0.85,
+# and widths at multiples of 8 round that down a little (the README gives the medians built).
+SHORTFALL_SCALE = 0.6
+
+
+def budget_fraction(shortfall: float) -> float:
+    """The share of the budget for a `budget_shortfall` of 0..1.
+
+    >>> budget_fraction(0.0), budget_fraction(0.5), budget_fraction(1.0)
+    (1.0, 0.85, 0.4)
+    """
+    return 1.0 - SHORTFALL_SCALE * shortfall**2
+
+
+def shortfall_of(fraction: float) -> float:
+    """The `budget_shortfall` that asks for `fraction` of the budget (the inverse of `budget_fraction`)."""
+    return math.sqrt(max(0.0, 1.0 - fraction) / SHORTFALL_SCALE)
+
+
 WIDTH_GROWTH = (1.5, 2.5)  # per stage
 MAX_WARMUP_SHARE = 0.1  # warm-up as a share of the horizon: a 3-epoch search leaves it early
 MIN_STAGES = 2  # what `trainable.config` accepts
@@ -91,7 +108,7 @@ def default_space(trial: optuna.Trial, fixed: dict[str, Any] | None = None, budg
     - shape: 3-4 stages of 1-6 blocks, width growth 1.5-2.5 per stage, block type (basic,
       pre-activation, shake-shake), kernel 3 or 5, shortcut kernel 1 or 3 (not for shake
       blocks, whose shortcut has no kernel to choose), stem 16 or the first stage's width;
-    - `budget_fraction` in 0.4-1.0 of `budget`;
+    - the share of `budget` to use, 0.4-1.0 (`budget_shortfall`, see `budget_fraction`);
     - optimiser: AdamW or SGD, each at its base lr and weight decay times a multiplier
       (`lr_scale`, `weight_decay_scale`) that every config shares;
     - warm-up as a share of the horizon (`fixed["epochs"]`), at most a tenth of it;
@@ -124,7 +141,7 @@ def default_space(trial: optuna.Trial, fixed: dict[str, Any] | None = None, budg
         config = {**shape, "widths": fixed["widths"]}
     else:
         shape["width_growth"] = trial.suggest_float("width_growth", *WIDTH_GROWTH)
-        fraction = trial.suggest_float("budget_fraction", *BUDGET_FRACTION)
+        fraction = budget_fraction(trial.suggest_float("budget_shortfall", 0.0, 1.0))
         config = solve_shape(shape, budget, fraction, num_classes, in_channels)
     trial.set_user_attr("widths", list(config["widths"]))
     trial.set_user_attr("blocks", list(config["blocks"]))
@@ -239,8 +256,8 @@ def warm_starts(budget: int = 5_000_000, num_classes: int = 10, in_channels: int
     (`trainable.zoo.fit_to_budget`, never widened, the stem kept); one the space cannot
     build at that size is left out.
 
-    >>> [p["budget_fraction"] for p in warm_starts()]  # the seed fills the budget, WRN-40-2 under half
-    [0.983720..., 0.448709...]
+    >>> [round(budget_fraction(p["budget_shortfall"]), 3) for p in warm_starts()]  # WRN-40-2: under half
+    [0.984, 0.449]
     >>> [round(p["lr_scale"], 2) for p in warm_starts(200_000)]
     [1.0, 2.0]
     """
@@ -286,7 +303,7 @@ def params_of(config: dict[str, Any], fixed: dict[str, Any] | None = None, budge
         "n_stages": len(widths), **{f"blocks_{i}": b for i, b in enumerate(blocks)},
         "width_growth": (widths[-1] / widths[0]) ** (1 / max(1, len(widths) - 1)),
         # Half a parameter above the count: the solve keeps strictly under its target.
-        "budget_fraction": (count_params(cfg, num_classes, in_channels) + 0.5) / budget,
+        "budget_shortfall": shortfall_of((count_params(cfg, num_classes, in_channels) + 0.5) / budget),
         "lr_scale": cfg["lr"] / BASE_LR[optimizer],
         "weight_decay_scale": cfg["weight_decay"] / BASE_WEIGHT_DECAY[optimizer],
         "warmup_share": min(MAX_WARMUP_SHARE, cfg["warmup_epochs"] / max(1, horizon)),
@@ -298,7 +315,7 @@ def params_of(config: dict[str, Any], fixed: dict[str, Any] | None = None, budge
     if optimizer == "sgd":
         params["sgd_momentum"] = cfg["momentum"]
     if not exact:  # the nearest config: ranged values clamped into their ranges
-        for key, (low, high) in (("width_growth", WIDTH_GROWTH), ("budget_fraction", BUDGET_FRACTION),
+        for key, (low, high) in (("width_growth", WIDTH_GROWTH), ("budget_shortfall", (0.0, 1.0)),
                                  ("lr_scale", LR_SCALE), ("weight_decay_scale", WEIGHT_DECAY_SCALE)):
             params[key] = min(high, max(low, params[key]))
         return params
@@ -358,11 +375,39 @@ class YamlSpace:
         return {key: _suggest(trial, key, value) for key, value in self.spec.items()}
 
 
+class CandidateSpace:
+    """A space of given configs, each run once in order (its warm starts): the confirm stage's.
+
+    >>> space = CandidateSpace([{"blocks": [1, 1], "widths": [8, 16]}, {"blocks": [2, 2], "widths": [8, 16]}])
+    >>> space(optuna.trial.FixedTrial({"candidate": 1}))["blocks"], space.warm_start
+    ([2, 2], [{'candidate': 0}, {'candidate': 1}])
+    """
+
+    def __init__(self, candidates: list[dict[str, Any]]):
+        if not isinstance(candidates, list) or not candidates or not all(isinstance(c, dict) for c in candidates):
+            raise UserError("a candidates space is a non-empty list of configs")
+        self.candidates = candidates
+
+    @property
+    def warm_start(self) -> list[dict[str, int]]:
+        return [{"candidate": i} for i in range(len(self.candidates))]
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        return dict(self.candidates[trial.suggest_categorical("candidate", list(range(len(self.candidates))))])
+
+
 def load_space(path: str | Path) -> tuple[SpaceFn, dict[str, Any] | list[dict[str, Any]] | None]:
-    """Load a user space from a .py file (`space(trial)`, optional `WARM_START`) or a .yaml file."""
+    """Load a user space from a .py file (`space(trial)`, optional `WARM_START`), a .yaml file,
+    or a .json file of candidate configs (`{"candidates": [...]}`, each run once)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"space file {path} does not exist")
+    if path.suffix == ".json":
+        try:
+            space = CandidateSpace(json.loads(path.read_text()).get("candidates"))
+        except (json.JSONDecodeError, AttributeError):
+            raise UserError(f"space file {path} must hold {{\"candidates\": [config, ...]}}") from None
+        return space, space.warm_start
     if path.suffix in (".yaml", ".yml"):
         import yaml
 
@@ -372,7 +417,7 @@ def load_space(path: str | Path) -> tuple[SpaceFn, dict[str, Any] | list[dict[st
             raise UserError(f"space file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
         return YamlSpace(spec), None
     if path.suffix != ".py":
-        raise UserError(f"space file {path} must end in .py, .yaml or .yml")
+        raise UserError(f"space file {path} must end in .py, .yaml, .yml or .json")
     module_spec = importlib.util.spec_from_file_location(f"user_space_{path.stem}", path)
     module = importlib.util.module_from_spec(module_spec)
     try:

@@ -164,7 +164,7 @@ def test_a_study_made_with_the_first_space_resumes_with_it(ray_session, tmp_path
     launched = [t for t in study.trials if "ray_trial_id" in t.user_attrs]
     assert len(launched) == 4
     # Every launched trial, before and after the resume, has version 1's parameters.
-    assert all("width_base" in t.params and "budget_fraction" not in t.params for t in launched)
+    assert all("width_base" in t.params and "budget_shortfall" not in t.params for t in launched)
     for trial in launched:
         assert space_v1(optuna.trial.FixedTrial(trial.params), {"epochs": 1})["widths"] == json.loads(
             next(r["widths"] for r in rows if r["trial_id"] == trial.user_attrs["ray_trial_id"]))
