@@ -22,7 +22,8 @@ from benchmarks.search_efficiency import BUDGET, SPACE
 def run(data_dir: str | None, quick: bool, out: Path | None = None, seeds: int = 3) -> dict[str, Any]:
     """Each seed's search and confirm stage in `out` (finished ones are read back, not rerun)."""
     from search.confirm import stage_confirm
-    from search.run import SearchSettings, run_search
+    from search.run import run_search
+    from search.settings import SearchSettings
 
     seeds = [0] if quick else list(range(seeds))
     out = Path(out or tempfile.mkdtemp())

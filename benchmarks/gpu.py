@@ -39,7 +39,8 @@ def gpu_utilisation(samples: list[float], stop: threading.Event) -> None:
 def run(data_dir: str | None, quick: bool) -> dict[str, Any]:
     if not torch.cuda.is_available():
         return {"skipped": "no CUDA device"}
-    from search.run import SearchSettings, run_search
+    from search.run import run_search
+    from search.settings import SearchSettings
     from search.tune.resources import ray_started
     from trainable.data import to_device
     from trainable.loop import Trainer

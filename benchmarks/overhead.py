@@ -28,7 +28,8 @@ def space(trial):
 
 
 def run(data_dir: str | None, quick: bool) -> dict[str, Any]:
-    from search.run import SearchSettings, run_search
+    from search.run import run_search
+    from search.settings import SearchSettings
     from search.tune.resources import ray_started
     from trainable.data import prepare_data
     from trainable.loop import Trainer

@@ -24,7 +24,8 @@ LABELS = {"mo_asha_tpe": "MO-ASHA + multi-objective TPE", "random_fifo": "random
 
 def run(data_dir: str | None, quick: bool, out: Path, seeds: int = 3) -> dict[str, Any]:
     """Both methods on each seed; the hypervolume curves cut at the common epoch budget."""
-    from search.run import SearchSettings, run_search
+    from search.run import run_search
+    from search.settings import SearchSettings
 
     max_epochs = 2 if quick else 4
     fifo_trials = 3 if quick else 8

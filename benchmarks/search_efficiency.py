@@ -55,7 +55,8 @@ def tally(names: Any) -> dict[str, int]:
 
 def run(data_dir: str | None, quick: bool, out: Path) -> dict[str, Any]:
     """ASHA+TPE against random+FIFO at an equal number of epochs, per seed."""
-    from search.run import SearchSettings, run_search
+    from search.run import run_search
+    from search.settings import SearchSettings
 
     seeds = [0, 1, 2]
     max_epochs = 3 if quick else 6

@@ -34,7 +34,8 @@ def run(data_dir: str | None, quick: bool, out: Path | None = None) -> dict[str,
 
     import search.experiment
     from search.records import HistoryLog, read_trials
-    from search.run import SearchSettings, run_search
+    from search.run import run_search
+    from search.settings import SearchSettings
     from search.searcher import BudgetedOptunaSearch
 
     trials = 60 if quick else 1000

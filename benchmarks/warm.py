@@ -17,7 +17,8 @@ from benchmarks.search_efficiency import BUDGET, SPACE, best_so_far
 
 
 def run(data_dir: str | None, quick: bool, out: Path, seeds: int = 3) -> dict[str, Any]:
-    from search.run import SearchSettings, run_search
+    from search.run import run_search
+    from search.settings import SearchSettings
 
     dataset, data_dir_arg = ("imagefolder", data_dir) if data_dir else ("synthetic", None)
     subset = 600 if quick else 4000

@@ -97,7 +97,8 @@ class SearchResult:
 
 def search(**flags: Any) -> SearchResult:
     """Run (or, with resume=True, continue) a search: `python -m search.run` as a function."""
-    from search.run import build_parser, run_search, settings_from_parsed
+    from search.run import run_search
+    from search.settings import build_parser, settings_from_parsed
 
     args = _parse(lambda argv: vars(build_parser().parse_args(argv)), flags_to_argv([], flags))
     outcome = run_search(settings_from_parsed(args))

@@ -47,8 +47,8 @@ IMPORTED = time.time()  # the command's start-up counts from here
 from search.confirm import RECIPE_ID, parse_pick, stage_confirm  # noqa: E402
 from search.plan import (PREDICT_MARGIN, STAGES, Plan, epoch_seconds, make_plan,  # noqa: E402
                          planned_concurrency, predict_seconds, probe_epoch_seconds, ray_overhead, sized_recipe)
-from search.run import SearchSettings, build_parser, parse_duration, settings_from_parsed  # noqa: E402
-from trainable.cli import run_main  # noqa: E402
+from search.settings import SearchSettings, build_parser, settings_from_parsed  # noqa: E402
+from trainable.cli import parse_duration, run_main  # noqa: E402
 from trainable.errors import UserError  # noqa: E402
 
 MAX_RETRAIN_EPOCHS = 300  # the retrain trains to its time; this caps it on a fast machine
@@ -245,7 +245,8 @@ def run_auto(s: SearchSettings, a: AutoSettings, started: float | None = None) -
     import torch
 
     from search.records import read_auto
-    from search.run import absolute_paths, check_settings, load_search_data
+    from search.run import load_search_data
+    from search.settings import absolute_paths, check_settings
     from trainable.zoo import DEADLINE_RECIPE, fit_to_budget
 
     started = started or time.time()

@@ -134,7 +134,8 @@ def stage_confirm(s: Any, pick: str, count: int, epochs: int, seconds: float, re
     if the measured epoch times say they would not finish in `seconds`), then rank them."""
     from search.plan import ray_overhead
     from search.records import read_trials
-    from search.run import SearchSettings, run_search
+    from search.run import run_search
+    from search.settings import SearchSettings
 
     overhead = ray_overhead(s.address)  # Ray started (or joined) and stopped around the stage
     top = candidates(s.folder, pick, count, s.minimize or "params")

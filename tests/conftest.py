@@ -102,7 +102,7 @@ def space_file(tmp_path_factory):
 
 def settings(tmp, space_file, **overrides):
     """SearchSettings of a tiny CPU search over TINY_SPACE on synthetic data."""
-    from search.run import SearchSettings
+    from search.settings import SearchSettings
 
     base = dict(name="exp", storage=str(tmp), gpus=0, trials=6, max_epochs=3, grace_epochs=1, reduction_factor=2,
                 param_budget=BUDGET, space=str(space_file), dataset="synthetic", subset=400, verbose=0)

@@ -125,7 +125,7 @@ def test_every_seed_diverging_falls_back_to_the_next_confirmed_config(tmp_path):
     import torch
 
     from search.auto import Record, stage_retrain
-    from search.run import SearchSettings
+    from search.settings import SearchSettings
 
     s = SearchSettings(name="fallback", storage=str(tmp_path), gpus=0, dataset="synthetic", subset=200,
                        max_epochs=2)
@@ -252,7 +252,7 @@ def test_the_predict_share_is_planned_from_the_input(tmp_path):
 
 def plan_settings(**flags):
     from search.auto import AutoSettings
-    from search.run import SearchSettings
+    from search.settings import SearchSettings
 
     given = sorted(flags)
     return SearchSettings(name="p", extra={"given": given}, **flags), AutoSettings()

@@ -13,7 +13,7 @@ NOTEBOOK = Path(__file__).resolve().parent.parent / "examples" / "quickstart.ipy
 
 
 def test_keyword_flags_are_the_command_lines_flags():
-    from search.run import build_parser, settings_from_parsed
+    from search.settings import build_parser, settings_from_parsed
 
     argv = flags_to_argv([], {"gpus": 0, "max_epochs": 3, "set": {"cutout": 16, "augment_policy": "trivialaugment"},
                               "warm_start": False, "resume": False, "name": "x"})

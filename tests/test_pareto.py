@@ -154,7 +154,8 @@ def test_latency_is_measured_once_per_architecture_and_kept(ray_session, tmp_pat
 
 
 def test_the_latency_probe_gets_a_slot_of_its_own_where_one_can_be_spared():
-    from search.run import SearchSettings, resources_for
+    from search.settings import SearchSettings
+    from search.tune.resources import resources_for
 
     latency = SearchSettings(minimize="latency", gpus_per_trial=0.25)
     on_four = resources_for(latency, 4, 16)

@@ -15,7 +15,8 @@ from search.experiment import TrialTable
 from ray.tune.search import Searcher
 
 from search.records import load_study, ran_seconds, read_drivers, read_history
-from search.run import check_same_data, data_hash, prepare_folder, run_search
+from search.run import run_search
+from search.settings import check_same_data, data_hash, prepare_folder
 from search.rungs import RungScheduler
 from search.records import CONTINUES
 from search.searcher import BudgetedOptunaSearch

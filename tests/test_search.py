@@ -17,7 +17,8 @@ import analysis
 from conftest import BUDGET, check_resumed, rows_of, settings
 from search.budget import check_space_fits, over_budget
 from search.records import load_study, read_history
-from search.run import SearchSettings, check_settings, main, prepare_folder, run_search, settings_from_args
+from search.run import main, run_search
+from search.settings import SearchSettings, check_settings, prepare_folder, settings_from_args
 from search.searcher import BudgetedOptunaSearch
 from search.trial import SearchTrial
 from search.space import WARM_START, YamlSpace, default_space, load_space, space_v1
@@ -302,3 +303,12 @@ def test_storage_uri_keeps_the_experiment_readable(ray_session, space_file, tmp_
     table, history = analysis.load(outcome.folder), analysis.curves(outcome.folder)
     assert len(table) == 3 and set(history["trial_id"]) == set(table["trial_id"])
     assert len(history) == table["epochs_trained"].sum()
+
+
+def test_a_resume_that_changes_what_is_searched_names_the_old_and_new_values(finished_search):
+    changed = SearchSettings(name="exp", storage=str(finished_search.folder.parent), resume=True, max_epochs=5,
+                             param_budget=30_000, extra={"given": ["name", "storage", "resume", "max_epochs",
+                                                                   "param_budget"]})
+    with pytest.raises(UserError) as error:
+        prepare_folder(changed)
+    assert "--max-epochs 3 -> 5" in str(error.value) and "--param-budget 20000 -> 30000" in str(error.value)

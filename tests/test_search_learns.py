@@ -9,7 +9,8 @@ import optuna
 import pytest
 
 from conftest import rows_of, settings
-from search.run import build_searcher, prepare_folder, run_search
+from search.run import build_searcher, run_search
+from search.settings import prepare_folder
 from search.searcher import BudgetedOptunaSearch
 from search.space import BASE_LR, BASE_WEIGHT_DECAY, MAX_WARMUP_SHARE, default_space, params_of, space_v1
 from search.tune.sampler import STARTUP_LAUNCHED, LaunchedStartup

@@ -1,10 +1,18 @@
-"""Starting Ray: the project's one way, used by the search, the benchmarks and the tests' helpers."""
+"""What a search runs on: starting Ray (the project's one way, used by the search, the
+benchmarks and the tests' helpers), the GPUs it may use, and how many trials run at once."""
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
-from typing import Iterator
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Iterator
 
+from search.settings import SearchSettings
+from trainable.errors import UserError
+
+if TYPE_CHECKING:
+    from search.costs import Probe
 
 @contextmanager
 def ray_started(address: str | None = None, cpus: int | None = None, gpus: int | None = None,
@@ -28,3 +36,74 @@ def ray_started(address: str | None = None, cpus: int | None = None, gpus: int |
         yield
     finally:
         ray.shutdown()
+
+
+def check_gpus(s: SearchSettings) -> int:
+    """The GPU count to use; more than the machine or cluster has is refused."""
+    if s.address:
+        import ray
+
+        available = int(ray.cluster_resources().get("GPU", 0))
+    else:
+        import torch
+
+        available = torch.cuda.device_count()
+    if s.gpus is None:
+        return available
+    if s.gpus > available:
+        where = "the cluster" if s.address else "this machine"
+        raise UserError(f"--gpus {s.gpus} asked for, but {where} has {available} GPU(s); pass --gpus {available}")
+    return s.gpus
+
+
+@dataclass
+class Resources:
+    """What this driver run may use: GPUs, the share of each trial, and how many run at once."""
+
+    gpus: int
+    gpus_per_trial: float
+    concurrent: int
+    probe: "Probe | None" = None  # where --minimize latency measures, when it does
+
+
+@contextmanager
+def ray_session(s: SearchSettings) -> Iterator[None]:
+    """The search's Ray (`ray_started`): the caller's, or one of its own."""
+    with ray_started(s.address, s.cpus or os.cpu_count(), s.gpus, log_to_driver=s.verbose > 1):
+        yield
+
+
+def plan_resources(s: SearchSettings) -> Resources:
+    """GPUs and concurrency from the resources of this run (recomputed at every --resume)."""
+    import ray
+
+    return resources_for(s, check_gpus(s), int(ray.cluster_resources().get("CPU", 1)))
+
+
+def resources_for(s: SearchSettings, gpus: int, cpus: int) -> Resources:
+    """The GPUs, a trial's share, the trials run at once and the latency probe's slot, for a
+    run with `gpus` GPUs and `cpus` CPUs (no Ray needed: `search.auto` plans with it)."""
+    share = s.gpus_per_trial if gpus > 0 else 0.0
+    concurrent = max(1, int(gpus / share)) if gpus > 0 else max(1, cpus // s.cpus_per_trial)
+    resources = Resources(gpus, share, concurrent)
+    return latency_probe(s, resources) if s.minimize == "latency" else resources
+
+
+def latency_probe(s: SearchSettings, resources: Resources) -> Resources:
+    """Set one trial slot aside for the latency probe (`search.costs`), so that it times its
+    passes alone on its device: a whole GPU when there are two or more, one trial's CPUs on
+    a CPU search. Where none can be spared, the probe shares and its records say so."""
+    from search.costs import Probe
+
+    gpus, share, concurrent = resources.gpus, resources.gpus_per_trial, resources.concurrent
+    if gpus >= 2:
+        probe = Probe("cuda", {"num_gpus": 1, "num_cpus": s.cpus_per_trial}, True, s.cpus_per_trial)
+        concurrent = max(1, int((gpus - 1) / share))
+    elif gpus == 1:
+        probe = Probe("cuda", {"num_gpus": 0, "num_cpus": 0}, False, s.cpus_per_trial)
+    elif concurrent >= 2:
+        probe = Probe("cpu", {"num_cpus": s.cpus_per_trial}, True, s.cpus_per_trial)
+        concurrent -= 1
+    else:
+        probe = Probe("cpu", {"num_cpus": 0}, False, s.cpus_per_trial)
+    return replace(resources, concurrent=concurrent, probe=probe)
