@@ -85,7 +85,7 @@ def run(data_dir: str | None, quick: bool) -> dict[str, Any]:
 def checkpoint_seconds(config: dict[str, Any], dataset: str, data_dir: str | None, dev: torch.device,
                        subset: int, repeats: int = 3) -> float:
     """Seconds to write one trial checkpoint (weights, optimizer state, RNGs; fsync'd) of `config`."""
-    from search.trial import STATE_FILE
+    from search.tune.trial import STATE_FILE
     from trainable.checkpoint import save_checkpoint
     from trainable.data import prepare_data
     from trainable.loop import Trainer

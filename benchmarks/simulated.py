@@ -3,8 +3,8 @@
     python -m benchmarks.simulated --out bench/simulated                 # 20 seeds, 200 trials' worth
     python -m benchmarks.simulated --out bench/simulated-smoke --quick   # 2 seeds: a smoke run
 
-The real searcher (`search.searcher.BudgetedOptunaSearch` over an Optuna study) and the real
-rung rule (`search.rungs.RungScheduler.decide`) are driven without Ray: `WORKERS` trials run
+The real searcher (`search.tune.searcher.BudgetedOptunaSearch` over an Optuna study) and the real
+rung rule (`search.tune.rungs.RungScheduler.decide`) are driven without Ray: `WORKERS` trials run
 at once, each epoch takes one unit of a simulated clock, and a trial's figure at epoch e of a
 horizon H is a multi-fidelity Hartmann-6 function at fidelity z = e / H.
 
@@ -92,8 +92,8 @@ def simulate(method: str, seed: int, target: float | None = None, max_trials: in
     horizon reaches `target`. Returns its trace: (epochs used, best so far) at each new best."""
     from ray.tune.schedulers import TrialScheduler
 
-    from search.rungs import RungScheduler
-    from search.searcher import BudgetedOptunaSearch
+    from search.tune.rungs import RungScheduler
+    from search.tune.searcher import BudgetedOptunaSearch
 
     rng = np.random.default_rng(seed * 100 + STREAMS[method] + 50)
     storage = optuna.storages.InMemoryStorage()

@@ -32,18 +32,18 @@ def _rss_mb() -> float:
 def run(data_dir: str | None, quick: bool, out: Path | None = None) -> dict[str, Any]:
     import optuna
 
-    import search.experiment
+    import search.tune.experiment
     from search.records import HistoryLog, read_trials
     from search.run import run_search
     from search.settings import SearchSettings
-    from search.searcher import BudgetedOptunaSearch
+    from search.tune.searcher import BudgetedOptunaSearch
 
     trials = 60 if quick else 1000
     marks = (20, trials) if quick else (100, trials)
     launches: list[tuple[int, float, float]] = []  # (launched so far, seconds of this suggest, RSS MB)
     writes: dict[str, list[tuple[int, float]]] = {"trials_csv": [], "history_csv": []}
 
-    suggest, write_trials, append = BudgetedOptunaSearch.suggest, search.experiment.write_trials, HistoryLog.append
+    suggest, write_trials, append = BudgetedOptunaSearch.suggest, search.tune.experiment.write_trials, HistoryLog.append
 
     def timed_suggest(self: BudgetedOptunaSearch, trial_id: str) -> Any:
         start = time.perf_counter()
@@ -63,7 +63,7 @@ def run(data_dir: str | None, quick: bool, out: Path | None = None) -> dict[str,
         append(self, row)
         writes["history_csv"].append((len(launches), time.perf_counter() - start))
 
-    BudgetedOptunaSearch.suggest, search.experiment.write_trials, HistoryLog.append = (
+    BudgetedOptunaSearch.suggest, search.tune.experiment.write_trials, HistoryLog.append = (
         timed_suggest, timed_write, timed_append)
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -79,7 +79,7 @@ def run(data_dir: str | None, quick: bool, out: Path | None = None) -> dict[str,
             running = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
             optuna_trials = len(study.trials)
     finally:
-        BudgetedOptunaSearch.suggest, search.experiment.write_trials, HistoryLog.append = (
+        BudgetedOptunaSearch.suggest, search.tune.experiment.write_trials, HistoryLog.append = (
             suggest, write_trials, append)
 
     def near(series: list[tuple[int, float]], mark: int, width: int) -> float:
@@ -107,17 +107,17 @@ def run(data_dir: str | None, quick: bool, out: Path | None = None) -> dict[str,
 
 
 def table_cost(trials: int = 1000, results_per_trial: int = 2) -> dict[str, Any]:
-    """The driver's table (`search.experiment.TrialTable`) fed `trials` x `results_per_trial`
+    """The driver's table (`search.tune.experiment.TrialTable`) fed `trials` x `results_per_trial`
     results without Ray: seconds per result near 100 and near `trials` trials, with trials.csv
     rewritten on every result (as before) and at most once a second (as now)."""
     import types
 
-    import search.experiment
-    from search.experiment import TrialTable
+    import search.tune.experiment
+    from search.tune.experiment import TrialTable
 
     out: dict[str, Any] = {}
-    for label, interval in (("every_result", 0.0), ("throttled", search.experiment.WRITE_INTERVAL_S)):
-        saved, search.experiment.WRITE_INTERVAL_S = search.experiment.WRITE_INTERVAL_S, interval
+    for label, interval in (("every_result", 0.0), ("throttled", search.tune.experiment.WRITE_INTERVAL_S)):
+        saved, search.tune.experiment.WRITE_INTERVAL_S = search.tune.experiment.WRITE_INTERVAL_S, interval
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 table = TrialTable(tmp, 0.0, results_per_trial)
@@ -132,7 +132,7 @@ def table_cost(trials: int = 1000, results_per_trial: int = 2) -> dict[str, Any]
                         costs.append((index + 1, time.perf_counter() - start))
                     table.on_trial_complete(0, [], trial)
         finally:
-            search.experiment.WRITE_INTERVAL_S = saved
+            search.tune.experiment.WRITE_INTERVAL_S = saved
         out[label] = {f"seconds_per_result_near_{mark}": statistics.median(
             [c for n, c in costs if mark - 20 < n <= mark]) for mark in (100, trials)}
     return out

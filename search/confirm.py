@@ -155,7 +155,7 @@ def stage_confirm(s: Any, pick: str, count: int, epochs: int, seconds: float, re
                 "confirm_val_acc": {}, "kendall_tau": None, "pick_changed": False}
     if folder.exists() and not (folder / "settings.json").exists():
         shutil.rmtree(folder)  # killed before its settings were written: nothing in it to keep
-    # The candidates, each run once (`search.space.CandidateSpace`), kept in the experiment so a
+    # The candidates, each run once (`search.tune.space.CandidateSpace`), kept in the experiment so a
     # resumed stage runs the same ones.
     space = s.folder / "confirm_candidates.json"
     if not resume or not space.exists():

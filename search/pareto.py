@@ -124,7 +124,7 @@ def promote(recorded: dict[str, Point], key: str, point: Point, reduction_factor
 
     The n points at the rung, the new one included (last, so it loses ties), are put in
     `pareto_order`; the top ceil(n / reduction_factor) go on. With one objective this is
-    ASHA's rule (`search.rungs.judge`), except that ASHA cuts at an interpolated quantile:
+    ASHA's rule (`search.tune.rungs.judge`), except that ASHA cuts at an interpolated quantile:
     a value between the two recorded values around the cut may be judged differently.
 
     >>> promote({}, "a", (0.1, -9), 3)

@@ -41,7 +41,7 @@ DRIVERS = "drivers.json"
 AUTO = "auto.json"  # search.auto's plan and stages, when the experiment is one of its runs
 FRONT = "front.json"  # --minimize: the Pareto front of accuracy against the cost
 # A continued trial's config carries the id it had before the driver stopped, so its rows,
-# history and Optuna trial stay one trial. `search.trial` removes it before training.
+# history and Optuna trial stay one trial. `search.tune.trial` removes it before training.
 CONTINUES = "continues_trial"
 
 
@@ -262,7 +262,7 @@ def read_auto(folder: str | Path) -> dict[str, Any] | None:
 
 
 def read_front(folder: str | Path) -> list[dict[str, Any]] | None:
-    """front.json's members (`front_member` rows, written by `search.experiment`), or None without one."""
+    """front.json's members (`front_member` rows, written by `search.tune.experiment`), or None without one."""
     path = Path(folder) / FRONT
     return json.loads(path.read_text())["members"] if path.is_file() else None
 

@@ -208,8 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     overrides = parse_overrides(args.set)
     trackers: dict[str, str | None] = {}
-    if args.track:  # search.tracking imports Ray: only a tracked retrain pays for it
-        from search.tracking import parse_track
+    if args.track:  # search.tune.tracking imports Ray: only a tracked retrain pays for it
+        from search.tune.tracking import parse_track
 
         trackers = parse_track(args.track)  # refused now, not after the training
 
@@ -242,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.time_budget_s -= time.monotonic() - started
     result = run_retrain(config, spec, out, args, num_classes, channels)
     if trackers:
-        from search.tracking import log_retrain
+        from search.tune.tracking import log_retrain
 
         experiment = Path(args.experiment) if args.experiment else None
         log_retrain(trackers, experiment, (experiment or out).name, config, result, out)

@@ -30,8 +30,8 @@ from trainable.data import TrainArrays
 from trainable.errors import UserError
 
 if TYPE_CHECKING:
-    from search.costs import Costs
-    from search.searcher import BudgetedOptunaSearch
+    from search.tune.costs import Costs
+    from search.tune.searcher import BudgetedOptunaSearch
 
 @dataclass
 class SearchOutcome:
@@ -60,10 +60,11 @@ def build_searcher(s: SearchSettings, num_classes: int, costs: "Costs | None" = 
     """The searcher over this experiment's Optuna study: created, or reloaded to resume."""
     import optuna
 
-    from search.budget import check_space_fits
+    from search.tune.budget import check_space_fits
     from search.records import optuna_url, read_trials
-    from search.searcher import BudgetedOptunaSearch
-    from search.space import SPACE_VERSION, built_in_space, load_space, params_of, warm_starts
+    from search.tune.searcher import BudgetedOptunaSearch
+    from search.tune.space import SPACE_VERSION, built_in_space, params_of, warm_starts
+    from search.tune.space_files import load_space
     from search.tune.sampler import STARTUP_LAUNCHED, LaunchedStartup
 
     fixed = {**s.overrides, "epochs": s.max_epochs, "seed": s.seed}
@@ -96,7 +97,7 @@ def build_searcher(s: SearchSettings, num_classes: int, costs: "Costs | None" = 
             print(f"resuming {s.name}: {queued} interrupted or cut trial(s) continue from their last checkpoint",
                   flush=True)
     elif s.warm_from:
-        from search.warm import warm_start
+        from search.tune.warm import warm_start
 
         convert = None if s.space else functools.partial(params_of, fixed=fixed, budget=s.param_budget,
                                                          num_classes=num_classes, in_channels=in_channels, exact=False)
@@ -132,12 +133,12 @@ def fix_rows(folder: Path, fixed: dict[str, str]) -> None:
 
 
 def build_scheduler(s: SearchSettings, costs: "Costs | None" = None) -> Any:
-    """ASHA on epochs with the rung records of earlier driver runs (`search.rungs`), MO-ASHA
+    """ASHA on epochs with the rung records of earlier driver runs (`search.tune.rungs`), MO-ASHA
     with --minimize, or FIFO."""
     from ray.tune.schedulers import FIFOScheduler
 
     from search.records import config_from_row, read_history, read_trials
-    from search.rungs import ParetoRungScheduler, RungScheduler
+    from search.tune.rungs import ParetoRungScheduler, RungScheduler
 
     if s.scheduler != "asha":
         return FIFOScheduler()
@@ -153,7 +154,7 @@ def build_tuner(s: SearchSettings, searcher: Any, trainable: Any, resources: Res
     """One Ray Tune experiment (a `run-*` folder) for what is left of the search."""
     from ray import tune
 
-    from search.tracking import parse_track, search_callbacks
+    from search.tune.tracking import parse_track, search_callbacks
 
     return tune.Tuner(
         tune.with_resources(trainable, {"cpu": s.cpus_per_trial, "gpu": resources.gpus_per_trial}),
@@ -183,17 +184,17 @@ def run_search(s: SearchSettings, trial_cls: type | None = None) -> SearchOutcom
     Steps: settings -> data -> searcher -> tuner -> summary. Every driver run is a fresh Ray
     Tune experiment; what a resume carries on from is this tool's own files (settings.json,
     optuna.db, trials.csv with each trial's last checkpoint, history.csv), so it works
-    wherever the previous driver stopped. `trial_cls` replaces `search.trial.SearchTrial` (a
+    wherever the previous driver stopped. `trial_cls` replaces `search.tune.trial.SearchTrial` (a
     subclass of it); the fault tests use one to make a trial fail the way a GPU would.
     """
     import optuna
     from ray import tune
 
-    from search.costs import Costs
-    from search.experiment import TrialTable, summary
+    from search.tune.costs import Costs
+    from search.tune.experiment import TrialTable, summary
     from search.records import (ENDED, count_statuses, ran_seconds, read_best, read_settings, read_trials,
                                 rejected_count, write_settings)
-    from search.trial import SearchTrial, TrialOptions
+    from search.tune.trial import SearchTrial, TrialOptions
 
     check_settings(s)
     if not s.address and os.environ.get("RAY_ADDRESS"):
@@ -214,7 +215,7 @@ def run_search(s: SearchSettings, trial_cls: type | None = None) -> SearchOutcom
         costs = Costs(s.folder, num_classes, size, s.minimize, resources.probe, in_channels=channels)
         searcher = build_searcher(s, num_classes, costs, in_channels=channels)
         if not s.resume:
-            from search.space import SPACE_VERSION
+            from search.tune.space import SPACE_VERSION
 
             saved = {k: v for k, v in asdict(s).items() if k not in ("extra", "resume")}
             warm = getattr(searcher, "warm", None)

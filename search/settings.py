@@ -74,7 +74,7 @@ class SearchSettings:
     scheduler: str = "asha"  # fifo: every trial runs to --max-epochs
     minimize: str | None = None  # params, macs or latency: a Pareto search against val_acc
     warm_from: str | None = None  # an earlier experiment whose trials the new study starts from
-    track: list[str] | None = None  # mlflow[=URI] and/or wandb (search.tracking)
+    track: list[str] | None = None  # mlflow[=URI] and/or wandb (search.tune.tracking)
     seed: int = 0
     time_budget: str | None = None
     dataset: str = "cifar10"
@@ -150,7 +150,7 @@ def check_settings(s: SearchSettings) -> None:
     if s.time_budget:
         parse_duration(s.time_budget)
     if s.track:
-        from search.tracking import parse_track
+        from search.tune.tracking import parse_track
 
         parse_track(s.track)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", s.name):

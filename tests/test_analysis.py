@@ -33,7 +33,7 @@ def test_load_has_every_column_and_status(finished_search):
 def test_gpu_seconds_are_the_trials_share_of_its_wall_time(tmp_path):
     import types
 
-    from search.experiment import TrialTable
+    from search.tune.experiment import TrialTable
 
     table = TrialTable(tmp_path, 0.25, 3)
     trial = types.SimpleNamespace(trial_id="t1", config={"blocks": [1, 1], "widths": [8, 16]})
@@ -138,7 +138,7 @@ def write_experiment(folder, rows):
 
 def test_best_means_one_thing_everywhere(tmp_path):
     from analysis.front import front_table
-    from search.experiment import TrialTable
+    from search.tune.experiment import TrialTable
     from search.records import rank
 
     rows = [

@@ -9,7 +9,7 @@ import trainable.data
 from search.retrain import main as retrain_main
 from trainable.data import Dataset, make_synthetic
 from trainable.loop import Trainer
-from search.trial import SearchTrial
+from search.tune.trial import SearchTrial
 
 
 def _watched(name: str) -> property:

@@ -11,7 +11,7 @@ import torch
 
 from search.pareto import (crowding_distances, dominates, front_indices, hypervolume, knee, nondominated_ranks,
                            pareto_order, promote)
-from search.rungs import ParetoRungScheduler, RungScheduler, judge
+from search.tune.rungs import ParetoRungScheduler, RungScheduler, judge
 from search.records import CONTINUES
 from search.records import load_study
 
@@ -133,7 +133,7 @@ def test_latency_is_a_median_with_its_spread():
 
 
 def test_latency_is_measured_once_per_architecture_and_kept(ray_session, tmp_path):
-    from search.costs import Costs, Probe
+    from search.tune.costs import Costs, Probe
 
     probe = Probe("cpu", {"num_cpus": 1})
     costs = Costs(tmp_path, 10, 16, "latency", probe)
@@ -253,9 +253,9 @@ def test_mo_asha_after_a_resume_decides_as_an_uninterrupted_run(seed):
 
 # ----------------------------------------------------------------------------- the study
 def test_a_multi_objective_study_keeps_every_epoch_and_prunes_the_stopped():
-    from search.costs import Costs
-    from search.searcher import BudgetedOptunaSearch
-    from search.space import space_v1
+    from search.tune.costs import Costs
+    from search.tune.searcher import BudgetedOptunaSearch
+    from search.tune.space import space_v1
     from search.tune.sampler import LaunchedStartup
 
     storage = optuna.storages.InMemoryStorage()

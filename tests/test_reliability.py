@@ -18,7 +18,7 @@ import analysis
 from conftest import check_resumed, rows_of, settings
 from search.records import load_study, read_history
 from search.run import run_search
-from search.trial import SearchTrial
+from search.tune.trial import SearchTrial
 
 FAULT_SPACE = '''
 def space(trial):

@@ -11,16 +11,16 @@ import pytest
 
 import analysis
 from conftest import rows_of, settings
-from search.experiment import TrialTable
+from search.tune.experiment import TrialTable
 from ray.tune.search import Searcher
 
 from search.records import load_study, ran_seconds, read_drivers, read_history
 from search.run import run_search
 from search.settings import check_same_data, data_hash, prepare_folder
-from search.rungs import RungScheduler
+from search.tune.rungs import RungScheduler
 from search.records import CONTINUES
-from search.searcher import BudgetedOptunaSearch
-from search.space import load_space
+from search.tune.searcher import BudgetedOptunaSearch
+from search.tune.space_files import load_space
 from trainable.data import TrainArrays, make_synthetic
 from trainable.errors import UserError
 

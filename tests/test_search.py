@@ -15,13 +15,14 @@ from pathlib import Path
 import analysis
 
 from conftest import BUDGET, check_resumed, rows_of, settings
-from search.budget import check_space_fits, over_budget
+from search.tune.budget import check_space_fits, over_budget
 from search.records import load_study, read_history
 from search.run import main, run_search
 from search.settings import SearchSettings, check_settings, prepare_folder, settings_from_args
-from search.searcher import BudgetedOptunaSearch
-from search.trial import SearchTrial
-from search.space import WARM_START, YamlSpace, default_space, load_space, space_v1
+from search.tune.searcher import BudgetedOptunaSearch
+from search.tune.trial import SearchTrial
+from search.tune.space import WARM_START, default_space, space_v1
+from search.tune.space_files import YamlSpace, load_space
 from trainable.errors import UserError
 from trainable.model import count_params
 
@@ -111,7 +112,7 @@ def test_set_fixes_keys_and_takes_them_out_of_the_search(ray_session, tmp_path):
 
 
 def test_the_first_space_floor_leaves_room_under_small_budgets():
-    from search.budget import LowestSampler
+    from search.tune.budget import LowestSampler
 
     corner = space_v1(optuna.create_study(sampler=LowestSampler()).ask())
     assert count_params(corner) < 40_000  # the smallest model (it was 138,250 with widths from 32)

@@ -11,8 +11,8 @@ import pytest
 from conftest import rows_of, settings
 from search.run import build_searcher, run_search
 from search.settings import prepare_folder
-from search.searcher import BudgetedOptunaSearch
-from search.space import BASE_LR, BASE_WEIGHT_DECAY, MAX_WARMUP_SHARE, default_space, params_of, space_v1
+from search.tune.searcher import BudgetedOptunaSearch
+from search.tune.space import BASE_LR, BASE_WEIGHT_DECAY, MAX_WARMUP_SHARE, default_space, params_of, space_v1
 from search.tune.sampler import STARTUP_LAUNCHED, LaunchedStartup
 from trainable.model import count_params
 from trainable.zoo import DEADLINE_RECIPE, SEED, fit_to_budget
@@ -38,7 +38,7 @@ def test_every_draw_of_the_space_fits_and_spends_the_budget(budget):
 
 
 def test_the_solve_drops_blocks_where_narrow_widths_still_overshoot():
-    from search.space import solve_shape
+    from search.tune.space import solve_shape
 
     shape = {"blocks": [6, 6, 6, 6], "width_growth": 2.5, "kernel_size": 5, "block": "basic"}
     config = solve_shape(shape, 60_000, 1.0)

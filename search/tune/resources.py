@@ -12,7 +12,7 @@ from search.settings import SearchSettings
 from trainable.errors import UserError
 
 if TYPE_CHECKING:
-    from search.costs import Probe
+    from search.tune.costs import Probe
 
 @contextmanager
 def ray_started(address: str | None = None, cpus: int | None = None, gpus: int | None = None,
@@ -90,10 +90,10 @@ def resources_for(s: SearchSettings, gpus: int, cpus: int) -> Resources:
 
 
 def latency_probe(s: SearchSettings, resources: Resources) -> Resources:
-    """Set one trial slot aside for the latency probe (`search.costs`), so that it times its
+    """Set one trial slot aside for the latency probe (`search.tune.costs`), so that it times its
     passes alone on its device: a whole GPU when there are two or more, one trial's CPUs on
     a CPU search. Where none can be spared, the probe shares and its records say so."""
-    from search.costs import Probe
+    from search.tune.costs import Probe
 
     gpus, share, concurrent = resources.gpus, resources.gpus_per_trial, resources.concurrent
     if gpus >= 2:

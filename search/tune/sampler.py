@@ -26,7 +26,7 @@ from optuna.samplers import BaseSampler, RandomSampler
 from optuna.trial import FrozenTrial, TrialState
 
 STARTUP_LAUNCHED = 10  # random proposals launched before the model proposes
-LAUNCHED = "ray_trial_id"  # the user attribute a trial gets when it is launched (search.searcher)
+LAUNCHED = "ray_trial_id"  # the user attribute a trial gets when it is launched (search.tune.searcher)
 TAKEN_OVER = "warm_from"  # the user attribute of a trial taken over from an earlier search
 STREAM = 0x57A27  # tells the start-up's seeds apart from a RandomSampler's with the same seed
 

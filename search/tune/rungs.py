@@ -24,7 +24,7 @@ The rule itself is `judge`, a pure function.
 `ParetoRungScheduler` is MO-ASHA (Schmucker et al., 2021) on the same rungs: a trial's
 record at a rung is the point (val_acc, -cost), and the rule is `search.pareto.promote`
 (the top 1/rf of the rung by non-dominated sorting, then crowding distance). The cost of a
-trial comes from its config (`search.costs.Costs.value`), so the records rebuilt on
+trial comes from its config (`search.tune.costs.Costs.value`), so the records rebuilt on
 --resume from history.csv and trials.csv are the ones the killed driver held.
 """
 
@@ -130,7 +130,7 @@ class RungScheduler(FIFOScheduler):
 class ParetoRungScheduler(RungScheduler):
     """MO-ASHA: promotes by non-dominated sorting of (val_acc, -cost) at each rung.
 
-    `cost(config)` is the objective to minimise (`search.costs.Costs.value`).
+    `cost(config)` is the objective to minimise (`search.tune.costs.Costs.value`).
     """
 
     def __init__(self, horizon: int, grace: int, reduction_factor: int, cost: Callable[[dict[str, Any]], float],

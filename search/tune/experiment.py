@@ -75,7 +75,7 @@ class TrialTable(Callback):
         self.horizon = horizon
         self.deadline = deadline  # time.time() at which --time-budget ends this driver run
         self.num_classes, self.in_channels = num_classes, in_channels
-        self.costs = costs  # `search.costs.Costs`: MACs and latency per row; with an objective, front.json
+        self.costs = costs  # `search.tune.costs.Costs`: MACs and latency per row; with an objective, front.json
         self.versions = library_versions()
         self.rows: dict[str, dict[str, Any]] = {r["trial_id"]: dict(r) for r in read_trials(self.folder)}
         # Every epoch's figures per trial, the newest of an epoch trained twice: best_val_acc

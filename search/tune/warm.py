@@ -53,7 +53,7 @@ def space_signature(settings: dict[str, Any]) -> tuple:
 def warm_start(study: Any, old: str | Path, new_settings: dict[str, Any],
                convert: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None) -> WarmStart:
     """Take what the experiment `old` learned into `study` (module docstring). `convert`: the
-    new space's parameters for a config (`search.space.params_of`), for the configs queued
+    new space's parameters for a config (`search.tune.space.params_of`), for the configs queued
     when the spaces differ (another version of the built-in space names other parameters);
     without it, the old trial's parameters are queued as they are."""
     import optuna

@@ -42,10 +42,10 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from search.budget import complete_config, over_budget
-from search.costs import Costs
+from search.tune.budget import complete_config, over_budget
+from search.tune.costs import Costs
 from search.records import CONTINUABLE, CONTINUES, ENDED, Status, ended_status
-from search.space import SpaceFn
+from search.tune.space import SpaceFn
 from search.tune.rung_model import RungModel
 from search.tune.sampler import launched
 from trainable.config import validate_config
@@ -68,7 +68,7 @@ class BudgetedOptunaSearch(Searcher):
 
     >>> storage = optuna.storages.InMemoryStorage()
     >>> study = optuna.create_study(storage=storage, direction="maximize")
-    >>> from search.space import default_space
+    >>> from search.tune.space import default_space
     >>> searcher = BudgetedOptunaSearch(study, storage, default_space, 5_000_000, 10, {"epochs": 20, "seed": 0}, 20)
     >>> config = searcher.suggest("t1")
     >>> config["blocks"] is not None and searcher.numbers["t1"] >= 0
@@ -209,7 +209,7 @@ class BudgetedOptunaSearch(Searcher):
             # Errored, or removed before its first result: nothing for TPE to learn.
             self._close(number, Status.ERRORED if error else Status.STOPPED, None)
             return
-        if result.get("status") == Status.ERRORED:  # it raised inside the trial (search.trial)
+        if result.get("status") == Status.ERRORED:  # it raised inside the trial (search.tune.trial)
             self._close(number, Status.ERRORED, None)
             return
         status = ended_status(int(result.get("epoch") or 0), self.horizon, str(result.get("status", "ok")))

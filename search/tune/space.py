@@ -2,20 +2,15 @@
 
 A space is any function `space(trial) -> dict` that calls `trial.suggest_*` and returns a
 config for `trainable` (keys from `trainable.config.DEFAULTS`; the search fills in
-`epochs` and `seed`). The default space below follows the ranges in the known CIFAR-10
-recipes under 5M parameters; `--space FILE` replaces it with a Python file (defining
-`space(trial)` and optionally `WARM_START`, a dict of Optuna param values or a list of
-such dicts, run first in that order) or a YAML file
-(config keys mapped to constants or distributions, see `YamlSpace`).
+`epochs` and `seed`). The built-in space below follows the ranges in the known CIFAR-10
+recipes under 5M parameters and solves its widths into the budget; `--space FILE` replaces
+it (`search.tune.space_files`).
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.util
-import json
 import math
-from pathlib import Path
 from typing import Any, Callable
 
 import optuna
@@ -331,104 +326,6 @@ def params_of(config: dict[str, Any], fixed: dict[str, Any] | None = None, budge
                                                  math.isclose(built[key], cfg[key], rel_tol=1e-9))
             for key in built if key not in (fixed or {}) and key != "warmup_epochs")
     return params if all(same) else None
-
-
-# ----------------------------------------------------------------------------- YAML spaces
-def _suggest(trial: optuna.Trial, name: str, spec: Any) -> Any:
-    if isinstance(spec, list):
-        return [_suggest(trial, f"{name}_{i}", item) for i, item in enumerate(spec)]
-    if not isinstance(spec, dict):
-        return spec  # a constant
-    log = bool(spec.get("log", False))
-    if "int" in spec:
-        low, high = spec["int"]
-        return trial.suggest_int(name, int(low), int(high), step=int(spec.get("step", 1)), log=log)
-    if "float" in spec:
-        low, high = spec["float"]
-        return trial.suggest_float(name, float(low), float(high), log=log)
-    if "choice" in spec:
-        choices = spec["choice"]
-        # Optuna's categorical takes scalars only: lists (e.g. whole `blocks`) travel as JSON.
-        encoded = [json.dumps(c) if isinstance(c, (list, dict)) else c for c in choices]
-        picked = trial.suggest_categorical(name, encoded)
-        return json.loads(picked) if isinstance(picked, str) and picked[:1] in "[{" else picked
-    raise UserError(f"space entry {name!r}: a distribution is {{int: [lo, hi]}}, {{float: [lo, hi]}} or {{choice: [...]}}")
-
-
-class YamlSpace:
-    """A define-by-run space from a mapping of config keys to constants or distributions.
-
-    A class rather than a closure so that Ray can pickle it with the experiment. Example::
-
-        blocks: [{int: [1, 6]}, {int: [1, 6]}, {int: [1, 6]}]
-        widths: {choice: [[64, 128, 256], [48, 96, 192]]}
-        lr: {float: [0.0005, 0.005], log: true}
-        optimizer: adamw
-    """
-
-    def __init__(self, spec: dict[str, Any]):
-        if not isinstance(spec, dict) or not spec:
-            raise UserError("a YAML space must map config keys to constants or distributions")
-        self.spec = spec
-
-    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
-        return {key: _suggest(trial, key, value) for key, value in self.spec.items()}
-
-
-class CandidateSpace:
-    """A space of given configs, each run once in order (its warm starts): the confirm stage's.
-
-    >>> space = CandidateSpace([{"blocks": [1, 1], "widths": [8, 16]}, {"blocks": [2, 2], "widths": [8, 16]}])
-    >>> space(optuna.trial.FixedTrial({"candidate": 1}))["blocks"], space.warm_start
-    ([2, 2], [{'candidate': 0}, {'candidate': 1}])
-    """
-
-    def __init__(self, candidates: list[dict[str, Any]]):
-        if not isinstance(candidates, list) or not candidates or not all(isinstance(c, dict) for c in candidates):
-            raise UserError("a candidates space is a non-empty list of configs")
-        self.candidates = candidates
-
-    @property
-    def warm_start(self) -> list[dict[str, int]]:
-        return [{"candidate": i} for i in range(len(self.candidates))]
-
-    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
-        return dict(self.candidates[trial.suggest_categorical("candidate", list(range(len(self.candidates))))])
-
-
-def load_space(path: str | Path) -> tuple[SpaceFn, dict[str, Any] | list[dict[str, Any]] | None]:
-    """Load a user space from a .py file (`space(trial)`, optional `WARM_START`), a .yaml file,
-    or a .json file of candidate configs (`{"candidates": [...]}`, each run once)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"space file {path} does not exist")
-    if path.suffix == ".json":
-        try:
-            space = CandidateSpace(json.loads(path.read_text()).get("candidates"))
-        except (json.JSONDecodeError, AttributeError):
-            raise UserError(f"space file {path} must hold {{\"candidates\": [config, ...]}}") from None
-        return space, space.warm_start
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            spec = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise UserError(f"space file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-        return YamlSpace(spec), None
-    if path.suffix != ".py":
-        raise UserError(f"space file {path} must end in .py, .yaml, .yml or .json")
-    module_spec = importlib.util.spec_from_file_location(f"user_space_{path.stem}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    try:
-        module_spec.loader.exec_module(module)
-    except SyntaxError as exc:
-        raise UserError(f"space file {path} has a syntax error at line {exc.lineno}: {exc.msg}") from None
-    except Exception as exc:
-        raise UserError(f"space file {path} failed to load: {type(exc).__name__}: {exc}") from None
-    if not callable(getattr(module, "space", None)):
-        raise UserError(f"space file {path} must define a function space(trial) -> dict")
-    return module.space, getattr(module, "WARM_START", None)
 
 
 WARM_START: list[dict[str, Any]] = warm_starts()  # at 5M; a search scales them into its own budget

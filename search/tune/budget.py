@@ -1,4 +1,4 @@
-"""The parameter budget: the pieces `search.searcher` and the driver use before any trial exists.
+"""The parameter budget: the pieces `search.tune.searcher` and the driver use before any trial exists.
 
 Each config Optuna proposes is counted exactly (in closed form) by the searcher; this module
 holds the constraint value and the probe that refuses an impossible budget before Ray starts.
@@ -12,7 +12,7 @@ from typing import Any
 
 import optuna
 
-from search.space import SpaceFn
+from search.tune.space import SpaceFn
 from trainable.config import DEFAULTS, validate_config
 from trainable.errors import ConfigError, UserError
 from trainable.model import count_params
