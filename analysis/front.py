@@ -14,6 +14,7 @@ import pandas as pd
 
 from search.pareto import hypervolume, knee
 from search.records import COST_COLUMN, front_rows, read_settings
+from trainable.zoo import PARAM_BUDGET
 
 # The sizes of the OFA-style table: the best val accuracy at or under each.
 PARAM_STEPS = (250_000, 500_000, 1_000_000, 2_000_000, 5_000_000)
@@ -106,7 +107,7 @@ def front_summary(folder: str | Path, table: pd.DataFrame, curves: pd.DataFrame)
     """Everything the report says of the front: objective, members, knee, sizes, hypervolume."""
     settings = read_settings(folder)
     objective = settings.get("minimize") or "params"
-    reference = reference_cost(table, objective, int(settings.get("param_budget", 5_000_000)))
+    reference = reference_cost(table, objective, int(settings.get("param_budget", PARAM_BUDGET)))
     hv = hypervolume_curve(table, curves, objective, reference)
     return {"objective": objective, "front": front_table(table, objective), "sizes": size_table(table, objective),
             "reference": reference, "hypervolume": hv}

@@ -19,6 +19,7 @@ from analysis.trials import STATUSES, load_experiment, rejected_count, settings_
 from search.records import load_study, milestones, ran_seconds, read_auto
 from trainable.checkpoint import write_text
 from trainable.cli import ArgumentParser, run_main
+from trainable.zoo import PARAM_BUDGET
 
 
 # Optuna's importances use the trials that ran to the end; under ASHA those are a small,
@@ -117,7 +118,7 @@ def make_report(path: str | Path, out: str | Path) -> dict[str, Path]:
     best_caption = "Submitted model (trial {})".format(best_id) if submitted == best_id else "Best trial"
     files = {
         "Learning curves": plots.learning_curves(table, curves, out / "learning_curves.png"),
-        "Params against val_acc": plots.params_vs_accuracy(table, int(settings.get("param_budget", 5_000_000)),
+        "Params against val_acc": plots.params_vs_accuracy(table, int(settings.get("param_budget", PARAM_BUDGET)),
                                                            out / "params_vs_val_acc.png"),
         "Hyperparameter importance": plots.importance(importances, out / "importance.png", note),
         "val_acc against each hyperparameter": plots.hyperparameters(table, out / "hyperparameters.png"),
@@ -129,7 +130,7 @@ def make_report(path: str | Path, out: str | Path) -> dict[str, Path]:
         from analysis.front import front_summary, reference_text
 
         pareto = front_summary(folder, table, curves)
-        files["Pareto front"] = plots.front(table, pareto["objective"], int(settings.get("param_budget", 5_000_000)),
+        files["Pareto front"] = plots.front(table, pareto["objective"], int(settings.get("param_budget", PARAM_BUDGET)),
                                             out / "pareto_front.png")
         files["Hypervolume"] = plots.hypervolume(pareto["hypervolume"], pareto["objective"], pareto["reference"],
                                                  out / "hypervolume.png")

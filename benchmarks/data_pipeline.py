@@ -24,6 +24,7 @@ import torch
 from benchmarks.common import count_ops, device, images, timed
 from trainable.augment import augment_batch
 from trainable.data import channel_stats
+from trainable.zoo import SEED, architecture
 
 
 class SeedStyleImages(torch.utils.data.Dataset):
@@ -71,7 +72,7 @@ def ops_per_batch(batch_size: int = 128) -> dict[str, int]:
         augment_batch(x, mean, std, cutout_size=16, policy=policy)  # constants are made on the first batch
         label = "crop_flip_cutout" if name == "none" else f"crop_flip_cutout_{name}"
         out[label] = count_ops(lambda: augment_batch(x, mean, std, cutout_size=16, policy=policy))
-    model = build_model({"blocks": [3, 5, 3], "widths": [64, 128, 256]}).to(meta)
+    model = build_model(architecture(SEED)).to(meta)
     labels = torch.empty(batch_size, dtype=torch.int64, device=meta)
     images = torch.empty(batch_size, 3, 32, 32, device=meta)
     out["seed_model_forward_backward"] = count_ops(lambda: F.cross_entropy(model(images), labels).backward())

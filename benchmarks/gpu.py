@@ -13,8 +13,10 @@ from typing import Any
 import torch
 
 from benchmarks.common import device, images, timed
+from trainable import zoo
+from trainable.zoo import architecture
 
-SEED = {"blocks": [3, 5, 3], "widths": [64, 128, 256], "kernel_size": 3, "skip_kernel_size": 1}
+SEED = architecture(zoo.SEED)  # 4,918,602 params
 # The recipe the 95% sub-5M results share: SGD + Nesterov, cosine, label smoothing, cutout, TTA.
 RECIPE = {**SEED, "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 256,
           "warmup_epochs": 2, "label_smoothing": 0.1, "cutout": 8, "epochs": 40}

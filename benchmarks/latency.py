@@ -12,10 +12,12 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from trainable.zoo import SEED, architecture
+
 MODELS = {
     "tiny (blocks 1-1, widths 16-32)": {"blocks": [1, 1], "widths": [16, 32]},
     "middle (blocks 2-2-2, widths 32-64-128)": {"blocks": [2, 2, 2], "widths": [32, 64, 128]},
-    "seed (blocks 3-5-3, widths 64-128-256)": {"blocks": [3, 5, 3], "widths": [64, 128, 256]},
+    "seed (blocks 3-5-3, widths 64-128-256)": architecture(SEED),
 }
 
 

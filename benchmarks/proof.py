@@ -47,8 +47,10 @@ from trainable.checkpoint import write_json, write_text
 from trainable.cli import ArgumentParser, run_main
 from trainable.data import Dataset, DeviceData, load_imagefolder, make_synthetic, to_device
 from trainable.errors import UserError
+from trainable import zoo
+from trainable.zoo import architecture
 
-SEED = {"blocks": [3, 5, 3], "widths": [64, 128, 256]}  # 4,918,602 params
+SEED = architecture(zoo.SEED)  # 4,918,602 params
 SMALL = {"blocks": [2, 2, 2], "widths": [32, 64, 128]}
 SEARCH_SIZED = {"blocks": [2, 2, 2], "widths": [48, 96, 192]}  # the middle of the default space
 TOY = {"blocks": [1, 1], "widths": [8, 16]}

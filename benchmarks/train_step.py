@@ -19,9 +19,11 @@ from benchmarks.data_pipeline import SeedStyleImages
 from trainable.data import to_device
 from trainable.loop import Trainer
 from trainable.model import build_model, count_params
+from trainable import zoo
+from trainable.zoo import architecture
 
 SMALL = {"blocks": [1, 1, 1], "widths": [16, 32, 64]}  # CPU-sized
-SEED = {"blocks": [3, 5, 3], "widths": [64, 128, 256]}  # 4,918,602 params
+SEED = architecture(zoo.SEED)  # 4,918,602 params
 
 
 def seed_style_epoch(arch: dict, loader: Any, dev: torch.device, bf16_channels_last: bool = False) -> int:

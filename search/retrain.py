@@ -34,6 +34,7 @@ from trainable.data import DATASETS, DataSpec
 from trainable.errors import UserError
 from trainable.model import count_params
 from trainable.train import format_epoch, train_to_folder
+from trainable.zoo import PARAM_BUDGET
 
 # Long training with the learning rate decayed fully matters most for these models: one
 # published run went 91.3 -> 94.1 at its first decay and reached 95.0 only near epoch 180;
@@ -196,7 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=1, help="independent seeds; reports mean ± std (default 1)")
     parser.add_argument("--ema", action="store_true", help="also evaluate an exponential moving average of the weights")
     parser.add_argument("--ema-decay", type=float, default=DEFAULT_EMA_DECAY, help=f"per-step EMA decay (default {DEFAULT_EMA_DECAY})")
-    parser.add_argument("--param-budget", type=int, default=5_000_000, help="refuse configs at or over this (default 5,000,000)")
+    parser.add_argument("--param-budget", type=int, default=PARAM_BUDGET,
+                        help=f"refuse configs at or over this (default {PARAM_BUDGET:,})")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted retrain in --out")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--track", action="append", metavar="mlflow[=URI]|wandb",

@@ -23,6 +23,7 @@ from trainable.cli import ArgumentParser, parse_duration
 from trainable.config import parse_overrides
 from trainable.data import DATA_DIR_HELP, DATASETS, DataSpec, TrainArrays
 from trainable.errors import UserError
+from trainable.zoo import PARAM_BUDGET
 
 DESCRIPTION = "Search ResNets and their training hyperparameters under a parameter budget."
 
@@ -66,7 +67,7 @@ class SearchSettings:
     max_epochs: int = 20
     grace_epochs: int | None = None  # None: min(2, max_epochs)
     reduction_factor: int = 3
-    param_budget: int = 5_000_000
+    param_budget: int = PARAM_BUDGET
     space: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)  # --set KEY=VALUE: fixed for every trial
     warm_start: bool = True

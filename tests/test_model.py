@@ -8,8 +8,10 @@ import torch
 from trainable.config import validate_config
 from trainable.errors import ConfigError
 from trainable.model import build_model, count_params, layer_summary, main
+from trainable import zoo
+from trainable.zoo import architecture
 
-SEED = {"blocks": [3, 5, 3], "widths": [64, 128, 256], "kernel_size": 3, "skip_kernel_size": 1}
+SEED = architecture(zoo.SEED)
 
 
 def test_seed_model_counts_exactly():

@@ -10,6 +10,7 @@ from trainable.config import validate_config
 from trainable.data import make_synthetic, to_device
 from trainable.loop import Trainer
 from trainable.model import BasicBlock, PreActBlock, ShakeBlock, build_model, count_params, drop_path, shake
+from trainable.zoo import SEED, architecture
 
 TINY = {"blocks": [1, 1], "widths": [8, 16], "epochs": 2, "batch_size": 32, "warmup_epochs": 0}
 
@@ -20,7 +21,7 @@ def data():
 
 
 def test_new_keys_change_nothing_by_default(data):
-    config = validate_config({"blocks": [3, 5, 3], "widths": [64, 128, 256]})
+    config = validate_config(architecture(SEED))
     assert (config["sam_rho"], config["drop_path"], config["zero_init_residual"], config["block"]) == (
         0.0, 0.0, False, "basic")
     assert count_params(config) == 4_918_602

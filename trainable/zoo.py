@@ -48,6 +48,20 @@ DEADLINE_RECIPE: dict[str, Any] = {
     "weight_decay": 5e-4, "momentum": 0.9, "warmup_epochs": 2, "batch_size": 128, "label_smoothing": 0.1,
     "cutout": 8, "augment_policy": "trivialaugment",
 }
+# The course's parameter cap, the default budget of every command (trainable params strictly below it).
+PARAM_BUDGET = 5_000_000
+SHAPE_KEYS = ("blocks", "widths", "block", "kernel_size", "skip_kernel_size", "stem_width")
+
+
+def architecture(config: dict[str, Any]) -> dict[str, Any]:
+    """The keys of `config` that make the model's shape (for benchmarks that time a model alone).
+
+    >>> architecture(SEED)
+    {'blocks': [3, 5, 3], 'widths': [64, 128, 256], 'block': 'basic', 'kernel_size': 3, 'skip_kernel_size': 1}
+    """
+    return {key: config[key] for key in SHAPE_KEYS if key in config}
+
+
 RECIPES: dict[str, dict[str, Any]] = {"seed": SEED, "wrn-40-2": WRN_40_2, "shake-26-2x32d": SHAKE_26_2X32D,
                                       "middle": MIDDLE, "deadline": DEADLINE_RECIPE}
 

@@ -17,6 +17,7 @@ import optuna
 
 from trainable.config import DEFAULTS
 from trainable.errors import UserError
+from trainable.zoo import PARAM_BUDGET
 
 SpaceFn = Callable[[optuna.Trial], dict[str, Any]]
 
@@ -94,7 +95,7 @@ def solve_shape(shape: dict[str, Any], budget: int, fraction: float, num_classes
             blocks = blocks[:-1]  # one block per stage still overshoots: one stage fewer
 
 
-def default_space(trial: optuna.Trial, fixed: dict[str, Any] | None = None, budget: int = 5_000_000,
+def default_space(trial: optuna.Trial, fixed: dict[str, Any] | None = None, budget: int = PARAM_BUDGET,
                   num_classes: int = 10, in_channels: int = 3) -> dict[str, Any]:
     """The built-in space (version 2): TPE samples the shape and a share of the budget; the
     widths are solved so that the model uses that share (`solve_shape`), so every proposal
@@ -245,7 +246,7 @@ def built_in_space(version: int, fixed: dict[str, Any], budget: int, num_classes
 # 4,918,602 params) and a WRN-40-2 (trainable.zoo.WRN_40_2: pre-activation [6,6,6] x
 # [32,64,128], stem 16, TrivialAugment, cutout 16, Nesterov SGD 0.1; 2,243,546 params), the
 # family of the 96.3% AutoAugment result in the known recipes.
-def warm_starts(budget: int = 5_000_000, num_classes: int = 10, in_channels: int = 3,
+def warm_starts(budget: int = PARAM_BUDGET, num_classes: int = 10, in_channels: int = 3,
                 fixed: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """The built-in space's warm starts in its own terms, each narrowed into `budget`
     (`trainable.zoo.fit_to_budget`, never widened, the stem kept); one the space cannot
@@ -270,7 +271,7 @@ def warm_starts(budget: int = 5_000_000, num_classes: int = 10, in_channels: int
     return chosen
 
 
-def params_of(config: dict[str, Any], fixed: dict[str, Any] | None = None, budget: int = 5_000_000,
+def params_of(config: dict[str, Any], fixed: dict[str, Any] | None = None, budget: int = PARAM_BUDGET,
               num_classes: int = 10, in_channels: int = 3, exact: bool = True) -> dict[str, Any] | None:
     """The built-in space's parameters that build `config` (a recipe in the space's own terms:
     its shape, the share of `budget` it uses, its lr and weight decay as multipliers of the
