@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import random
+import signal
+import time
+import types
 
 import pytest
 
@@ -167,3 +171,49 @@ def cpu_hogs():
     hogs = CpuHogs()
     yield hogs
     hogs.stop()
+
+
+# ----------------------------------------------------------------------------- shared helpers
+def wait_until(proc, ready, timeout: float = 150.0, what: str = "the moment waited for") -> None:
+    """Return as soon as `ready()` holds while `proc` runs; fail if it ends first or the
+    moment never comes within `timeout` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if ready():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{what} never came (exit {proc.poll()})")
+
+
+def kill_when(proc, ready, timeout: float = 150.0, what: str = "the moment to kill it") -> None:
+    """kill -9 `proc` as soon as `ready()` holds (`wait_until`)."""
+    wait_until(proc, ready, timeout, what)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def result_stream(seed: int, trials: int = 24, horizon: int = 9) -> list:
+    """Results as an asynchronous search makes them: (trial, width, epoch, val_acc), three
+    trials at a time, interleaved; a trial ends at the horizon or, 5% of epochs, earlier."""
+    rng = random.Random(seed)
+    width = {t: rng.choice([8, 16, 24, 32]) for t in range(trials)}
+    skill = {t: rng.uniform(0.2, 0.5) + 0.01 * width[t] for t in range(trials)}
+    epochs, live, nxt, out = {t: 0 for t in range(trials)}, [0, 1, 2], 3, []
+    while live:
+        t = rng.choice(live)
+        epochs[t] += 1
+        out.append((f"t{t}", width[t], epochs[t], skill[t] + 0.02 * epochs[t] + rng.gauss(0, 0.03)))
+        if epochs[t] >= horizon or rng.random() < 0.05:
+            live.remove(t)
+            if nxt < trials:
+                live.append(nxt)
+                nxt += 1
+    return out
+
+
+def ray_trial(trial_id: str, config: dict | None = None, continues: str | None = None):
+    """What the schedulers read of a Ray trial: its id and config (with the id it continues)."""
+    from search.records import CONTINUES
+
+    extra = {CONTINUES: {"trial_id": continues, "checkpoint": None}} if continues else {}
+    return types.SimpleNamespace(trial_id=trial_id, config={**(config or {}), **extra})

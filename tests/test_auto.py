@@ -1,8 +1,6 @@
 """search.auto: one command from data to submission under one deadline, resumable in every stage."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -11,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import BUDGET
+from conftest import BUDGET, kill_when, wait_until
 from trainable.model import count_params
 
 TOY = ["--gpus", "0", "--dataset", "synthetic", "--subset", "400", "--max-epochs", "2", "--grace-epochs", "1",
@@ -143,20 +141,14 @@ def test_every_seed_diverging_falls_back_to_the_next_confirmed_config(tmp_path):
     assert [t["status"] for t in result["tried"]] == ["diverged", "ok"]
 
 
-def _wait_for_stage(folder: Path, stage: str, proc: subprocess.Popen, timeout: float = 150) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        path = folder / "auto.json"
-        if path.is_file():
-            try:
-                record = json.loads(path.read_text())
-            except json.JSONDecodeError:
-                record = {}
-            running = record.get("running")
-            if running == stage and (stage != "search" or (folder / "history.csv").is_file()):
-                return
-        time.sleep(0.2)
-    raise AssertionError(f"stage {stage} never ran before the deadline (exit {proc.poll()})")
+def _running(folder: Path, stage: str) -> bool:
+    """auto.json says `stage` is running (a search that has begun its trials)."""
+    path = folder / "auto.json"
+    try:
+        record = json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError:
+        record = {}
+    return record.get("running") == stage and (stage != "search" or (folder / "history.csv").is_file())
 
 
 def test_auto_resumes_after_a_kill_in_each_stage_to_the_same_files(auto_run, ray_session, space_file, tmp_path):
@@ -173,11 +165,9 @@ def test_auto_resumes_after_a_kill_in_each_stage_to_the_same_files(auto_run, ray
         with open(log, "w") as handle:
             proc = subprocess.Popen(args + resume, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            _wait_for_stage(folder, stage, proc)
+            kill_when(proc, lambda: _running(folder, stage), what=f"stage {stage}")
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{log.read_text()[-3000:]}") from None
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
         walls.append(time.time() - start)
         resume = ["--resume"]
     start = time.time()
@@ -217,7 +207,7 @@ def test_auto_holds_its_deadline_when_the_machine_slows_down_midway(ray_session,
     folder = tmp_path / "runs" / "busy"
     start = time.time()
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    _wait_for_stage(folder, "search", proc)
+    wait_until(proc, lambda: _running(folder, "search"), what="the search stage")
     time.sleep(8)
     cpu_hogs.start()
     out, _ = proc.communicate(timeout=300)

@@ -3,16 +3,15 @@ latency measured once per architecture, MO-ASHA across a resume, and multi-objec
 
 import json
 import random
-import types
 
 import optuna
 import pytest
 import torch
 
+from conftest import kill_when, ray_trial, result_stream
 from search.pareto import (crowding_distances, dominates, front_indices, hypervolume, knee, nondominated_ranks,
                            pareto_order, promote)
 from search.tune.rungs import ParetoRungScheduler, RungScheduler, judge
-from search.records import CONTINUES
 from search.records import load_study
 
 
@@ -173,8 +172,7 @@ def _config(width):
 
 
 def _trial(trial_id, width, continues=None):
-    config = {**_config(width), **({CONTINUES: {"trial_id": continues, "checkpoint": None}} if continues else {})}
-    return types.SimpleNamespace(trial_id=trial_id, config=config)
+    return ray_trial(trial_id, _config(width), continues)
 
 
 def test_mo_asha_promotes_by_front_at_each_rung():
@@ -201,24 +199,6 @@ def test_mo_asha_promotes_by_front_at_each_rung():
     assert asha_decisions["d"] == "CONTINUE"  # by accuracy alone d goes on: the rules really differ
 
 
-def _stream(seed, trials=24, horizon=9):
-    """Interleaved results (trial, width, epoch, val_acc) of an asynchronous search."""
-    rng = random.Random(seed)
-    width = {t: rng.choice([8, 16, 24, 32]) for t in range(trials)}
-    skill = {t: rng.uniform(0.2, 0.5) + 0.01 * width[t] for t in range(trials)}
-    epochs, live, nxt, out = {t: 0 for t in range(trials)}, [0, 1, 2], 3, []
-    while live:
-        t = rng.choice(live)
-        epochs[t] += 1
-        out.append((f"t{t}", width[t], epochs[t], skill[t] + 0.02 * epochs[t] + rng.gauss(0, 0.03)))
-        if epochs[t] >= horizon or rng.random() < 0.05:
-            live.remove(t)
-            if nxt < trials:
-                live.append(nxt)
-                nxt += 1
-    return out
-
-
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_mo_asha_after_a_resume_decides_as_an_uninterrupted_run(seed):
     """The rung records rebuilt from history.csv and trials.csv's configs are the ones the
@@ -226,7 +206,7 @@ def test_mo_asha_after_a_resume_decides_as_an_uninterrupted_run(seed):
     def scheduler():
         return ParetoRungScheduler(9, 1, 3, cost=lambda c: float(c["widths"][0] ** 2))
 
-    stream = _stream(seed)
+    stream = result_stream(seed)
     whole, expected, stopped = scheduler(), [], set()
     for trial_id, width, epoch, acc in stream:
         if trial_id not in stopped:
@@ -295,11 +275,8 @@ def space(trial):
 @pytest.fixture(scope="module")
 def pareto_search(ray_session, tmp_path_factory):
     """A --minimize params search killed (SIGKILL) once two trials had ended, then resumed."""
-    import os
-    import signal
     import subprocess
     import sys
-    import time
 
     from conftest import rows_of, settings
     from search.run import run_search
@@ -313,16 +290,15 @@ def pareto_search(ray_session, tmp_path_factory):
             "--param-budget", "1000000", "--minimize", "params", "--verbose", "0"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     folder = tmp / "front"
-    deadline, finished_before = time.time() + 180, {}
-    while time.time() < deadline and proc.poll() is None:
+    finished_before: dict = {}
+
+    def two_finished() -> bool:
         if (folder / "trials.csv").is_file():
-            finished_before = {r["trial_id"]: r for r in rows_of(folder) if r["status"] in ("completed", "stopped")}
-            if len(finished_before) >= 2:
-                break
-        time.sleep(0.1)
-    assert proc.poll() is None, "the search ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+            finished_before.clear()
+            finished_before.update({r["trial_id"]: r for r in rows_of(folder) if r["status"] in ("completed", "stopped")})
+        return len(finished_before) >= 2
+
+    kill_when(proc, two_finished, timeout=180, what="two finished trials")
     outcome = run_search(settings(tmp, space, name="front", resume=True, trials=6, subset=600, param_budget=10**6,
                                   minimize="params"))
     return outcome, finished_before

@@ -3,7 +3,6 @@
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import textwrap
@@ -15,7 +14,7 @@ import pytest
 import torch
 
 import analysis
-from conftest import check_resumed, rows_of, settings
+from conftest import check_resumed, kill_when, rows_of, settings
 from search.records import load_study, read_history
 from search.run import run_search
 from search.tune.trial import SearchTrial
@@ -146,25 +145,22 @@ def test_a_killed_driver_resumes_and_its_files_stay_readable(ray_session, tmp_pa
             "--verbose", "0"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     folder = tmp_path / "killed"
-    deadline = time.time() + 150
     finished_before: dict = {}
-    reads = 0
-    while time.time() < deadline and proc.poll() is None:
-        if (folder / "trials.csv").is_file():
-            rows = rows_of(folder)  # must parse at every moment
-            reads += 1
-            finished_before = {r["trial_id"]: r for r in rows if r["status"] in ("completed", "stopped")}
-            # The earliest kill: the first trial has started and not finished an epoch
-            # (before Ray could snapshot anything); the later one, between finished trials.
-            if when == "first_trial_running" and rows:
-                break
-            if len(finished_before) >= 2:
-                break
-        time.sleep(0.1)
-    assert proc.poll() is None, "the search ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    assert reads >= 1
+    reads = []
+
+    def moment() -> bool:
+        if not (folder / "trials.csv").is_file():
+            return False
+        rows = rows_of(folder)  # must parse at every moment
+        reads.append(len(rows))
+        finished_before.clear()
+        finished_before.update({r["trial_id"]: r for r in rows if r["status"] in ("completed", "stopped")})
+        # The earliest kill: the first trial has started and not finished an epoch (before
+        # Ray could snapshot anything); the later one, between finished trials.
+        return bool(rows) if when == "first_trial_running" else len(finished_before) >= 2
+
+    kill_when(proc, moment, what=f"the moment {when}")
+    assert reads
     rows_of(folder)
     study = load_study(folder)
     assert len(study.trials) >= 2

@@ -5,12 +5,11 @@ import shutil
 import time
 import types
 
-import numpy as np
 import optuna
 import pytest
 
 import analysis
-from conftest import rows_of, settings
+from conftest import ray_trial, result_stream, rows_of, settings
 from search.tune.experiment import TrialTable
 from ray.tune.search import Searcher
 
@@ -18,7 +17,6 @@ from search.records import load_study, ran_seconds, read_drivers, read_history
 from search.run import run_search
 from search.settings import check_same_data, data_hash, prepare_folder
 from search.tune.rungs import RungScheduler
-from search.records import CONTINUES
 from search.tune.searcher import BudgetedOptunaSearch
 from search.tune.space_files import load_space
 from trainable.data import TrainArrays, make_synthetic
@@ -87,29 +85,8 @@ def test_a_dataset_that_changed_is_refused_on_resume(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the rungs
-def _stream(seed: int, trials: int = 20, horizon: int = 9):
-    """Results as an asynchronous search makes them: (trial, epoch, val_acc), trials interleaved."""
-    rng = np.random.default_rng(seed)
-    skill = rng.uniform(0.2, 0.8, trials)
-    epochs = {t: 0 for t in range(trials)}
-    live = list(range(3))
-    nxt = 3
-    out = []
-    while live:
-        t = live[rng.integers(len(live))]
-        epochs[t] += 1
-        out.append((f"t{t}", epochs[t], float(skill[t] + 0.02 * epochs[t] + rng.normal(0, 0.03))))
-        if epochs[t] >= horizon or rng.random() < 0.05:
-            live.remove(t)
-            if nxt < trials:
-                live.append(nxt)
-                nxt += 1
-    return out
-
-
 def _trial(trial_id, continues=None):
-    config = {CONTINUES: {"trial_id": continues, "checkpoint": None}} if continues else {}
-    return types.SimpleNamespace(trial_id=trial_id, config=config)
+    return ray_trial(trial_id, continues=continues)
 
 
 @pytest.mark.parametrize("seed,grace,horizon,factor", [(0, 1, 9, 3), (1, 1, 9, 3), (2, 2, 20, 3), (3, 1, 12, 2),
@@ -122,7 +99,7 @@ def test_rungs_decide_as_rays_asha_does(seed, grace, horizon, factor):
     ours = RungScheduler(horizon, grace, factor)
     stopped: set = set()
     agree = 0
-    for trial_id, epoch, value in _stream(seed, horizon=horizon):
+    for trial_id, _, epoch, value in result_stream(seed, horizon=horizon):
         if trial_id in stopped:
             continue
         trial = _trial(trial_id)
@@ -142,11 +119,11 @@ def test_rungs_after_a_resume_decide_as_an_uninterrupted_run(seed):
     from ray.tune.schedulers import ASHAScheduler
 
     # The uninterrupted run, with Ray's ASHA as the reference.
-    stream = _stream(seed)
+    stream = result_stream(seed)
     reference = ASHAScheduler(time_attr="epoch", metric="val_acc", mode="max", max_t=9, grace_period=1,
                               reduction_factor=3)
     expected, done = [], set()
-    for trial_id, epoch, value in stream:
+    for trial_id, _, epoch, value in stream:
         if trial_id in done:
             continue
         if epoch == 1:
@@ -160,7 +137,7 @@ def test_rungs_after_a_resume_decide_as_an_uninterrupted_run(seed):
     half = len(stream) // 2
     first = RungScheduler(9, 1, 3)
     decisions, history, stopped = [], [], set()
-    for trial_id, epoch, value in stream[:half]:
+    for trial_id, _, epoch, value in stream[:half]:
         if trial_id in stopped:
             continue
         decision = first.on_trial_result(None, _trial(trial_id), {"epoch": epoch, "val_acc": value})
@@ -169,7 +146,7 @@ def test_rungs_after_a_resume_decide_as_an_uninterrupted_run(seed):
         if decision == "STOP":
             stopped.add(trial_id)
     second = RungScheduler(9, 1, 3).from_history(history)
-    for trial_id, epoch, value in stream[half:]:
+    for trial_id, _, epoch, value in stream[half:]:
         if trial_id in stopped:
             continue
         decision = second.on_trial_result(None, _trial("new-" + trial_id, continues=trial_id),
