@@ -1,8 +1,11 @@
 """Trial tables, plots and reports from an experiment folder; no Ray runtime needed.
 
->>> import analysis
->>> df = analysis.load("runs/NAME")        # doctest: +SKIP
->>> history = analysis.curves("runs/NAME")  # doctest: +SKIP
+For an experiment folder that `search.run` or `search.auto` wrote (tests/test_analysis.py
+runs these on real searches)::
+
+    import analysis
+    df = analysis.load("runs/NAME")          # one row per trial, best first
+    history = analysis.curves("runs/NAME")   # one row per trial epoch
 """
 
 from analysis.trials import curves, load, load_experiment

@@ -60,11 +60,8 @@ def load_experiment(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def load(path: str | Path) -> pd.DataFrame:
-    """One row per trial of the experiment at `path`, finished or still running, best first.
-
-    >>> df = load("runs/NAME")                      # doctest: +SKIP
-    >>> df.head()                                   # doctest: +SKIP
-    """
+    """One row per trial of the experiment at `path`, finished or still running, best first
+    (for example `load("runs/NAME").head()`)."""
     return load_experiment(path)[0]
 
 
