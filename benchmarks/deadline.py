@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from trainable.checkpoint import write_json
-from trainable.cli import ArgumentParser, parse_duration, run_main
+from trainable.cli import ArgumentParser, param_count, parse_duration, run_main
 from trainable.errors import UserError
 
 METHODS = ("auto", "seed_recipe", "deadline_recipe")
@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--deadlines", default="6m,15m", help="comma-separated deadlines (default 6m,15m)")
     parser.add_argument("--seeds", default="0,1", help="comma-separated seeds (default 0,1)")
     parser.add_argument("--train-images", type=int, default=3000, help="training images (default 3000)")
-    parser.add_argument("--param-budget", type=int, default=200_000, help="parameter budget (default 200,000)")
+    parser.add_argument("--param-budget", type=param_count, default=200_000, help="parameter budget (default 200k)")
     parser.add_argument("--quick", action="store_true", help="a smoke run on synthetic data: not a measurement")
     args = parser.parse_args(argv)
     deadlines = [d.strip() for d in args.deadlines.split(",") if d.strip()]

@@ -12,7 +12,6 @@ The fixed recipe (`trainable.zoo.DEADLINE_RECIPE` in the budget) competes as tri
 
 from __future__ import annotations
 
-import re
 import shutil
 import statistics
 from dataclasses import replace
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from trainable.checkpoint import write_json
+from trainable.cli import parse_count
 from trainable.config import with_defaults
 from trainable.errors import UserError
 
@@ -56,11 +56,12 @@ def parse_pick(text: str) -> tuple[str, float | None]:
     """
     if text in ("best", "knee"):
         return text, None
-    match = re.fullmatch(r"under:(\d+(?:\.\d+)?)([kKmMgG]?)", text)
-    if not match:
-        raise UserError(f"--pick must be best, knee or under:N (e.g. under:1M), got {text!r}")
-    scale = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[match.group(2).lower()]
-    return "under", float(match.group(1)) * scale
+    try:
+        if not text.startswith("under:"):
+            raise ValueError(text)
+        return "under", parse_count(text[len("under:"):])
+    except ValueError:
+        raise UserError(f"--pick must be best, knee or under:N (e.g. under:1M), got {text!r}") from None
 
 
 def ranked_configs(folder: Path) -> list[tuple[str, dict[str, Any], float]]:

@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 
 from trainable.checkpoint import write_json
 from search.records import read_settings
-from trainable.cli import ArgumentParser, parse_duration, read_json, run_main
+from trainable.cli import ArgumentParser, param_count, parse_duration, read_json, run_main
 from trainable.config import parse_overrides, validate_config
 from trainable.data import DATASETS, DataSpec
 from trainable.errors import UserError
@@ -197,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=1, help="independent seeds; reports mean ± std (default 1)")
     parser.add_argument("--ema", action="store_true", help="also evaluate an exponential moving average of the weights")
     parser.add_argument("--ema-decay", type=float, default=DEFAULT_EMA_DECAY, help=f"per-step EMA decay (default {DEFAULT_EMA_DECAY})")
-    parser.add_argument("--param-budget", type=int, default=PARAM_BUDGET,
+    parser.add_argument("--param-budget", type=param_count, default=PARAM_BUDGET,
                         help=f"refuse configs at or over this (default {PARAM_BUDGET:,})")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted retrain in --out")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from search.records import OBJECTIVES
-from trainable.cli import ArgumentParser, parse_duration
+from trainable.cli import ArgumentParser, param_count, parse_duration
 from trainable.config import parse_overrides
 from trainable.data import DATA_DIR_HELP, DATASETS, DataSpec, TrainArrays
 from trainable.errors import UserError
@@ -256,7 +256,8 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--time-budget", help="stop gracefully after this long, e.g. 90m, 2h (default: none)")
     g.add_argument("--seed", type=int, help=f"seed of the sampler, the split and every trial (default {d.seed})")
     g = p.add_argument_group("search space and budget")
-    g.add_argument("--param-budget", type=int, help=f"trainable params must be strictly below this (default {d.param_budget:,})")
+    g.add_argument("--param-budget", type=param_count, help="trainable params must be strictly below this: 5M, 500k "
+                   f"or 200000 (default {d.param_budget:,})")
     g.add_argument("--space", help="a .py file defining space(trial) -> config, or a .yaml space (default: built-in)")
     g.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="fix a config key for every trial and take it out of the search, e.g. "

@@ -56,6 +56,8 @@ CASES = [
     ("unknown dataset", search_main, SEARCH + ["--dataset", "mnist"], "mnist"),
     ("missing data dir", search_main, SEARCH + ["--dataset", "cifar10", "--data-dir", "{tmp}/nowhere"], "does not exist"),
     ("no config fits the budget", search_main, SEARCH + ["--param-budget", "1000"], "param-budget"),
+    ("a budget that is not a count", search_main, SEARCH + ["--param-budget", "5X"], "not a count like 5M"),
+    ("a budget of part of a parameter", search_main, SEARCH + ["--param-budget", "1.5"], "whole, positive"),
     ("resume of nothing", search_main, SEARCH + ["--resume", "--name", "ghost"], "nothing to resume"),
     ("name taken", search_main, SEARCH + ["--name", "exp"], "already exists"),
     ("resume changing the space", search_main, SEARCH + ["--resume", "--name", "exp", "--param-budget", "123456"],

@@ -164,6 +164,13 @@ def test_every_epoch_is_an_intermediate_value_in_the_study(finished_search):
         assert trial.intermediate_values == pytest.approx(epochs), trial.number
 
 
+def test_budgets_are_written_as_people_write_them():
+    assert settings_from_args(["--param-budget", "5M"]).param_budget == 5_000_000
+    assert settings_from_args(["--param-budget", "500k"]).param_budget == 500_000
+    assert settings_from_args(["--param-budget", "1.5M"]).param_budget == 1_500_000
+    assert settings_from_args(["--param-budget", "200000"]).param_budget == 200_000
+
+
 def test_grace_defaults_to_the_horizon_when_shorter():
     settings = settings_from_args(["--max-epochs", "1", "--dataset", "synthetic"])
     check_settings(settings)  # no error: grace follows --max-epochs

@@ -41,6 +41,32 @@ def parse_duration(text: str) -> float:
     return total
 
 
+SUFFIXES = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}
+
+
+def parse_count(text: str) -> float:
+    """A count that may end in k, M or G: '5M', '500k', '1.5M', '200000' (and 200_000).
+
+    >>> parse_count("5M"), parse_count("500k"), parse_count("1.5m"), parse_count("200_000")
+    (5000000.0, 500000.0, 1500000.0, 200000.0)
+    """
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)([kKmMgG]?)\s*", str(text).replace("_", "").replace(",", ""))
+    if not match:
+        raise ValueError(f"{text!r} is not a count like 5M, 500k or 200000")
+    return float(match.group(1)) * SUFFIXES[match.group(2).lower()]
+
+
+def param_count(text: str) -> int:
+    """argparse type of --param-budget: a whole, positive count ('5M', '500k', '200000')."""
+    try:
+        value = parse_count(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if value != int(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole, positive number of parameters")
+    return int(value)
+
+
 def fail(message: str) -> NoReturn:
     """Print one `error:` line and exit 2."""
     print(f"error: {message}", file=sys.stderr)
