@@ -348,7 +348,8 @@ def parse_shares(text: str) -> dict[str, float]:
 
 
 def build_auto_parser() -> Any:
-    p = build_parser()
+    # search.run's optional --time-budget is this command's required deadline.
+    p = build_parser(time_budget_help="required: the deadline for everything, start-up apart, e.g. 15m, 1h, 2h30m")
     p.prog = "python -m search.auto"
     p.description = __doc__.split("\n\n")[0]
     g = p.add_argument_group("search.auto: from data to submission under --time-budget (required)")

@@ -194,6 +194,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                                           "(e.g. the Kaggle set's); a model with other classes is refused")
     args = parser.parse_args(argv)
     folder, out = Path(args.model), Path(args.out)
+    if not (folder / "config.json").is_file() and (folder / "final" / "config.json").is_file():
+        folder = folder / "final"  # the experiment was named: its retrained model is in final/
+        print(f"predicting with the retrained model in {folder}", flush=True)
+    if not out.parent.is_dir():  # as search.auto: a mistyped folder is refused, not created
+        raise UserError(f"--out {args.out}: the folder {out.parent} does not exist")
     if out.exists() and not args.force:
         raise UserError(f"{out} exists; pass --force to overwrite it or choose another --out")
     model, info = load_model(folder, args.ema)  # a bad model folder is reported before reading the input

@@ -244,7 +244,8 @@ def check_same_data(s: SearchSettings, data: TrainArrays) -> str:
     return digest
 
 
-def build_parser() -> ArgumentParser:
+def build_parser(time_budget_help: str = "stop gracefully after this long, e.g. 90m, 2h (default: none)"
+                 ) -> ArgumentParser:
     d = SearchSettings()
     p = ArgumentParser(prog="python -m search.run", description=DESCRIPTION,
                        epilog="The search space is documented in README.md ('The search space').")
@@ -253,7 +254,7 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--storage", help="folder, shared path or URI for experiments (default ./runs)")
     g.add_argument("--resume", action="store_true", default=None, help="continue the interrupted experiment --name")
     g.add_argument("--trials", type=int, help=f"trials to run, budget rejections not counted (default {d.trials})")
-    g.add_argument("--time-budget", help="stop gracefully after this long, e.g. 90m, 2h (default: none)")
+    g.add_argument("--time-budget", help=time_budget_help)
     g.add_argument("--seed", type=int, help=f"seed of the sampler, the split and every trial (default {d.seed})")
     g = p.add_argument_group("search space and budget")
     g.add_argument("--param-budget", type=param_count, help="trainable params must be strictly below this: 5M, 500k "

@@ -75,6 +75,8 @@ CASES = [
     ("retrain without a finished trial", retrain_main, ["{tmp}/unfinished"], "no finished trial"),
     ("predict on a malformed pickle", predict_main, ["{tmp}/model", "--input", "{tmp}/bad.pkl", "--out",
                                                      "{tmp}/sub.csv"], "N x H x W x 3"),
+    ("predict into a missing folder", predict_main, ["{tmp}/model", "--input", "{tmp}/bad.pkl", "--out",
+                                                     "{tmp}/nowhere/sub.csv"], "does not exist"),
     ("predict without weights", predict_main, ["{tmp}/no_weights", "--input", "{tmp}/bad.pkl", "--out",
                                                "{tmp}/sub.csv"], "weights.pt"),
     ("proof of an unknown step", proof_main, ["--smoke", "--out", "{tmp}/proof", "--steps", "training_step,warp"],

@@ -62,6 +62,16 @@ def synthetic_pickle(path, scramble=False):
     return ids
 
 
+def test_predict_given_the_experiment_uses_its_final_model(retrained, tmp_path, cli):
+    synthetic_pickle(tmp_path / "test.pkl")
+    by_model = cli(predict_main, [retrained, "--input", tmp_path / "test.pkl", "--out", tmp_path / "a.csv"])
+    code, stdout, err = cli(predict_main, [retrained.parent, "--input", tmp_path / "test.pkl", "--out",
+                                           tmp_path / "b.csv"])
+    assert by_model[0] == 0 and code == 0, err
+    assert f"retrained model in {retrained}" in stdout
+    assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
+
+
 def test_predict_matches_the_retrain_and_writes_a_submission(retrained, tmp_path, cli):
     ids = synthetic_pickle(tmp_path / "test.pkl")
     out = tmp_path / "submission.csv"
