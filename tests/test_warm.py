@@ -15,20 +15,22 @@ def test_a_search_warm_started_from_the_same_space_learns_from_the_old_trials(fi
 
     old = load_study(finished_search.folder)
     finished = [t for t in old.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
-    # A budget the whole space fits under: TPE's random start-up is then 10 trials (under the
-    # old search's 20,000 most configs were rejected and it would be far longer), and the
-    # old trials are more than that. The space, and so the parameters' meaning, is the same.
-    outcome = run_search(settings(tmp_path, space_file, name="warm", trials=2, max_epochs=1, seed=5,
+    rejected = [t for t in finished if t.user_attrs.get("status") == "rejected"]
+    trained = len(finished) - len(rejected)
+    # The space, and so the parameters' meaning, is the same: the old trials join the study.
+    outcome = run_search(settings(tmp_path, space_file, name="warm", trials=4, max_epochs=1, seed=5,
                                   param_budget=10**6, warm_from=str(finished_search.folder)))
-    assert f"its {len(finished)} finished trials are in the study" in outcome.summary
+    assert (f"its {trained} trained trials and {len(rejected)} configs it rejected for the budget are in the "
+            "study") in outcome.summary
     new = load_study(outcome.folder)
     taken = [t for t in new.trials if t.user_attrs.get("warm_from") == "exp"]
     assert [(t.params, t.values, t.state) for t in taken] == [(t.params, t.values, t.state) for t in finished]
     assert not any("ray_trial_id" in t.user_attrs for t in taken)  # never mistaken for this search's own
-    launched = [t for t in new.trials if "ray_trial_id" in t.user_attrs]
-    # TPE's random start-up is already served by the old trials: TPE proposes from the first.
-    assert len(finished) >= 10
-    assert len(launched) == 2 and all(t.user_attrs["proposed_by"] == "tpe" for t in launched)
+    launched = sorted((t for t in new.trials if "ray_trial_id" in t.user_attrs), key=lambda t: t.number)
+    # The random start-up counts the old trained trials (8 of the 10), not its rejections: two
+    # more random launches, then TPE.
+    assert trained == 8 and len(rejected) > 10
+    assert [t.user_attrs["proposed_by"] for t in launched] == ["startup", "startup", "tpe", "tpe"]
     assert rejected_count(outcome.folder) == sum(t.user_attrs.get("status") == "rejected" for t in new.trials
                                                  if "warm_from" not in t.user_attrs)
 

@@ -28,14 +28,17 @@ from optuna.trial import FrozenTrial, TrialState
 STARTUP_LAUNCHED = 10  # random proposals launched before the model proposes
 LAUNCHED = "ray_trial_id"  # the user attribute a trial gets when it is launched (search.tune.searcher)
 TAKEN_OVER = "warm_from"  # the user attribute of a trial taken over from an earlier search
+REJECTED = "rejected"  # its status attribute when the budget refused it (`search.records.Status`)
 STREAM = 0x57A27  # tells the start-up's seeds apart from a RandomSampler's with the same seed
 
 
 def launched(study: optuna.Study) -> int:
-    """Trials of `study` that were launched, or taken over finished from an earlier search."""
+    """Trials of `study` that were launched, or that an earlier search trained and `--warm-from`
+    took over (not the configs it rejected for the budget: they never trained)."""
     finished = (TrialState.COMPLETE, TrialState.PRUNED)
     return sum(1 for t in study.get_trials(deepcopy=False)
-               if LAUNCHED in t.user_attrs or (TAKEN_OVER in t.user_attrs and t.state in finished))
+               if LAUNCHED in t.user_attrs or (TAKEN_OVER in t.user_attrs and t.state in finished
+                                               and t.user_attrs.get("status") != REJECTED))
 
 
 def stream_seed(seed: int | None, number: int, stream: int = STREAM) -> int | None:

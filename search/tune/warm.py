@@ -34,10 +34,14 @@ class WarmStart:
     added: int = 0
     enqueued: int = 0
     reason: str = ""
+    rejected: int = 0  # of `added`: configs the old search rejected for the budget (never trained)
 
     def describe(self) -> str:
         if self.added:
-            return f"warm start from {self.source}: its {self.added} finished trials are in the study (TPE learns from them)"
+            trained = self.added - self.rejected
+            rejected = f" and {self.rejected} configs it rejected for the budget" if self.rejected else ""
+            return (f"warm start from {self.source}: its {trained} trained trials{rejected} are in the study "
+                    "(TPE learns from them)")
         return (f"warm start from {self.source}: {self.reason}; its top {self.enqueued} configs run first "
                 "(the parameters this space shares by name)")
 
@@ -75,6 +79,7 @@ def warm_start(study: Any, old: str | Path, new_settings: dict[str, Any],
                 intermediate_values=frozen.intermediate_values))
         study.add_trials(taken)
         result.added = len(taken)
+        result.rejected = sum(t.user_attrs.get("status") == Status.REJECTED.value for t in taken)
         return result
     differs = "its space differs" if space_signature(old_settings)[0] != space_signature(new_settings)[0] else \
         "its objectives differ"
