@@ -273,6 +273,11 @@ def retrain_data(args: Any, settings: dict[str, Any], config: dict[str, Any]) ->
     spec = DataSpec(args.dataset or settings.get("dataset", "cifar10"), args.data_dir or settings.get("data_dir"),
                     val_fraction=0.0, split_seed=config["seed"], subset=args.subset)
     dataset = spec.load(download=True)
+    searched = settings.get("subset")
+    note = ""
+    if searched and args.subset is None:  # the final model trains on everything unless told
+        note = f" (the search used --subset {searched}; pass --subset {searched} to retrain on as many)"
+    print(f"training images: {len(dataset.train_images):,} (train + val){note}", flush=True)
     return spec, dataset.num_classes, dataset.channels
 
 

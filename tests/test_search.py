@@ -320,3 +320,15 @@ def test_a_resume_that_changes_what_is_searched_names_the_old_and_new_values(fin
     with pytest.raises(UserError) as error:
         prepare_folder(changed)
     assert "--max-epochs 3 -> 5" in str(error.value) and "--param-budget 20000 -> 30000" in str(error.value)
+
+
+def test_a_retrain_says_how_many_images_it_trains_on_and_what_the_search_used(finished_search, tmp_path, cli):
+    from search.retrain import main as retrain_main
+
+    code, out, err = cli(retrain_main, [finished_search.folder, "--epochs", "1", "--out", tmp_path / "all"])
+    assert code == 0, err
+    assert "the search used --subset 400; pass --subset 400 to retrain on as many" in out
+    code, out, err = cli(retrain_main, [finished_search.folder, "--epochs", "1", "--subset", "400",
+                                        "--out", tmp_path / "same"])
+    assert code == 0, err
+    assert "training images: 400 (train + val)\n" in out

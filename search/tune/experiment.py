@@ -15,9 +15,9 @@ from typing import Any
 
 from ray.tune import Callback
 
-from search.records import (COST_COLUMN, CONTINUES, ENDED, CONFIG_COLUMNS, HistoryLog, Status, cell, config_from_row,
-                            count_statuses, ended_status, front_member, front_rows, number, rank, read_history, read_trials,
-                            record_driver, row_id, write_best, write_front, write_trials)
+from search.records import (COST_COLUMN, CONFIG_COLUMNS, CONTINUES, ENDED, FRONT, HistoryLog, Status, cell,
+                            config_from_row, count_statuses, ended_status, front_member, front_rows, number, rank,
+                            read_history, read_trials, record_driver, row_id, write_best, write_front, write_trials)
 
 
 def library_versions() -> str:
@@ -300,6 +300,10 @@ def summary(folder: Path, rows: list[dict[str, Any]], best: dict[str, Any] | Non
         f"experiment: {folder}",
         "next:",
         f"  python -m analysis.table {folder}",
-        f"  python -m search.retrain {folder}",
+        # The retrain's default is 200 epochs, hours on a CPU: a CPU search is pointed at a time
+        # budget instead. A Pareto search (front.json) retrains its front.
+        f"  python -m search.retrain {folder}" + ("" if on_gpu else " --time-budget 30m --ema")
+        + (f"\n  python -m search.retrain {folder} --front" + ("" if on_gpu else " --epochs 30")
+           if (folder / FRONT).is_file() else ""),
     ]
     return "\n".join(lines)
