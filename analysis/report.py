@@ -18,7 +18,7 @@ from analysis.table import narrow, narrow_front, narrow_sizes, to_markdown
 from analysis.trials import STATUSES, load_experiment, rejected_count, settings_of
 from search.records import load_study, milestones, ran_seconds, read_auto
 from trainable.checkpoint import write_text
-from trainable.cli import ArgumentParser, run_main
+from trainable.cli import ArgumentParser, format_duration, run_main
 from trainable.zoo import PARAM_BUDGET
 
 
@@ -139,7 +139,7 @@ def make_report(path: str | Path, out: str | Path) -> dict[str, Path]:
     total_lines = [
         f"trials: {sums['trials']} ({', '.join(f'{sums[s]} {s}' for s in STATUSES)})",
         f"configs rejected for the parameter budget: {sums['rejected_for_budget'] if sums['rejected_for_budget'] is not None else 'unknown'}",
-        f"wall time: {sums['wall_hours']:.2f} h; GPU-hours: {sums['gpu_hours']:.2f}",
+        f"wall time: {format_duration(sums['wall_hours'] * 3600)}; GPU-hours: {sums['gpu_hours']:.2f}",
         f"budget: fewer than {int(settings.get('param_budget', 0)):,} trainable params; "
         f"ASHA over {settings.get('max_epochs')} epochs (grace {settings.get('grace_epochs')}, "
         f"reduction factor {settings.get('reduction_factor')})",

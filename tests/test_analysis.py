@@ -1,6 +1,7 @@
 """Tables, curves and reports from a real (tiny, CPU) search experiment."""
 
 import json
+import re
 import shutil
 
 import pandas as pd
@@ -67,6 +68,8 @@ def test_report_writes_plots_and_html(finished_search, tmp_path, cli):
         assert f'data-file="{png.name}"' in page and f"({png.name})" in markdown
     assert page.count("data:image/png;base64,") == 6  # self-contained
     assert "rejected for the parameter budget: " + str(finished_search.rejected) in markdown
+    # A search of a minute or two reads in seconds or minutes, not "0.01 h".
+    assert re.search(r"wall time: \d+ s;|wall time: \d+\.\d min;", markdown), markdown[:2000]
 
 
 def test_table_stacks_experiments(finished_search, tmp_path, cli):

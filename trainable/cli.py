@@ -41,6 +41,19 @@ def parse_duration(text: str) -> float:
     return total
 
 
+def format_duration(seconds: float) -> str:
+    """A duration in the unit that reads: seconds under 2 minutes, minutes under 2 hours.
+
+    >>> format_duration(42), format_duration(42 * 60), format_duration(3 * 3600 + 900)
+    ('42 s', '42.0 min', '3.25 h')
+    """
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
 SUFFIXES = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}
 
 
