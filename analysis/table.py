@@ -1,7 +1,7 @@
 """Print the trial table of one or more experiments.
 
     python -m analysis.table runs/NAME [runs/OTHER ...] [--top K] [--sort COLUMN]
-                             [--status STATUS] [--format table|csv|markdown|json]
+                             [--status STATUS] [--format table|csv|markdown|json] [--columns all]
     python -m analysis.table runs/NAME --front      # the Pareto front and the best at each size
 """
 
@@ -19,7 +19,8 @@ from trainable.cli import ArgumentParser, run_main
 from trainable.errors import UserError
 
 FORMATS = ("table", "csv", "markdown", "json")
-# What fits an 80-column terminal; csv/json/markdown give every column.
+# What fits an 80-column terminal, rounded: the table and markdown show these unless
+# --columns all; csv and json, being data, give every column at full precision.
 NARROW = ["trial_id", "status", "params", "blocks", "widths", "opt", "lr", "bs", "epochs", "best_val", "at"]
 # The front's compact view adds the costs and the knee.
 FRONT_EXTRA = ["macs", "latency_ms", "knee"]
@@ -119,7 +120,7 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def render(df: pd.DataFrame, fmt: str) -> str:
+def render(df: pd.DataFrame, fmt: str, columns: str = "narrow") -> str:
     if fmt == "csv":
         frame = df.copy()
         for column in ("blocks", "widths"):
@@ -127,9 +128,10 @@ def render(df: pd.DataFrame, fmt: str) -> str:
         return frame.to_csv(index=False).rstrip("\n")
     if fmt == "json":
         return df.to_json(orient="records", indent=2)
+    shown = df if columns == "all" else narrow(df)
     if fmt == "markdown":
-        return to_markdown(df)
-    return narrow(df).to_string(index=False)
+        return to_markdown(shown)
+    return shown.to_string(index=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -139,6 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sort", default="best_val_acc", help=f"column to sort by (default best_val_acc); one of {', '.join(COLUMNS)}")
     parser.add_argument("--status", help=f"only trials in this status: {', '.join(STATUSES)}")
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
+    parser.add_argument("--columns", choices=("narrow", "all"), default="narrow",
+                        help="table and markdown: the columns that matter, rounded (narrow, the default), or all "
+                             "of them at full precision; csv and json always give all")
     parser.add_argument("--front", action="store_true",
                         help="the Pareto front of best val_acc against the search's --minimize cost (params if it "
                              "had none), cheapest first with the knee marked, then the best val_acc at each size")
@@ -151,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(render_front(args.experiments[0], args.format) + "\n")
         return 0
     df = select(stack(args.experiments), args.sort, args.status, args.top)
-    sys.stdout.write(render(df, args.format) + "\n")
+    sys.stdout.write(render(df, args.format, args.columns) + "\n")
     return 0
 
 

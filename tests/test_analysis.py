@@ -72,6 +72,16 @@ def test_report_writes_plots_and_html(finished_search, tmp_path, cli):
     assert re.search(r"wall time: \d+ s;|wall time: \d+\.\d min;", markdown), markdown[:2000]
 
 
+def test_markdown_table_shows_the_columns_that_matter_unless_asked_for_all(finished_search, cli):
+    code, narrow, _ = cli(table_main, [finished_search.folder, "--format", "markdown"])
+    assert code == 0
+    header = narrow.splitlines()[0]
+    assert header.startswith("| trial_id | status | params |") and header.count("|") == 12  # 11 columns
+    assert not re.search(r"0\.\d{6,}", narrow)  # rounded as the terminal table is
+    code, wide, _ = cli(table_main, [finished_search.folder, "--format", "markdown", "--columns", "all"])
+    assert code == 0 and wide.splitlines()[0].count("|") > 30 and "best_val_acc" in wide.splitlines()[0]
+
+
 def test_table_stacks_experiments(finished_search, tmp_path, cli):
     other = tmp_path / "other"
     shutil.copytree(finished_search.folder, other)
