@@ -99,7 +99,7 @@ def stage_search(s: SearchSettings, plan: Plan, seconds: float, resume: bool) ->
     overhead = ray_overhead(s.address)
     # The fixed recipe runs first in the search (where the space can build it): the search's
     # best is then weighed against a known-good config at the same horizon.
-    extra = {**s.extra, "warm_configs": [plan.recipe] if plan.recipe else []}
+    extra = {**s.extra, "warm_configs": [plan.recipe] if plan.recipe else [], "stage": "auto: search"}
     return run_search(replace(s, max_epochs=plan.max_epochs, time_budget=f"{max(1.0, seconds - overhead):.0f}s",
                               resume=resume, extra={**extra, "given": None} if resume else extra))
 

@@ -169,7 +169,7 @@ def stage_confirm(s: Any, pick: str, count: int, epochs: int, seconds: float, re
         dataset=s.dataset, data_dir=s.data_dir, val_fraction=s.val_fraction, subset=s.subset, compile=s.compile,
         checkpoint_every=s.checkpoint_every, max_failures=s.max_failures, verbose=s.verbose,
         time_budget=f"{max(1.0, seconds - overhead):.0f}s",
-        resume=resume and (folder / "settings.json").exists())
+        resume=resume and (folder / "settings.json").exists(), extra={"stage": "auto: confirm"})
     run_search(replace(confirm))
 
     def key(config: dict[str, Any]) -> str:  # every key, defaults filled in: the recipe names only a few

@@ -154,7 +154,12 @@ def build_tuner(s: SearchSettings, searcher: Any, trainable: Any, resources: Res
     """One Ray Tune experiment (a `run-*` folder) for what is left of the search."""
     from ray import tune
 
+    from search.tune.progress import Progress
     from search.tune.tracking import parse_track, search_callbacks
+
+    budget = parse_duration(s.time_budget) if s.time_budget else None
+    progress = Progress(lambda: table.rows, lambda: searcher.rejected, s.verbose, budget,
+                        stage=s.extra.get("stage", "search"))
 
     return tune.Tuner(
         tune.with_resources(trainable, {"cpu": s.cpus_per_trial, "gpu": resources.gpus_per_trial}),
@@ -163,11 +168,12 @@ def build_tuner(s: SearchSettings, searcher: Any, trainable: Any, resources: Res
             scheduler=build_scheduler(s, costs),
             max_concurrent_trials=resources.concurrent, reuse_actors=True,
             trial_dirname_creator=trial_dirname,
-            time_budget_s=parse_duration(s.time_budget) if s.time_budget else None,
+            time_budget_s=budget,
         ),
         run_config=tune.RunConfig(
-            name=table.driver["run"], storage_path=s.ray_storage, verbose=s.verbose,
-            callbacks=[table, *search_callbacks(parse_track(s.track), s.folder, s.name)],
+            # Ray's own output only for debugging (--verbose 2 and up); this tool's is `progress`.
+            name=table.driver["run"], storage_path=s.ray_storage, verbose=s.verbose if s.verbose >= 2 else 0,
+            callbacks=[table, progress, *search_callbacks(parse_track(s.track), s.folder, s.name)],
             # Two per trial: trials.csv names the newest, and the one before stays until a
             # newer one is on record, so a driver killed at any moment finds one to continue.
             # None at the end: nothing is left to continue after the last epoch (a class
@@ -235,6 +241,9 @@ def run_search(s: SearchSettings, trial_cls: type | None = None) -> SearchOutcom
                            deadline=start + budget if budget else None, num_classes=num_classes, costs=costs,
                            in_channels=channels)
         if remaining:
+            print(f"{s.extra.get('stage', 'search')} {s.name}: {remaining} trial(s) to run, {resources.concurrent} at "
+                  f"once, under {s.param_budget:,} params, ASHA to {s.max_epochs} epochs"
+                  + (f", for at most {s.time_budget}" if s.time_budget else "") + f" -> {s.folder}", flush=True)
             build_tuner(s, searcher, trainable, resources, remaining, table, costs).fit()
         wall = time.time() - start
         fix_rows(s.folder, searcher.settle(read_trials(s.folder))[1])

@@ -297,7 +297,9 @@ def build_parser(time_budget_help: str = "stop gracefully after this long, e.g. 
     g.add_argument("--max-failures", type=int,
                    help="restarts of a trial whose worker or node died, from its last checkpoint (default 2); "
                         "a trial that raises (out of memory, a bug) ends as errored and is not restarted")
-    g.add_argument("--verbose", type=int, choices=[0, 1, 2, 3], help="Ray's progress output (default 1)")
+    g.add_argument("--verbose", type=int, choices=[0, 1, 2, 3],
+                   help="0: the start, stall warnings and the summary; 1: and a progress line every 15 s (default); "
+                        "2 and 3: and Ray's own output, for debugging")
     g = p.add_argument_group("tracking")
     g.add_argument("--track", action="append", metavar="mlflow[=URI]|wandb",
                    help="log every trial to MLflow (default store runs/NAME/mlflow.db; =URI for a server) or W&B "
