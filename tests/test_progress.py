@@ -1,0 +1,50 @@
+"""What a user sees while a search runs: the tool's own progress line, not Ray's boxes."""
+
+import io
+import types
+
+from conftest import settings
+from search.tune.progress import Progress
+
+
+def rows():
+    return {
+        "a": {"trial_id": "a", "status": "completed", "best_val_acc": "0.41", "params": "151234"},
+        "b": {"trial_id": "b", "status": "stopped", "best_val_acc": "0.52", "params": "98000"},
+        "c": {"trial_id": "c", "status": "running", "best_val_acc": "", "params": "120000"},
+    }
+
+
+def test_the_progress_line_counts_trials_and_names_the_best():
+    out = io.StringIO()
+    progress = Progress(rows, lambda: 7, verbose=1, budget_s=600, interval_s=0, out=out)
+    progress.on_step_end(1, [types.SimpleNamespace(status="RUNNING")])
+    progress.on_step_end(2, [types.SimpleNamespace(status="RUNNING")])  # nothing new: not repeated
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("[search 0.0 of 10.0 min] 1 running, 1 completed, 1 stopped, 0 cut, 0 errored; "
+                               "7 rejected for the budget; best 0.5200 (trial b, 98k params)")
+
+
+def test_verbose_0_prints_no_progress_but_a_stall():
+    out = io.StringIO()
+    progress = Progress(rows, lambda: 423, verbose=0, interval_s=0, stall_s=0, out=out)
+    progress.on_step_end(1, [])
+    progress.on_step_end(2, [])  # a stall is said once, until the next launch
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1 and "waiting: no trial launched" in lines[0] and "423 configs rejected" in lines[0]
+    progress.on_trial_start(3, [], types.SimpleNamespace(trial_id="d"))
+    progress.on_step_end(4, [types.SimpleNamespace(status="RUNNING")])
+    assert len(out.getvalue().splitlines()) == 1  # running: no stall
+
+
+def test_a_quick_search_prints_a_screenful_not_hundreds_of_lines(ray_session, space_file, tmp_path, capfd):
+    from search.run import run_search
+
+    outcome = run_search(settings(tmp_path, space_file, trials=4, max_epochs=2, verbose=1))
+    printed = capfd.readouterr().out.splitlines()
+    assert any(line.startswith("search exp: 4 trial(s) to run") for line in printed)
+    assert any(line.startswith("[search ") and "best " in line for line in printed)
+    assert len(printed) < 30, "\n".join(printed)
+    assert not any("Trial status" in line or "Current best trial" in line for line in printed)
+    assert outcome.complete
