@@ -11,9 +11,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from analysis.front import front_table, reference_text
 from search.records import COST_COLUMN, Status
@@ -23,6 +25,31 @@ COST_LABEL = {"params": "trainable params", "macs": "MACs per image", "latency":
 MAIN_HYPERPARAMS = ["lr", "weight_decay", "batch_size", "warmup_epochs", "label_smoothing", "cutout", "dropout",
                     "params"]
 LOG_SCALE = {"lr", "weight_decay", "params"}
+CATEGORICAL = {"batch_size", "cutout"}  # a few values each: drawn as categories, not on a number line
+
+
+def count_text(value: float, _position: Any = None) -> str:
+    """An axis label for a count: 200000 -> '200k', 4918602 -> '4.92M'.
+
+    >>> count_text(200_000), count_text(4_918_602), count_text(950)
+    ('200k', '4.92M', '950')
+    """
+    if abs(value) >= 1e6:
+        return f"{value / 1e6:.3g}M"
+    if abs(value) >= 1e3:
+        return f"{value / 1e3:.3g}k"
+    return f"{value:.3g}"
+
+
+def _counts_axis(axis: Any) -> None:
+    """Tick labels of a params (or MACs) axis as 200k / 1.5M, not 200000 or 1e6."""
+    axis.set_major_formatter(FuncFormatter(count_text))
+    axis.set_minor_formatter(FuncFormatter(lambda value, pos: ""))  # log axes label minor ticks too: no smear
+
+
+def _integer_axis(axis: Any) -> None:
+    """Whole-number ticks (epochs, trial counts)."""
+    axis.set_major_locator(MaxNLocator(integer=True))
 
 
 def subplots(*grid: int, figsize: tuple[float, float], **kwargs: Any) -> tuple[Figure, Any]:
@@ -52,11 +79,14 @@ def learning_curves(table: pd.DataFrame, curves: pd.DataFrame, path: Path) -> Pa
         if trial_id == best_id:
             continue
         style = {"alpha": 0.25, "color": "grey"} if status != Status.COMPLETED else {"alpha": 0.7}
-        ax.plot(history["epoch"], history["val_acc"], linewidth=1, **style)
+        # Markers too: a trial stopped after one epoch is one point, which a line alone hides.
+        ax.plot(history["epoch"], history["val_acc"], linewidth=1, marker="o", markersize=3, **style)
     best = curves[curves["trial_id"] == best_id]
     if len(best):
-        ax.plot(best["epoch"], best["val_acc"], color="crimson", linewidth=2.5, label=f"best: {best_id}")
+        ax.plot(best["epoch"], best["val_acc"], color="crimson", linewidth=2.5, marker="o", markersize=4,
+                label=f"best: {best_id}")
         ax.legend(loc="lower right")
+    _integer_axis(ax.xaxis)
     ax.set_xlabel("epoch"), ax.set_ylabel("val_acc")
     ax.set_title("Learning curves (grey: stopped by ASHA or unfinished)")
     ax.grid(alpha=0.3)
@@ -74,12 +104,14 @@ def params_vs_accuracy(table: pd.DataFrame, budget: int, path: Path) -> Path:
         ax.scatter(group["params"], group["best_val_acc"], label=status, alpha=0.75)
     if len(points):
         front = front_table(points, "params")
-        ax.step(front["params"], front["best_val_acc"], where="post", color="black", linewidth=1.2,
-                label="Pareto front")
-    ax.axvline(budget, color="crimson", linestyle="--", label=f"budget {budget:,}")
+        # Steps with markers: a front of one trial is still drawn, as its legend entry says.
+        ax.plot(front["params"], front["best_val_acc"], drawstyle="steps-post", color="black", linewidth=1.2,
+                marker="D", markersize=5, label=f"Pareto front ({len(front)} trials)")
+    ax.axvline(budget, color="crimson", linestyle="--", label=f"budget {count_text(budget)}")
+    _counts_axis(ax.xaxis)
     ax.set_xlabel("trainable params"), ax.set_ylabel("best val_acc")
     ax.set_title("Size against accuracy")
-    ax.legend(loc="lower right"), ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8), ax.grid(alpha=0.3)
     return _save(fig, path)
 
 
@@ -105,11 +137,22 @@ def hyperparameters(table: pd.DataFrame, path: Path) -> Path:
     cols = 4
     rows = max(1, math.ceil(len(columns) / cols))
     fig, axes = subplots(rows, cols, figsize=(14, 3.2 * rows), squeeze=False)
+    jitter = np.random.default_rng(0)
     for ax, column in zip(axes.flat, columns):
         data = table.dropna(subset=[column, "best_val_acc"])
-        ax.scatter(data[column].astype(float), data["best_val_acc"], alpha=0.7, s=18)
-        if column in LOG_SCALE and (data[column].astype(float) > 0).all() and len(data):
-            ax.set_xscale("log")
+        values = data[column].astype(float)
+        if column in CATEGORICAL:  # one column of points per value, spread a little to show their number
+            levels = sorted(values.unique())
+            x = values.map({v: i for i, v in enumerate(levels)}) + jitter.uniform(-0.15, 0.15, len(values))
+            ax.scatter(x, data["best_val_acc"], alpha=0.7, s=18)
+            ax.set_xticks(range(len(levels)), [f"{v:g}" for v in levels])
+        else:
+            ax.scatter(values, data["best_val_acc"], alpha=0.7, s=18)
+            if column in LOG_SCALE and (values > 0).all() and len(data):
+                ax.set_xscale("log")
+            if column == "params":
+                _counts_axis(ax.xaxis)
+                ax.xaxis.set_major_locator(MaxNLocator(4))
         ax.set_xlabel(column), ax.set_ylabel("best val_acc"), ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(columns):]:
         ax.axis("off")
@@ -124,6 +167,7 @@ def rungs(table: pd.DataFrame, milestones: list[int], path: Path) -> Path:
     bars = ax.bar([str(m) for m in milestones], counts, color="darkseagreen")
     for bar, count in zip(bars, counts):
         ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), str(count), ha="center", va="bottom")
+    _integer_axis(ax.yaxis)
     ax.set_xlabel("epoch milestone (ASHA rung)"), ax.set_ylabel("trials that reached it")
     ax.set_title("ASHA rungs")
     return _save(fig, path)
@@ -139,6 +183,10 @@ def best_trial(curves: pd.DataFrame, trial_id: Any, path: Path) -> Path:
     right.plot(history["epoch"], history["train_acc"], label="train")
     right.plot(history["epoch"], history["val_acc"], label="val")
     right.set_xlabel("epoch"), right.set_ylabel("accuracy"), right.legend(), right.grid(alpha=0.3)
+    for ax in (left, right):
+        _integer_axis(ax.xaxis)
+        for line in ax.get_lines():  # a trial of one epoch is one point
+            line.set_marker("o"), line.set_markersize(3)
     fig.suptitle(f"Best trial {trial_id}")
     return _save(fig, path)
 
@@ -159,17 +207,20 @@ def front(table: pd.DataFrame, objective: str, budget: int, path: Path) -> Path:
     ax.scatter(points.loc[early, column], points.loc[early, "best_val_acc"], color="steelblue", alpha=0.25,
                label="stopped early by ASHA")
     members = front_table(points, objective)
-    ax.step(members[column], members["best_val_acc"], where="post", color="black", linewidth=1.2,
-            label=f"Pareto front ({len(members)} trials)")
+    ax.plot(members[column], members["best_val_acc"], drawstyle="steps-post", color="black", linewidth=1.2,
+            marker="D", markersize=5, label=f"Pareto front ({len(members)} trials)")
     at = members[members["knee"]]
     if len(at):
         ax.scatter(at[column], at["best_val_acc"], s=180, facecolors="none", edgecolors="crimson", linewidths=2,
                    label=f"knee: trial {at['trial_id'].iloc[0]}", zorder=5)
     if objective == "params":
-        ax.axvline(budget, color="crimson", linestyle="--", label=f"budget {budget:,}")
+        ax.axvline(budget, color="crimson", linestyle="--", label=f"budget {count_text(budget)}")
     ax.set_xscale("log"), ax.set_xlabel(COST_LABEL[objective] + " (log scale)"), ax.set_ylabel("best val_acc")
+    if objective in ("params", "macs"):
+        _counts_axis(ax.xaxis)
     ax.set_title(f"Pareto front: val_acc against {objective}")
-    ax.legend(loc="lower right"), ax.grid(alpha=0.3)
+    # Beside the axes, not over the points and lines.
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8), ax.grid(alpha=0.3)
     return _save(fig, path)
 
 
@@ -179,7 +230,8 @@ def hypervolume(curve: pd.DataFrame, objective: str, reference: float, path: Pat
     if curve.empty:
         _message(ax, "no epoch reported yet")
         return _save(fig, path)
-    ax.plot(curve["epochs"], curve["hypervolume"], color="crimson")
+    ax.plot(curve["epochs"], curve["hypervolume"], color="crimson", marker="o", markersize=3)
+    _integer_axis(ax.xaxis)
     ax.set_xlabel("epochs consumed (all trials)"), ax.set_ylabel("hypervolume")
     ax.set_title(f"Hypervolume; reference point: val_acc 0, {objective} {reference_text(reference)} "
                  "(cost scaled by it)")
