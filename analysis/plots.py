@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, MaxNLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
 from analysis.front import front_table, reference_text
 from search.records import COST_COLUMN, Status
@@ -41,15 +41,25 @@ def count_text(value: float, _position: Any = None) -> str:
     return f"{value:.3g}"
 
 
+def trials_text(count: int) -> str:
+    return f"{count} trial" + ("" if count == 1 else "s")
+
+
 def _counts_axis(axis: Any) -> None:
-    """Tick labels of a params (or MACs) axis as 200k / 1.5M, not 200000 or 1e6."""
+    """Tick labels of a params (or MACs) axis as 200k / 1.5M, not 200000 or 1e6; a log axis
+    gets ticks at 1, 2 and 5 of each decade (its decades alone can leave one label)."""
+    if axis.get_scale() == "log":
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     axis.set_major_formatter(FuncFormatter(count_text))
     axis.set_minor_formatter(FuncFormatter(lambda value, pos: ""))  # log axes label minor ticks too: no smear
 
 
-def _integer_axis(axis: Any) -> None:
-    """Whole-number ticks (epochs, trial counts)."""
-    axis.set_major_locator(MaxNLocator(integer=True))
+def _integer_axis(axis: Any, top: float | None = None) -> None:
+    """Whole-number ticks (epochs, trial counts); with `top`, the range 0.5..top + 0.5, so that
+    a run of one epoch still has a whole number under it."""
+    axis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    if top is not None and not math.isnan(top):
+        axis.axes.set_xlim(0.5, top + 0.5) if axis is axis.axes.xaxis else axis.axes.set_ylim(0.5, top + 0.5)
 
 
 def subplots(*grid: int, figsize: tuple[float, float], **kwargs: Any) -> tuple[Figure, Any]:
@@ -86,7 +96,7 @@ def learning_curves(table: pd.DataFrame, curves: pd.DataFrame, path: Path) -> Pa
         ax.plot(best["epoch"], best["val_acc"], color="crimson", linewidth=2.5, marker="o", markersize=4,
                 label=f"best: {best_id}")
         ax.legend(loc="lower right")
-    _integer_axis(ax.xaxis)
+    _integer_axis(ax.xaxis, float(curves["epoch"].max()) if len(curves) else None)
     ax.set_xlabel("epoch"), ax.set_ylabel("val_acc")
     ax.set_title("Learning curves (grey: stopped by ASHA or unfinished)")
     ax.grid(alpha=0.3)
@@ -106,7 +116,7 @@ def params_vs_accuracy(table: pd.DataFrame, budget: int, path: Path) -> Path:
         front = front_table(points, "params")
         # Steps with markers: a front of one trial is still drawn, as its legend entry says.
         ax.plot(front["params"], front["best_val_acc"], drawstyle="steps-post", color="black", linewidth=1.2,
-                marker="D", markersize=5, label=f"Pareto front ({len(front)} trials)")
+                marker="D", markersize=5, label=f"Pareto front ({trials_text(len(front))})")
     ax.axvline(budget, color="crimson", linestyle="--", label=f"budget {count_text(budget)}")
     _counts_axis(ax.xaxis)
     ax.set_xlabel("trainable params"), ax.set_ylabel("best val_acc")
@@ -184,7 +194,7 @@ def best_trial(curves: pd.DataFrame, trial_id: Any, path: Path) -> Path:
     right.plot(history["epoch"], history["val_acc"], label="val")
     right.set_xlabel("epoch"), right.set_ylabel("accuracy"), right.legend(), right.grid(alpha=0.3)
     for ax in (left, right):
-        _integer_axis(ax.xaxis)
+        _integer_axis(ax.xaxis, float(history["epoch"].max()) if len(history) else None)
         for line in ax.get_lines():  # a trial of one epoch is one point
             line.set_marker("o"), line.set_markersize(3)
     fig.suptitle(f"Best trial {trial_id}")
@@ -208,7 +218,7 @@ def front(table: pd.DataFrame, objective: str, budget: int, path: Path) -> Path:
                label="stopped early by ASHA")
     members = front_table(points, objective)
     ax.plot(members[column], members["best_val_acc"], drawstyle="steps-post", color="black", linewidth=1.2,
-            marker="D", markersize=5, label=f"Pareto front ({len(members)} trials)")
+            marker="D", markersize=5, label=f"Pareto front ({trials_text(len(members))})")
     at = members[members["knee"]]
     if len(at):
         ax.scatter(at[column], at["best_val_acc"], s=180, facecolors="none", edgecolors="crimson", linewidths=2,
