@@ -24,8 +24,10 @@ whether or not Ray was already started.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import io
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,17 +68,64 @@ def flags_to_argv(positionals: Sequence[Any], flags: dict[str, Any]) -> list[str
     return argv
 
 
+# Switches: on the command line a bare flag, here a keyword set to True.
+SWITCHES = {"resume", "force", "compile", "dry_run", "ema", "tta", "front"}
+
+
+def keyword_text(message: str) -> str:
+    """A command's message in this API's terms: `--max-epochs` as `max_epochs`, `--resume` as
+    `resume=True`, `--no-warm-start` as `warm_start=False`.
+
+    >>> keyword_text("experiment runs/x already exists; pass --resume to continue it")
+    'experiment runs/x already exists; pass resume=True to continue it'
+    >>> keyword_text("--grace-epochs (5) cannot exceed --max-epochs (3); or pass --no-warm-start")
+    'grace_epochs (5) cannot exceed max_epochs (3); or pass warm_start=False'
+    """
+    def keyword(match: re.Match) -> str:
+        name = match.group(1).replace("-", "_")
+        if name.startswith("no_"):
+            return f"{name[3:]}=False"
+        return f"{name}=True" if name in SWITCHES else name
+
+    return re.sub(r"(?<![\w-])--([a-z][a-z0-9-]*)", keyword, message)
+
+
+def _keywords(parse: Callable[[list[str]], Any]) -> list[str]:
+    """The keywords a command takes, from its own --help."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+        parse(["--help"])
+    return sorted({m.replace("-", "_") for m in re.findall(r"--([a-z][a-z0-9-]*)", out.getvalue())} - {"help"})
+
+
 def _parse(parse: Callable[[list[str]], Any], argv: list[str]) -> Any:
-    """Run a command's parser (or main); its one-line error becomes a UserError, not an exit."""
+    """Run a command's parser (or main); its one-line error becomes a UserError in keyword
+    terms (a misspelt keyword gets the nearest one), not an exit."""
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
             result = parse(argv)
     except SystemExit:
         lines = err.getvalue().strip().splitlines()
-        raise UserError(lines[-1].removeprefix("error: ") if lines else "invalid arguments") from None
+        message = lines[-1].removeprefix("error: ") if lines else "invalid arguments"
+        unknown = re.search(r"unrecognized arguments: --([a-z][a-z0-9-]*)", message)
+        if unknown:
+            name = unknown.group(1).replace("-", "_")
+            near = difflib.get_close_matches(name, _keywords(parse), n=1)
+            raise UserError(f"unknown keyword {name!r}" + (f"; did you mean {near[0]!r}?" if near else "")) from None
+        raise UserError(keyword_text(message)) from None
+    except UserError as exc:
+        raise UserError(keyword_text(str(exc))) from None
     sys.stderr.write(err.getvalue())  # warnings the command printed, passed on
     return result
+
+
+def _in_keywords(run: Callable[[], Any]) -> Any:
+    """Run a command's work; a UserError it raises speaks in keywords."""
+    try:
+        return run()
+    except UserError as exc:
+        raise UserError(keyword_text(str(exc))) from None
 
 
 @dataclass
@@ -101,7 +150,7 @@ def search(**flags: Any) -> SearchResult:
     from search.settings import build_parser, settings_from_parsed
 
     args = _parse(lambda argv: vars(build_parser().parse_args(argv)), flags_to_argv([], flags))
-    outcome = run_search(settings_from_parsed(args))
+    outcome = _in_keywords(lambda: run_search(settings_from_parsed(args)))
     return SearchResult(outcome.folder, outcome.complete, outcome.best, outcome.summary, outcome.counts)
 
 
@@ -132,8 +181,8 @@ def auto(**flags: Any) -> AutoResult:
     from search.auto import build_auto_parser, options_from_parsed, run_auto
 
     args = _parse(lambda argv: vars(build_auto_parser().parse_args(argv)), flags_to_argv([], flags))
-    settings, options = options_from_parsed(args)
-    record = run_auto(settings, options)
+    settings, options = _in_keywords(lambda: options_from_parsed(args))
+    record = _in_keywords(lambda: run_auto(settings, options))
     if record.get("dry_run"):
         raise UserError("dry_run=True only prints the plan; call without it to run")
     retrained = record["stages"]["retrain"]

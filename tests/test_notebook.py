@@ -22,15 +22,24 @@ def test_keyword_flags_are_the_command_lines_flags():
     assert settings.overrides == {"cutout": 16, "augment_policy": "trivialaugment"} and not settings.resume
 
 
-def test_a_bad_flag_raises_the_commands_error(tmp_path):
-    from search.api import search
+def test_a_bad_flag_raises_the_commands_error_in_keywords(tmp_path):
+    from search.api import predict, search
     from trainable.errors import UserError
 
-    with pytest.raises(UserError, match="unrecognized arguments: --max-epoch"):
+    with pytest.raises(UserError, match=r"unknown keyword 'max_epoch'; did you mean 'max_epochs'\?"):
         search(max_epoch=3, storage=str(tmp_path))
-    with pytest.raises(UserError, match="--trials must be positive"):
+    with pytest.raises(UserError, match=r"unknown keyword 'tt'; did you mean 'tta'\?"):
+        predict(tmp_path / "model", input="x.npy", tt=True)
+    with pytest.raises(UserError, match="^trials must be positive"):
         search(trials=0, gpus=0, dataset="synthetic", storage=str(tmp_path))
     assert not any(tmp_path.iterdir())
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("someone's files")
+    with pytest.raises(UserError, match="pass resume=True to continue it") as error:
+        search(name="taken", gpus=0, dataset="synthetic", storage=str(tmp_path))
+    assert "--" not in str(error.value)
+    assert [p.name for p in taken.iterdir()] == ["notes.txt"]
 
 
 STOPPED = textwrap.dedent('''
