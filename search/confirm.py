@@ -161,7 +161,8 @@ def stage_confirm(s: Any, pick: str, count: int, epochs: int, seconds: float, re
     space = s.folder / "confirm_candidates.json"
     if not resume or not space.exists():
         chosen = [{k: v for k, v in config.items() if k not in ("epochs", "seed")} for _, config, _ in entries]
-        write_json(space, {"candidates": chosen})
+        # `trial_ids`: the search's id of each candidate (its confirm trial gets an id of its own).
+        write_json(space, {"candidates": chosen, "trial_ids": [t for t, _, _ in entries]})
     confirm = SearchSettings(
         name="confirm", storage=str(s.folder), gpus=s.gpus, cpus=s.cpus, gpus_per_trial=s.gpus_per_trial,
         cpus_per_trial=s.cpus_per_trial, address=s.address, trials=len(entries), max_epochs=horizon,
@@ -178,7 +179,10 @@ def stage_confirm(s: Any, pick: str, count: int, epochs: int, seconds: float, re
     # Each confirm trial is one of the candidates: name it by the search trial it came from.
     by_config = {key(c): t for t, c, _ in entries}
     finished = {r["trial_id"] for r in read_trials(folder) if r["status"] == "completed"}
-    confirmed = [(by_config.get(key(c), t), v, t in finished) for t, c, v in ranked_configs(folder)]
+    ranked = ranked_configs(folder)
+    confirmed = [(by_config.get(key(c), t), v, t in finished) for t, c, v in ranked]
+    # Each confirm trial's id mapped back to the search trial (or "recipe") it trained again.
+    mapping = {t: by_config.get(key(c), t) for t, c, _ in ranked}
     ended = [t for t, _, done in confirmed if done]
     order = ended + [t for t, _, _ in entries if t not in ended]
     confirm_val = {t: v for t, v, done in confirmed if done}
@@ -188,4 +192,5 @@ def stage_confirm(s: Any, pick: str, count: int, epochs: int, seconds: float, re
         print(f"confirm: {len(ended)} of {len(entries)} candidates reached {horizon} epochs; only those are ranked "
               "on their figures", flush=True)
     return {**outcome, "confirm_order": order, "confirm_val_acc": confirm_val, "confirm_ended": ended,
+            "confirm_trial_ids": mapping,
             "kendall_tau": kendall_tau(search_order, order), "pick_changed": bool(order) and order[0] != search_order[0]}

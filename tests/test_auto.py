@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import BUDGET, kill_when, wait_until
+from conftest import BUDGET, kill_when, rows_of, wait_until
 from trainable.model import count_params
 
 TOY = ["--gpus", "0", "--dataset", "synthetic", "--subset", "400", "--max-epochs", "2", "--grace-epochs", "1",
@@ -56,6 +56,10 @@ def test_auto_goes_from_data_to_a_submission_within_its_deadline(auto_run):
     # The search's top 2 and the fixed recipe (scaled into the budget) compete at length.
     assert len(confirm["search_order"]) == 2
     assert sorted(confirm["confirm_order"]) == sorted(confirm["search_order"] + ["recipe"])
+    # Each confirm trial (an id of its own in confirm/trials.csv) maps back to what it trained again.
+    confirm_rows = {r["trial_id"] for r in rows_of(folder / "confirm")}
+    assert set(confirm["confirm_trial_ids"]) == confirm_rows
+    assert sorted(confirm["confirm_trial_ids"].values()) == sorted(confirm["confirm_order"])
     assert confirm["configs"]["recipe"]["augment_policy"] == "trivialaugment"
     retrained = record["stages"]["retrain"]
     assert retrained["trial_id"] == confirm["confirm_order"][0] and 1 <= retrained["epochs"] <= 300
