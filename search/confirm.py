@@ -134,7 +134,7 @@ def stage_confirm(s: Any, pick: str, count: int, epochs: int, seconds: float, re
     """Train the search's top `count` configs (by `pick`) and `recipe` for `epochs` epochs (fewer
     if the measured epoch times say they would not finish in `seconds`), then rank them."""
     from search.plan import ray_overhead
-    from search.records import read_trials
+    from search.records import config_from_row, read_trials
     from search.run import run_search
     from search.settings import SearchSettings
 
@@ -179,10 +179,9 @@ def stage_confirm(s: Any, pick: str, count: int, epochs: int, seconds: float, re
     # Each confirm trial is one of the candidates: name it by the search trial it came from.
     by_config = {key(c): t for t, c, _ in entries}
     finished = {r["trial_id"] for r in read_trials(folder) if r["status"] == "completed"}
-    ranked = ranked_configs(folder)
-    confirmed = [(by_config.get(key(c), t), v, t in finished) for t, c, v in ranked]
+    confirmed = [(by_config.get(key(c), t), v, t in finished) for t, c, v in ranked_configs(folder)]
     # Each confirm trial's id mapped back to the search trial (or "recipe") it trained again.
-    mapping = {t: by_config.get(key(c), t) for t, c, _ in ranked}
+    mapping = {r["trial_id"]: by_config.get(key(config_from_row(r)), r["trial_id"]) for r in read_trials(folder)}
     ended = [t for t, _, done in confirmed if done]
     order = ended + [t for t, _, _ in entries if t not in ended]
     confirm_val = {t: v for t, v, done in confirmed if done}
