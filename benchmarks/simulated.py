@@ -24,6 +24,9 @@ Methods, each on a seed stream of its own (none replays another's draws):
 
 Reported per method, mean over seeds: the share of random + FIFO's epochs each needed to reach
 random + FIFO's final best (at the horizon, scored without noise), and how many seeds reached it.
+A two-objective variant (the figure against the params of a config whose width follows x5,
+MO-ASHA at the rungs) scores each method by the hypervolume of its trials that reached the
+horizon, at the epochs random + FIFO used.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import optuna
 
 from trainable.checkpoint import write_json
 from trainable.cli import ArgumentParser, run_main
+from trainable.model import count_params
 
 WORKERS = 4
 HORIZON, GRACE, REDUCTION = 9, 1, 3
@@ -70,10 +74,10 @@ def hartmann(x: np.ndarray, fidelity: float) -> float:
 
 
 def space(trial: optuna.Trial) -> dict[str, Any]:
-    """Six coordinates (kept as Optuna parameters) behind a fixed tiny model config."""
-    for i in range(6):
-        trial.suggest_float(f"x{i}", 0.0, 1.0)
-    return {"blocks": [1, 1], "widths": [8, 8]}
+    """Six coordinates (kept as Optuna parameters) behind a tiny model config whose second
+    stage widens with x5: the cost a two-objective search trades against the figure."""
+    x = [trial.suggest_float(f"x{i}", 0.0, 1.0) for i in range(6)]
+    return {"blocks": [1, 1], "widths": [8, 8 + 8 * int(x[5] * 15)]}
 
 
 def sampler_for(method: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -87,38 +91,46 @@ def sampler_for(method: str, seed: int) -> optuna.samplers.BaseSampler:
     return LaunchedStartup(optuna.samplers.TPESampler(seed=stream, n_startup_trials=0), seed=stream)
 
 
-def simulate(method: str, seed: int, target: float | None = None, max_trials: int = MAX_TRIALS) -> dict[str, Any]:
-    """One search on the simulated clock; stops at `max_trials` launches or once its best at the
-    horizon reaches `target`. Returns its trace: (epochs used, best so far) at each new best."""
+def simulate(method: str, seed: int, target: float | None = None, max_trials: int = MAX_TRIALS,
+             pareto: bool = False, max_epochs: int | None = None) -> dict[str, Any]:
+    """One search on the simulated clock; stops at `max_trials` launches, after `max_epochs`
+    epochs, or once its best at the horizon reaches `target`. Returns its trace (epochs used,
+    best so far) and, `pareto`, the (figure, params) of every trial that reached the horizon."""
     from ray.tune.schedulers import TrialScheduler
 
-    from search.tune.rungs import RungScheduler
+    from search.records import milestones
+    from search.tune.costs import Costs
+    from search.tune.rung_model import RungModel
+    from search.tune.rungs import ParetoRungScheduler, RungScheduler
     from search.tune.searcher import BudgetedOptunaSearch
 
     rng = np.random.default_rng(seed * 100 + STREAMS[method] + 50)
     storage = optuna.storages.InMemoryStorage()
-    study = optuna.create_study(storage=storage, direction="maximize", sampler=sampler_for(method, seed))
+    directions = ["maximize", "minimize"] if pareto else ["maximize"]
+    study = optuna.create_study(storage=storage, directions=directions, sampler=sampler_for(method, seed))
     startup = None if method.startswith("random") else 10
+    costs = Costs("/nonexistent", 10, 32, "params") if pareto else None
     model = None
     if method == "rungs_asha":
-        from search.records import milestones
-        from search.tune.rung_model import RungModel
-
         rungs_at = [m for m in milestones(GRACE, HORIZON, REDUCTION) if m < HORIZON] + [HORIZON]
-        model = RungModel(space, rungs_at, ["maximize"], seed=seed * 100 + STREAMS[method])
+        model = RungModel(space, rungs_at, directions, seed=seed * 100 + STREAMS[method])
     searcher = BudgetedOptunaSearch(study, storage, space, 10**9, 10, {"epochs": HORIZON, "seed": 0}, HORIZON,
-                                    startup=startup, rung_model=model)
-    rungs = RungScheduler(HORIZON, GRACE, REDUCTION) if "asha" in method else None
+                                    startup=startup, costs=costs, rung_model=model)
+    rungs = None
+    if "asha" in method:
+        rungs = (ParetoRungScheduler(HORIZON, GRACE, REDUCTION, cost=costs.value) if pareto
+                 else RungScheduler(HORIZON, GRACE, REDUCTION))
     running: list[tuple[int, int, str, int]] = []  # (finish time, order, trial id, epoch)
     coords: dict[str, np.ndarray] = {}
+    configs: dict[str, dict[str, Any]] = {}
     launched = used = 0
-    best, trace = -np.inf, []
+    best, trace, finished = -np.inf, [], []
 
     def launch(now: int) -> None:
         nonlocal launched
         trial_id = f"t{launched}"
         launched += 1
-        searcher.suggest(trial_id)
+        configs[trial_id] = searcher.suggest(trial_id)
         frozen = study.get_trials(deepcopy=False)[searcher.numbers[trial_id]]
         coords[trial_id] = np.array([frozen.params[f"x{i}"] for i in range(6)])
         heapq.heappush(running, (now + 1, launched, trial_id, 1))
@@ -131,28 +143,31 @@ def simulate(method: str, seed: int, target: float | None = None, max_trials: in
         fidelity = epoch / HORIZON
         value = hartmann(coords[trial_id], fidelity) + rng.normal(0, NOISE * (1 - fidelity) + 0.005)
         result = {"epoch": epoch, "val_acc": value, "status": "ok"}
-        decision = (rungs.decide(trial_id, epoch, value) if rungs else
+        decision = (rungs.decide(trial_id, epoch, value, configs[trial_id]) if rungs else
                     TrialScheduler.STOP if epoch >= HORIZON else TrialScheduler.CONTINUE)
         if epoch < HORIZON and decision == TrialScheduler.CONTINUE:
             searcher.on_trial_result(trial_id, result)
             heapq.heappush(running, (now + 1, order, trial_id, epoch + 1))
-            continue
-        searcher.on_trial_complete(trial_id, result)
-        if epoch >= HORIZON:
-            true = hartmann(coords[trial_id], 1.0)  # scored without noise
-            if true > best:
-                best = true
-                trace.append((used, best))
-        if target is not None and best >= target:
+        else:
+            searcher.on_trial_complete(trial_id, result)
+            if epoch >= HORIZON:
+                true = hartmann(coords[trial_id], 1.0)  # scored without noise
+                finished.append((true, float(costs.value(configs[trial_id])) if pareto else 0.0))
+                if true > best:
+                    best = true
+                    trace.append((used, best))
+            if target is not None and best >= target:
+                break
+            if launched < max_trials and (max_epochs is None or used < max_epochs):
+                launch(now)
+        if max_epochs is not None and used >= max_epochs:
             break
-        if launched < max_trials:
-            launch(now)
     who: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
         name = t.user_attrs.get("proposed_by", "unknown")
         who[name] = who.get(name, 0) + 1
     return {"method": method, "seed": seed, "epochs": used, "launched": launched, "best": best, "trace": trace,
-            "proposed_by": who}
+            "proposed_by": who, "finished": finished}
 
 
 def epochs_to(trace: Sequence[tuple[int, float]], target: float) -> int | None:
@@ -192,14 +207,48 @@ def run(seeds: Sequence[int], out: Path, progress: Callable[[str], None] = print
     return result
 
 
+PARETO_METHODS = ("random_fifo", "random_asha", "tpe_asha_before", "tpe_asha", "rungs_asha")
+# The hypervolume's reference cost: a little above the widest config of `space`.
+REFERENCE_PARAMS = 1.1 * count_params({"blocks": [1, 1], "widths": [8, 128]})
+
+
+def run_pareto(seeds: Sequence[int], progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """The two-objective variant: (figure, params) with MO-ASHA; each method's hypervolume of
+    the trials that reached the horizon, at the epochs random + FIFO used."""
+    from search.pareto import hypervolume
+
+    rows = []
+    for seed in seeds:
+        fifo = simulate("random_fifo", seed, max_trials=FIFO_TRIALS, pareto=True)
+        budget = fifo["epochs"]
+        row = {"seed": seed, "epochs": budget}
+        for method in PARETO_METHODS:
+            result = fifo if method == "random_fifo" else simulate(method, seed, pareto=True, max_epochs=budget)
+            row[method] = hypervolume(result["finished"], REFERENCE_PARAMS)
+        rows.append(row)
+        progress(f"seed {seed} (two objectives): " + ", ".join(f"{m} {row[m]:.4f}" for m in PARETO_METHODS))
+    summary = {m: {"mean_hypervolume": float(np.mean([r[m] for r in rows])),
+                   "seeds_at_or_above_fifo": sum(r[m] >= r["random_fifo"] for r in rows), "seeds": len(rows)}
+               for m in PARETO_METHODS}
+    return {"summary": summary, "runs": rows}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m benchmarks.simulated", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="folder for results.json")
     parser.add_argument("--seeds", type=int, default=20, help="seeds 0..N-1 (default 20)")
     parser.add_argument("--quick", action="store_true", help="2 seeds: a smoke run, not a measurement")
+    parser.add_argument("--pareto-seeds", type=int, default=10,
+                        help="seeds of the two-objective variant (default 10; 0 skips it)")
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     result = run(range(2 if args.quick else args.seeds), Path(args.out))
+    if args.pareto_seeds:
+        result["pareto"] = run_pareto(range(1 if args.quick else args.pareto_seeds))
+        write_json(Path(args.out) / "results.json", result)
+        for method, figures in result["pareto"]["summary"].items():
+            print(f"{method} (two objectives): mean hypervolume {figures['mean_hypervolume']:.4f}, at or above "
+                  f"random + FIFO's on {figures['seeds_at_or_above_fifo']} of {figures['seeds']} seeds")
     for method, figures in result["summary"].items():
         print(f"{method}: mean {figures['mean_share']:.2f} of random + FIFO's epochs to its final best "
               f"(median {figures['median_share']:.2f}; reached on {figures['reached']} of {figures['seeds']} seeds)")

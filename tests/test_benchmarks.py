@@ -76,3 +76,15 @@ def test_the_proof_ends_at_its_deadline_and_keeps_what_it_measured(tmp_path):
     assert proof["deadline_hit"] and not proof["complete"] and proof["running_step"]
     assert "data_pipeline" in proof["steps"]  # the steps done before the deadline are kept
     assert "deadline reached" in proc.stdout
+
+
+def test_the_simulated_benchmark_drives_the_real_searcher_and_rung_rules():
+    from benchmarks.simulated import HORIZON, METHODS, simulate
+
+    runs = {method: simulate(method, 0, max_trials=30) for method in METHODS}
+    assert runs["random_fifo"]["epochs"] == 30 * HORIZON  # every trial to the horizon
+    assert all(runs[m]["epochs"] < 30 * HORIZON for m in METHODS[1:])  # ASHA stopped some
+    assert runs["tpe_asha"]["proposed_by"] == {"startup": 10, "tpe": 20}
+    assert any(who.startswith("rung_") for who in runs["rungs_asha"]["proposed_by"])
+    pareto = simulate("rungs_asha", 1, max_trials=30, pareto=True)
+    assert pareto["finished"] and len({cost for _, cost in pareto["finished"]}) > 1  # the cost varies
