@@ -52,6 +52,7 @@ from trainable.cli import parse_duration, run_main  # noqa: E402
 from trainable.errors import UserError  # noqa: E402
 
 MAX_RETRAIN_EPOCHS = 300  # the retrain trains to its time; this caps it on a fast machine
+MIN_DEADLINE_S = 10.0  # under this nothing useful fits: the retrain alone loads data and builds a model
 
 
 @dataclass
@@ -225,7 +226,11 @@ def run_auto(s: SearchSettings, a: AutoSettings, started: float | None = None) -
     startup = time.time() - started
     print(plan.describe(), flush=True)
     print(f"start-up (data, Ray, timings) took {startup:.0f} s; the deadline counts from here", flush=True)
+    # A few epochs and the prediction; a plan with a search also starts Ray twice (search, confirm).
     minimum = plan.epoch_s_estimate / (1 - s.val_fraction) * 3 + plan.seconds["predict"]
+    if plan.mode == "search":
+        minimum += 2 * ray_overhead(s.address)
+    minimum = max(minimum, MIN_DEADLINE_S)
     if total < minimum:
         raise UserError(f"--time-budget {s.time_budget} is too short for a few epochs and a prediction here: "
                         f"give at least {minimum / 60:.1f} min ({minimum:.0f} s)")

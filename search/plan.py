@@ -285,7 +285,7 @@ def make_plan(s: Any, a: Any, total: float, concurrent: int, epoch_s: float, gpu
 
 
 def planned_concurrency(s: Any) -> tuple[int, int]:
-    """(GPUs, trials at once) the search will use, as `search.run.plan_resources` will set them."""
+    """(GPUs, trials at once) the search will use, as `search.tune.resources.plan_resources` will set them."""
     from search.tune.resources import check_gpus, plan_resources, ray_session, resources_for
 
     if s.address:

@@ -4,7 +4,8 @@
     python -m search.run --gpus 0 --dataset synthetic --trials 6 --max-epochs 3 --subset 500
 
 Optuna (TPE, define-by-run) proposes configs; each is counted exactly before it can become
-a Ray Tune trial, and those at or over --param-budget are told to Optuna as infeasible and
+a Ray Tune trial. The built-in space solves its widths into --param-budget; a --space that
+names its widths may propose configs over it, which are told to Optuna as infeasible and
 never run. ASHA stops weak trials at its rungs. Everything lands in --storage/--name.
 
 With --minimize params|macs|latency the search is a Pareto search: the study trades
@@ -32,6 +33,7 @@ from trainable.errors import UserError
 if TYPE_CHECKING:
     from search.tune.costs import Costs
     from search.tune.searcher import BudgetedOptunaSearch
+
 
 @dataclass
 class SearchOutcome:
