@@ -170,7 +170,7 @@ def predict_labels(folder: Path, images: torch.Tensor, tta: bool = False, use_em
     std = torch.tensor(info["std"], device=device, dtype=torch.float32).view(1, -1, 1, 1)
     # Only the views the training augmentation covered (no mirror for a model trained without flips).
     views = tta_views(info["config"]) if tta else None
-    return predict_logits(model, images, mean, std, views, device).argmax(1).cpu()
+    return predict_logits(model, images, mean, std, views, device, progress="predict").argmax(1).cpu()
 
 
 def write_submission(path: Path, ids: Sequence[Any], labels: Sequence[int]) -> None:

@@ -150,3 +150,20 @@ def test_train_cli_bad_input(tmp_path, tiny_config, cli, case):
     assert code == 2
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_a_long_pass_says_how_far_it_is_and_a_short_one_says_nothing():
+    import io
+
+    from trainable.progress import Steps
+
+    out = io.StringIO()  # not a terminal: lines, not a bar
+    with Steps(1000, "predict", delay_s=0.0, every_s=0.0, out=out) as steps:
+        steps.update(250)
+        steps.update(750)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("predict: 250 of 1,000 images") and lines[-1].startswith("predict: 1,000 of 1,000")
+    quiet = io.StringIO()
+    with Steps(1000, "predict", out=quiet) as steps:  # done well within its 2 s delay
+        steps.update(1000)
+    assert quiet.getvalue() == ""

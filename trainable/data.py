@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from trainable.errors import DataError
+from trainable.progress import Steps
 
 # The sets torchvision downloads: its class, how its split is named, the layout of its
 # arrays, and what a user copies into --data-dir where there is no internet.
@@ -168,8 +169,12 @@ def _decode_split(root: Path) -> tuple[list[np.ndarray], list[int], list[str]]:
     except (FileNotFoundError, RuntimeError) as exc:
         raise DataError(f"cannot read images in {root}: {exc}") from None
     paths = [path for path, _ in folder.samples]
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        images = list(pool.map(_decode, paths))
+    images = []
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool, \
+            Steps(len(paths), f"decoding {root.name}/ (cached after the first time)") as steps:
+        for image in pool.map(_decode, paths):
+            images.append(image)
+            steps.update()
     shapes = {image.shape[:2] for image in images}
     if len(shapes) > 1:
         first = images[0].shape[:2]

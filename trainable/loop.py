@@ -78,15 +78,20 @@ def predict_logits(
     std: torch.Tensor,
     views: list[tuple[int, int, bool]] | None = None,
     device: torch.device | None = None,
+    progress: str | None = None,
 ) -> torch.Tensor:
     """Float32 logits of uint8 images (N, 3, H, W), in big batches, averaged over TTA `views`
-    ((dy, dx, mirrored) each; `trainable.augment.tta_views`) or of the images alone."""
+    ((dy, dx, mirrored) each; `trainable.augment.tta_views`) or of the images alone. With a
+    `progress` label, a long pass shows its progress (`trainable.progress.Steps`)."""
+    from trainable.progress import Steps
+
     device = device or mean.device
     model.eval()
     on_cuda = device.type == "cuda"
     views = views or [(0, 0, False)]
     out = []
     size = EVAL_BATCH.get(device.type, 128)
+    steps = Steps(len(images), progress, delay_s=2.0) if progress else None
     for start in range(0, len(images), size):
         batch = images[start:start + size].to(device)
         total = None
@@ -98,6 +103,10 @@ def predict_logits(
                 logits = model(x).float()
             total = logits if total is None else total + logits
         out.append(total / len(views))
+        if steps is not None:
+            steps.update(len(batch))
+    if steps is not None:
+        steps.close()
     return torch.cat(out) if out else torch.zeros(0)
 
 
@@ -425,11 +434,12 @@ class Trainer:
         return {"train_loss": total_loss.item() / seen, "train_acc": correct.item() / seen}
 
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor, tta: bool = False,
-                 use_ema: bool = False) -> dict[str, float]:
-        """Loss and accuracy on uint8 images (no training augmentation), in big batches."""
+                 use_ema: bool = False, progress: str | None = None) -> dict[str, float]:
+        """Loss and accuracy on uint8 images (no training augmentation), in big batches (a
+        `progress` label shows a long pass's progress)."""
         model = self.ema.module if use_ema and self.ema is not None else self.model
         views = tta_views(self.config) if tta else None
-        logits = predict_logits(model, images, self.data.mean, self.data.std, views, self.device)
+        logits = predict_logits(model, images, self.data.mean, self.data.std, views, self.device, progress)
         labels = labels.to(self.device)
         loss = F.cross_entropy(logits, labels).item() if len(labels) else float("nan")
         return {"loss": loss, "acc": (logits.argmax(1) == labels).float().mean().item()}

@@ -151,14 +151,15 @@ def train_to_folder(
         # without TTA: on 2 CPU cores each pass over 10,000 images took about 11 s, so the
         # four figures with TTA would cost a 6-minute deadline 2.5 minutes of training.
         key = "test_acc_ema" if trainer.ema is not None else "test_acc"
-        final[key] = trainer.evaluate(images, labels, use_ema=trainer.ema is not None)["acc"]
+        final[key] = trainer.evaluate(images, labels, use_ema=trainer.ema is not None, progress="test pass")["acc"]
     else:
-        plain = trainer.evaluate(images, labels)
+        plain = trainer.evaluate(images, labels, progress="test pass")
         final = {"test_acc": plain["acc"], "test_loss": plain["loss"],
-                 "test_acc_tta": trainer.evaluate(images, labels, tta=True)["acc"]}
+                 "test_acc_tta": trainer.evaluate(images, labels, tta=True, progress="test pass")["acc"]}
         if trainer.ema is not None:
-            final["test_acc_ema"] = trainer.evaluate(images, labels, use_ema=True)["acc"]
-            final["test_acc_ema_tta"] = trainer.evaluate(images, labels, tta=True, use_ema=True)["acc"]
+            final["test_acc_ema"] = trainer.evaluate(images, labels, use_ema=True, progress="test pass")["acc"]
+            final["test_acc_ema_tta"] = trainer.evaluate(images, labels, tta=True, use_ema=True,
+                                                         progress="test pass")["acc"]
     if trainer.ema is not None:
         save_checkpoint(out / "weights_ema.pt", trainer.ema.module.state_dict())
     save_checkpoint(out / "weights.pt", trainer.model.state_dict())
