@@ -28,6 +28,7 @@ from trainable.augment import augment_batch, batch_augmentation, make_mixer, nor
 from trainable.config import with_defaults
 from trainable.data import DeviceData
 from trainable.model import build_model, count_params
+from trainable.progress import Steps
 
 # Big batches under inference_mode on a GPU; on a CPU a batch that stays in cache is faster
 # (measured on 2 cores, ResNet-14 at 175k params: 1,574 img/s at 128, 802 at 1,024).
@@ -83,7 +84,6 @@ def predict_logits(
     """Float32 logits of uint8 images (N, 3, H, W), in big batches, averaged over TTA `views`
     ((dy, dx, mirrored) each; `trainable.augment.tta_views`) or of the images alone. With a
     `progress` label, a long pass shows its progress (`trainable.progress.Steps`)."""
-    from trainable.progress import Steps
 
     device = device or mean.device
     model.eval()
