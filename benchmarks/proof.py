@@ -9,7 +9,8 @@ that holds compile time included (a measurement starts only if the last one's ti
 fits; compiled runs go in a child process killed at the cap), and the whole command under
 a hard deadline (--deadline, default 9 minutes): proof.json is rewritten after every step,
 and at the deadline a watchdog writes what there is, ends every child and exits. A GPU loan
-is short: the proof can be cut short, never hang. Writes DIR/proof.json and DIR/proof.md.
+is short: the proof can be cut short, never hang (`benchmarks.harness` holds that machinery:
+steps under caps, the watchdog, child processes). Writes DIR/proof.json and DIR/proof.md.
 
 1. data pipeline: crop + flip + cutout, and TrivialAugment, on the device against
    torchvision's per-image transforms in a warmed-up DataLoader (16 persistent workers);
@@ -43,6 +44,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from benchmarks.harness import Budget, Steps, Watchdog, end_children, spawn
 from trainable.checkpoint import write_json, write_text
 from trainable.cli import ArgumentParser, run_main
 from trainable.data import Dataset, DeviceData, load_imagefolder, make_synthetic, to_device
@@ -64,8 +66,6 @@ ASHA_EPOCHS_PER_TRIAL = 2 + (6 - 2) / 3 + (18 - 6) / 9 + (20 - 18) / 27
 PUBLISHED = {"airbench94": "94.01% in 3.29 s (A100), about 1.97M params",
              "airbench95": "95.01% in 10.4 s (A100), about 4.6M params",
              "airbench96": "96.05% in 46.3 s (A100), about 9.9M params: above this tool's 5M budget"}
-# Children (packing trials, compiled measurements) that must not outlive the proof.
-CHILDREN: list[Any] = []
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -79,17 +79,6 @@ def subset(dataset: Dataset, n: int) -> Dataset:
     from benchmarks.common import stratified
 
     return stratified(dataset, n)
-
-
-def end_children() -> None:
-    """Terminate (then kill) every child process the proof started that is still alive."""
-    for proc in list(CHILDREN):
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.kill()
-        CHILDREN.remove(proc)
 
 
 def epoch_rate(config: dict[str, Any], data: DeviceData, dev: torch.device, *, fast: bool = True,
@@ -147,20 +136,11 @@ def _save_arrays(dataset: Dataset, n: int, path: Path) -> Path:
     return path
 
 
-def _spawn(target: Any, args: tuple) -> Any:
-    """A daemon child process (spawned: CUDA cannot be shared through fork), registered so
-    that `end_children` can stop it whatever happens."""
-    proc = multiprocessing.get_context("spawn").Process(target=target, args=args, daemon=True)
-    proc.start()
-    CHILDREN.append(proc)
-    return proc
-
-
 def in_child(config: dict[str, Any], arrays: Path, n: int, dev: torch.device, seconds: float,
              **kwargs: Any) -> dict[str, Any]:
     """`epoch_rate` in a child process, ended if it has not reported within `seconds`."""
     queue = multiprocessing.get_context("spawn").Queue()
-    proc = _spawn(_child_rate, (config, str(arrays), n, str(dev), kwargs, queue))
+    proc = spawn(_child_rate, (config, str(arrays), n, str(dev), kwargs, queue))
     deadline = time.perf_counter() + seconds
     try:
         while time.perf_counter() < deadline:
@@ -172,61 +152,6 @@ def in_child(config: dict[str, Any], arrays: Path, n: int, dev: torch.device, se
         return {"skipped": f"not done within the {seconds:.0f} s left of the cap (compilation included)"}
     finally:
         end_children()
-
-
-class Steps:
-    """Runs each step under its own cap; a failure or a cap is reported, never fatal.
-
-    After each step proof.json is rewritten with everything so far (`on_step`), so a proof
-    cut short by its deadline, or killed, keeps every finished step.
-    """
-
-    def __init__(self, on_step: Callable[[dict[str, Any]], None] | None = None) -> None:
-        self.results: dict[str, Any] = {}
-        self.running: str | None = None
-        self.on_step = on_step
-
-    def run(self, name: str, cap: float, fn: Callable[[float], dict[str, Any]]) -> None:
-        print(f"== {name} (cap {cap:.0f} s)", flush=True)
-        self.running = name
-        start = time.perf_counter()
-        try:
-            result = fn(cap)
-        except Exception as exc:  # a proof reports what failed and goes on to the next step
-            result = {"skipped": f"{type(exc).__name__}: {str(exc)[:300]}"}
-        finally:
-            end_children()
-        result["step_seconds"] = round(time.perf_counter() - start, 1)
-        result["within_cap"] = result["step_seconds"] <= cap
-        self.results[name] = result
-        self.running = None
-        for key, value in result.items():
-            print(f"  {key}: {value}", flush=True)
-        if self.on_step:
-            self.on_step(self.results)
-
-
-class Budget:
-    """A step's cap: a measurement starts only if one like the last still fits before it."""
-
-    def __init__(self, cap: float, margin: float = 1.3):
-        self.cap, self.margin = cap, margin
-        self.start = time.perf_counter()
-        self.last = 0.0
-
-    def left(self) -> float:
-        return self.cap - (time.perf_counter() - self.start)
-
-    def fits(self, estimate: float | None = None) -> bool:
-        return self.left() > self.margin * (self.last if estimate is None else estimate)
-
-    def measure(self, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        if not self.fits():
-            return {"skipped": f"would not fit in the {self.left():.0f} s left of the cap"}
-        start = time.perf_counter()
-        result = fn()
-        self.last = time.perf_counter() - start
-        return result
 
 
 # ----------------------------------------------------------------------------- the steps
@@ -344,7 +269,7 @@ def pack(k: int, config: dict[str, Any], arrays: Path, n: int, epochs: int, dev:
     start, warm, done, queue = context.Barrier(k), context.Barrier(k), context.Barrier(k + 1), context.Queue()
     before = _device_used_mb(dev)
     threads = max(1, (os.cpu_count() or 1) // k)
-    procs = [_spawn(_packed_trial, (i, config, str(arrays), n, epochs, str(dev), threads, start, warm, done, queue))
+    procs = [spawn(_packed_trial, (i, config, str(arrays), n, epochs, str(dev), threads, start, warm, done, queue))
              for i in range(k)]
     reports: list[dict[str, Any]] = []
     deadline = time.perf_counter() + seconds
@@ -570,23 +495,6 @@ def describe_device(dev: torch.device) -> str:
     if dev.type == "cuda":
         return torch.cuda.get_device_name(0)
     return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-
-
-class Watchdog:
-    """Ends the proof at its hard deadline, whatever it is doing: writes what it has (the
-    step that was running named), ends every child process, and exits (code 3)."""
-
-    def __init__(self, seconds: float, write: Callable[[dict[str, Any]], None], steps: "Steps"):
-        self.write, self.steps = write, steps
-        self.timer = threading.Timer(seconds, self.fire)
-        self.timer.daemon = True
-
-    def fire(self) -> None:
-        self.write({"deadline_hit": True, "running_step": self.steps.running})
-        print(f"\nproof deadline reached during {self.steps.running or 'start-up'}: wrote what was measured",
-              flush=True)
-        end_children()
-        os._exit(3)
 
 
 STEPS = ("data_pipeline", "training_step", "trial_packing", "accuracy_in_time", "correctness")

@@ -63,7 +63,7 @@ def test_a_packing_child_that_dies_cannot_hang_the_proof(tmp_path, cli, monkeypa
     packing = proof["steps"]["trial_packing"]
     assert all("died before reporting" in packing[f"trials_{k}"]["skipped"] for k in (1, 2)), packing
     assert proof["complete"] and "test_acc" in proof["steps"]["accuracy_in_time"]  # the proof went on
-    assert not benchmarks.proof.CHILDREN
+    assert not benchmarks.harness.CHILDREN
 
 
 def test_the_proof_ends_at_its_deadline_and_keeps_what_it_measured(tmp_path):
