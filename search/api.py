@@ -165,7 +165,7 @@ class AutoResult:
     record: dict[str, Any]
 
     def __repr__(self) -> str:
-        from search.auto import total_seconds
+        from search.ledger import total_seconds
 
         stages = self.record["stages"]
         used = sum(st.get("used_s", 0.0) for st in stages.values())

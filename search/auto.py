@@ -44,7 +44,7 @@ from typing import Any, Sequence
 IMPORTED = time.time()  # the command's start-up counts from here
 
 from search.confirm import RECIPE_ID, parse_pick, stage_confirm  # noqa: E402
-from search.ledger import Record  # noqa: E402
+from search.ledger import Record, total_seconds  # noqa: E402
 from search.plan import (PREDICT_MARGIN, STAGES, Plan, epoch_seconds, make_plan,  # noqa: E402
                          planned_concurrency, predict_seconds, probe_epoch_seconds, ray_overhead, sized_recipe)
 from search.settings import SearchSettings, build_parser, settings_from_parsed  # noqa: E402
@@ -297,12 +297,6 @@ def run_auto(s: SearchSettings, a: AutoSettings, started: float | None = None) -
     finally:
         record.close()
     return record.data
-
-
-def total_seconds(record: dict[str, Any]) -> tuple[float, float]:
-    """(wall seconds of every run of the command, start-up seconds among them) from auto.json."""
-    runs = record.get("runs", [])
-    return sum(r["wall_s"] for r in runs), sum(r["startup_s"] for r in runs)
 
 
 def summary(result: dict[str, Any], folder: Path) -> str:

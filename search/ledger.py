@@ -71,3 +71,9 @@ class Record:
     def close(self) -> None:
         self.stop.set()
         self.save()
+
+
+def total_seconds(record: dict[str, Any]) -> tuple[float, float]:
+    """(wall seconds of every run of the command, start-up seconds among them) from auto.json."""
+    runs = record.get("runs", [])
+    return sum(r["wall_s"] for r in runs), sum(r["startup_s"] for r in runs)
