@@ -3,7 +3,9 @@ trials on its own random stream, the learning rate modelled with the rest, warm-
 follows the horizon, and old studies that resume with the space they were made with."""
 
 import json
+import shutil
 import statistics
+import types
 
 import optuna
 import pytest
@@ -150,9 +152,17 @@ def test_a_resumed_start_up_does_not_replay_its_draws():
 
 
 # ----------------------------------------------------------------------------- versions
-def test_a_study_made_with_the_first_space_resumes_with_it(ray_session, tmp_path):
-    first = run_search(settings(tmp_path, None, name="old", space=None, trials=2, max_epochs=1, grace_epochs=1,
-                                param_budget=500_000, warm_start=False, extra={"space_version": 1}))
+@pytest.fixture(scope="module")
+def first_space_search(ray_session, tmp_path_factory):
+    """A search made with version 1 of the built-in space (two trials of one epoch)."""
+    tmp = tmp_path_factory.mktemp("v1")
+    return run_search(settings(tmp, None, name="v1", space=None, trials=2, max_epochs=1, grace_epochs=1,
+                               param_budget=500_000, warm_start=False, extra={"space_version": 1})).folder
+
+
+def test_a_study_made_with_the_first_space_resumes_with_it(first_space_search, tmp_path):
+    shutil.copytree(first_space_search, tmp_path / "old")
+    first = types.SimpleNamespace(folder=tmp_path / "old")
     saved = json.loads((first.folder / "settings.json").read_text())
     assert saved["space_version"] == 1
     del saved["space_version"]  # as an experiment made before versions were recorded
@@ -171,9 +181,8 @@ def test_a_study_made_with_the_first_space_resumes_with_it(ray_session, tmp_path
             next(r["widths"] for r in rows if r["trial_id"] == trial.user_attrs["ray_trial_id"]))
 
 
-def test_warm_from_the_first_space_queues_configs_in_the_new_terms(ray_session, tmp_path):
-    old = run_search(settings(tmp_path, None, name="v1", space=None, trials=2, max_epochs=1, grace_epochs=1,
-                              param_budget=500_000, warm_start=False, extra={"space_version": 1}))
+def test_warm_from_the_first_space_queues_configs_in_the_new_terms(first_space_search, tmp_path):
+    old = types.SimpleNamespace(folder=first_space_search)
     s = prepare_folder(settings(tmp_path, None, name="v2", space=None, trials=2, max_epochs=1,
                                 param_budget=500_000, warm_from=str(old.folder)))
     searcher = build_searcher(s, 10)
