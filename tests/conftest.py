@@ -19,8 +19,10 @@ TINY = {"blocks": [1, 1], "widths": [8, 16], "epochs": 2, "batch_size": 32, "war
 
 # The suite's two tiers: `pytest -m "not slow"` runs the fast one (no Ray cluster, no
 # subprocess, no run of a command against a deadline). A test is slow when it needs Ray (its
-# fixtures say so) or is marked `@pytest.mark.slow` (a subprocess, or a command run to a deadline).
+# fixtures say so), starts a process or a kernel (its code says so), or is marked
+# `@pytest.mark.slow` (a command run to a deadline).
 SLOW_FIXTURES = {"ray_cluster", "ray_session", "finished_search", "cpu_hogs"}
+SLOW_CALLS = ("subprocess.", "nbclient")
 
 
 def pytest_configure(config):
@@ -28,8 +30,14 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
+    import inspect
+
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        try:
+            source = inspect.getsource(item.function)
+        except (AttributeError, OSError, TypeError):  # doctests have no function
+            source = ""
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or any(call in source for call in SLOW_CALLS):
             item.add_marker(pytest.mark.slow)
 
 
