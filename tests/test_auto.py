@@ -312,6 +312,7 @@ def test_the_plan_respects_trials_and_the_horizon_follows_the_deadline():
     assert shorter.max_epochs < make_plan(s, a, 120 * 60, 2, 8.0, 0, predict_s=20, retrain_epoch_s=3.0).max_epochs
 
 
+@pytest.mark.slow  # a command run to its deadline
 def test_a_deadline_too_short_to_search_trains_the_fixed_recipe_for_all_of_it(tmp_path, cli, monkeypatch):
     """A deadline that holds fewer than SEARCH_PAYS_EPOCHS epochs of the middle config: no
     search and no confirm stage (no Ray at all), the fixed recipe in the budget trained to the

@@ -23,6 +23,7 @@ def run_to_budget(seconds: float, tail_s: float = 0.0, on_start=None) -> tuple[T
     return trainer, history, time.perf_counter() - start
 
 
+@pytest.mark.slow  # runs against a clock
 def test_a_time_budget_ends_on_time_and_annealed():
     trainer, history, wall = run_to_budget(6.0, tail_s=1.0)
     # The tail is kept back: training ends near 5 s, never after 6.
@@ -80,6 +81,7 @@ def test_retrain_time_budget_from_the_command_line(tmp_path, cli, cpu_hogs):
     assert "test_acc_ema_mean" in metrics and "(at most 500 epochs)" in out
 
 
+@pytest.mark.slow  # runs against a clock
 def test_a_resumed_time_budget_counts_the_time_used_before(tmp_path):
     """A run stopped after part of its time continues with what the checkpoint says it used:
     its schedule goes on from there, it does not start over."""
