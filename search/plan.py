@@ -40,10 +40,11 @@ STAGES = ("search", "confirm", "retrain", "predict")
 # gets the time. At 150, a search plan still leaves its retrain 75 epochs, where the known
 # recipes' curves have flattened (README, benchmark 11 measures the split on 3,000 images).
 SEARCH_PAYS_EPOCHS = 150
-# The fixed recipe's size under a short deadline: on 3,000 CIFAR-10 images and 5 minutes here,
-# the deadline recipe at 175k params trained 56 epochs (0.669 test accuracy), at 95k 84
-# epochs (0.680), at 44k 117 epochs (0.671). A model that trains fewer than RECIPE_EPOCHS
-# epochs in the time is halved, down to a quarter of the budget.
+# The fixed recipe's size under a short deadline: on 3,000 CIFAR-10 images and 5 minutes here
+# (one seed), the deadline recipe at 175k params trained 63 epochs (0.673 test accuracy), at
+# 95k 84 epochs (0.680), at 44k 117 epochs (0.671). Fewer than ~80 epochs is where the
+# epochs, not the width, limit it: a model that would train fewer than RECIPE_EPOCHS epochs
+# in the time is halved, down to a quarter of the budget.
 RECIPE_EPOCHS = 80
 MIN_RECIPE_FILL = 0.25
 RETRAIN_SHARE = 0.5  # of the time after the predict stage: the final model's epochs pay most
