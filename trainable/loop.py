@@ -246,6 +246,9 @@ class Trainer:
                  ema_decay: float | None = None, fast_path: bool = True, time_budget: TimeBudget | None = None):
         self.config = cfg = with_defaults(config)  # validated where it entered
         self.data = data
+        # A label turns on progress lines within an epoch that runs long (a retrain on a CPU);
+        # trials leave it off.
+        self.progress_label: str | None = None
         self.device = data.device
         self.on_cuda = self.device.type == "cuda"
         # bf16 autocast + channels_last on CUDA; fast_path=False is the fp32 NCHW baseline the
@@ -407,6 +410,8 @@ class Trainer:
         total_loss = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
         seen = 0
+        steps = (Steps(self.steps_per_epoch * self.batch_size, self.progress_label, delay_s=20.0, every_s=30.0)
+                 if self.progress_label else None)
         for index in range(self.steps_per_epoch):
             if self.time_budget is not None and self.progress >= 1.0:
                 break  # the time is spent: the last epoch is a partial one
@@ -430,6 +435,10 @@ class Trainer:
             seen += len(batch)
             self.step += 1
             self._advance()
+            if steps is not None:
+                steps.update(len(batch))
+        if steps is not None:
+            steps.close()
         seen = max(seen, 1)
         return {"train_loss": total_loss.item() / seen, "train_acc": correct.item() / seen}
 

@@ -134,6 +134,7 @@ def train_to_folder(
     loaded = spec.load(download=False)
     data = spec.to_device(loaded, device or default_device())
     trainer = Trainer(cfg, data, compile_model=compile_model, ema_decay=ema_decay)
+    trainer.progress_label = "epoch in progress"  # lines within an epoch only when it runs long
     if time_budget_s is not None:
         test_s = test_pass_seconds(trainer, loaded.test_images)
         left = time_budget_s - (time.perf_counter() - called)
