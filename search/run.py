@@ -62,19 +62,12 @@ def build_searcher(s: SearchSettings, num_classes: int, costs: "Costs | None" = 
     """The searcher over this experiment's Optuna study: created, or reloaded to resume."""
     import optuna
 
-    from search.tune.budget import check_space_fits
     from search.records import optuna_url, read_trials
     from search.tune.searcher import BudgetedOptunaSearch
-    from search.tune.space import SPACE_VERSION, built_in_space, params_of, warm_starts
-    from search.tune.space_files import load_space
+    from search.tune.space import SPACE_VERSION, params_of
     from search.tune.sampler import STARTUP_LAUNCHED, LaunchedStartup
 
-    fixed = {**s.overrides, "epochs": s.max_epochs, "seed": s.seed}
-    # The built-in space leaves fixed keys out of the search; a user's space is overridden.
-    space, warm = load_space(s.space) if s.space else (
-        built_in_space(s.extra.get("space_version", SPACE_VERSION), fixed, s.param_budget, num_classes, in_channels),
-        warm_starts(s.param_budget, num_classes, in_channels, fixed))
-    check_space_fits(space, s.param_budget, num_classes, fixed, seed=s.seed, in_channels=in_channels)
+    fixed, space, warm = search_space(s, num_classes, in_channels)
     # TPE's start-up is counted in launched trials, on its own random stream (search.tune.sampler);
     # TPE itself starts no random phase of its own.
     startup = None if s.sampler == "random" else STARTUP_LAUNCHED
@@ -115,6 +108,24 @@ def build_searcher(s: SearchSettings, num_classes: int, costs: "Costs | None" = 
         for params in first + (warm if isinstance(warm, list) else [warm] if warm else []):
             study.enqueue_trial(params)
     return searcher
+
+
+def search_space(s: SearchSettings, num_classes: int, in_channels: int, check: bool = False) -> tuple[Any, Any, Any]:
+    """(the fixed keys, the space, its warm starts) of this search: `--space`'s, or the built-in
+    space of the experiment's version with the --set keys left out of it. With `check`, a
+    budget that no config of the space fits is refused (UserError)."""
+    from search.tune.budget import check_space_fits
+    from search.tune.space import SPACE_VERSION, built_in_space, warm_starts
+    from search.tune.space_files import load_space
+
+    fixed = {**s.overrides, "epochs": s.max_epochs, "seed": s.seed}
+    # The built-in space leaves fixed keys out of the search; a user's space is overridden.
+    space, warm = load_space(s.space) if s.space else (
+        built_in_space(s.extra.get("space_version", SPACE_VERSION), fixed, s.param_budget, num_classes, in_channels),
+        warm_starts(s.param_budget, num_classes, in_channels, fixed))
+    if check:
+        check_space_fits(space, s.param_budget, num_classes, fixed, seed=s.seed, in_channels=in_channels)
+    return fixed, space, warm
 
 
 def rung_model(s: SearchSettings, space: Any, directions: list[str]) -> Any:
@@ -214,6 +225,8 @@ def run_search(s: SearchSettings, trial_cls: type | None = None) -> SearchOutcom
     digest = check_same_data(s, data)
     if s.address is None:
         check_gpus(s)  # refuse --gpus 64 before starting anything
+    # A budget no config fits is refused before Ray starts (the space is cheap to build).
+    search_space(s, num_classes, int(data.images.shape[1]), check=True)
     with ray_session(s):
         resources = plan_resources(s)
         if resources.probe is not None and not resources.probe.isolated:

@@ -123,6 +123,7 @@ def test_auto_dry_run_prints_the_plan_only(tmp_path, cli, monkeypatch):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow  # runs against a clock
 def test_every_seed_diverging_falls_back_to_the_next_confirmed_config(tmp_path):
     import torch
 
@@ -224,6 +225,7 @@ def test_auto_holds_its_deadline_when_the_machine_slows_down_midway(ray_session,
     assert record["stages"]["predict"]["rows"] == 40
 
 
+@pytest.mark.slow  # runs against a clock
 def test_the_predict_share_is_planned_from_the_input(tmp_path):
     """A dry run times a prediction of the real input: 10,000 images get about 250 times the
     predict time of 40, and the plan keeps that time for the predict stage."""

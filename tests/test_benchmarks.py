@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from benchmarks.run import main
 
 
@@ -20,6 +22,7 @@ def test_data_pipeline_quick_smoke_run(tmp_path, cli):
     assert ops["crop_flip_cutout"] < ops["crop_flip_cutout_trivialaugment"] < ops["crop_flip_cutout_randaugment"]
 
 
+@pytest.mark.slow  # steps under time caps
 def test_gpu_proof_smoke_run_reports_every_step(tmp_path, cli):
     from benchmarks.proof import main as proof_main
 

@@ -88,7 +88,8 @@ def test_budget_check_counts_before_launch():
 
 
 def test_warm_starts_are_the_seed_model_and_a_wrn():
-    seed, wrn = (default_space(optuna.trial.FixedTrial(params), {"epochs": 20}) for params in WARM_START)
+    # WARM_START is in terms of the default horizon (50 epochs): 2 warm-up epochs there.
+    seed, wrn = (default_space(optuna.trial.FixedTrial(params), {"epochs": 50}) for params in WARM_START)
     assert seed["blocks"] == [3, 5, 3] and seed["widths"] == [64, 128, 256] and seed["augment_policy"] == "none"
     assert count_params(seed) == 4_918_602
     assert (seed["lr"], seed["weight_decay"], seed["warmup_epochs"]) == pytest.approx((2e-3, 5e-2, 2))
