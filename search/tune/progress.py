@@ -50,7 +50,7 @@ class Progress(Callback):
         self.rows, self.rejected = rows, rejected
         self.verbose, self.budget_s, self.stage = verbose, budget_s, stage
         self.interval_s, self.stall_s = interval_s, stall_s
-        self.out = out or sys.stdout
+        self.out = out  # None: sys.stdout at the time of printing (a notebook's, pytest's)
         self.started = self.last_line = self.last_launch = time.time()
         self.shown = ""  # the last line printed: a line that says nothing new is not repeated
         self.stall_reported = False
@@ -69,7 +69,15 @@ class Progress(Callback):
         return f"[{self.stage} {clock}] {states}; {self.rejected()} rejected for the budget; {best_text}"
 
     def _print(self, text: str) -> None:
-        print(text, file=self.out, flush=True)
+        print(text, file=self.out or sys.stdout, flush=True)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Ray pickles the callbacks with its experiment state: the live readers of the trial
+        table and the searcher, and the stream, stay with the driver's own instance."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("rows", "rejected", "out")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, rows=lambda: {}, rejected=lambda: 0, out=None)
 
     # --- Ray Tune callback hooks -------------------------------------------------------
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
