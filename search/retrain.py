@@ -277,7 +277,8 @@ def retrain_data(args: Any, settings: dict[str, Any], config: dict[str, Any]) ->
     note = ""
     if searched and args.subset is None:  # the final model trains on everything unless told
         note = f" (the search used --subset {searched}; pass --subset {searched} to retrain on as many)"
-    print(f"training images: {len(dataset.train_images):,} (train + val){note}", flush=True)
+    count = min(args.subset, len(dataset.train_images)) if args.subset else len(dataset.train_images)
+    print(f"training images: {count:,} (train + val){note}", flush=True)
     return spec, dataset.num_classes, dataset.channels
 
 

@@ -72,8 +72,8 @@ def test_auto_goes_from_data_to_a_submission_within_its_deadline(auto_run):
 
     assert f"python -m analysis.report {folder}" in summary(record, folder)
     assert not (folder / "report").exists()
-    assert report_main([str(folder)]) == 0
-    report = (folder / "report" / "report.md").read_text()
+    assert report_main([str(folder), "--out", str(tmp / "report")]) == 0  # the experiment's files stay as they were
+    report = (tmp / "report" / "report.md").read_text()
     assert "## Stages (search.auto)" in report
     if retrained["trial_id"] != "recipe":  # the report's "best" is the model that was submitted
         assert f"Submitted model (trial {retrained['trial_id']})" in report

@@ -30,7 +30,7 @@ def test_a_time_budget_ends_on_time_and_annealed():
     assert 4.5 <= wall <= 6.0, wall
     assert len(history) >= 3  # several epochs: the cap (500) was not what ended it
     assert trainer.progress == 1.0
-    assert history[-1]["lr"] <= 0.02 * CONFIG["lr"]  # annealed, not cut at a high learning rate
+    assert history[-1]["lr"] <= 0.05 * CONFIG["lr"]  # annealed, not cut at a high learning rate
     lrs = [m["lr"] for m in history[1:]]
     assert lrs == sorted(lrs, reverse=True)  # after warm-up it only decays
 
