@@ -139,7 +139,7 @@ def test_every_seed_diverging_falls_back_to_the_next_confirmed_config(tmp_path):
     record = Record(s.folder, {"stages": {}, "running": None}, time.time(), 0.0)
     images = torch.zeros(40, 3, 32, 32, dtype=torch.uint8)
     try:
-        result = stage_retrain(s, 30.0, ["wild", "tame"], configs, 1, False, record, images, 10)
+        result = stage_retrain(s, 15.0, ["wild", "tame"], configs, 1, False, record, images, 10)
     finally:
         record.close()
     assert result["trial_id"] == "tame"
