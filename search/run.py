@@ -19,9 +19,10 @@ import functools
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from search.settings import (SearchSettings, check_same_data, check_settings, content_hash, prepare_folder,
                              settings_from_args)
@@ -259,7 +260,8 @@ def run_search(s: SearchSettings, trial_cls: type | None = None) -> SearchOutcom
             print(f"{s.extra.get('stage', 'search')} {s.name}: {remaining} trial(s) to run, {resources.concurrent} at "
                   f"once, under {s.param_budget:,} params, ASHA to {s.max_epochs} epochs"
                   + (f", for at most {s.time_budget}" if s.time_budget else "") + f" -> {s.folder}", flush=True)
-            build_tuner(s, searcher, trainable, resources, remaining, table, costs).fit()
+            with quiet_ray(s.verbose):
+                build_tuner(s, searcher, trainable, resources, remaining, table, costs).fit()
         wall = time.time() - start
         fix_rows(s.folder, searcher.settle(read_trials(s.folder))[1])
 
@@ -274,6 +276,25 @@ def run_search(s: SearchSettings, trial_cls: type | None = None) -> SearchOutcom
     if warm:
         text = text.replace("\nwall time:", f"\n{warm}\nwall time:", 1)
     return SearchOutcome(s.folder, counts, rejected, best, wall, text, ended >= s.trials or deadline_hit)
+
+
+@contextmanager
+def quiet_ray(verbose: int) -> Iterator[None]:
+    """Below --verbose 2, Tune's output engine prints its experiment box and hints even at
+    verbosity 0; its older reporter (RAY_AIR_NEW_OUTPUT=0, Tune's own switch) prints nothing
+    there. Set for this fit only, so a notebook's own Ray use is left as it was."""
+    if verbose >= 2:
+        yield
+        return
+    before = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = before
 
 
 def trial_dirname(trial: Any) -> str:

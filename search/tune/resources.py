@@ -30,10 +30,6 @@ def ray_started(address: str | None = None, cpus: int | None = None, gpus: int |
     if ray.is_initialized():
         yield
         return
-    if not address:
-        # A Ray of our own runs with token authentication, Ray's default for a new local
-        # cluster; said explicitly, Ray does not print its notice about it on every run.
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
     ray.init(address=address or "local", num_cpus=None if address else cpus, num_gpus=None if address else gpus,
              include_dashboard=False, configure_logging=False, log_to_driver=log_to_driver)
     try:
