@@ -53,32 +53,49 @@ def tally(names: Any) -> dict[str, int]:
     return counts
 
 
-def run(data_dir: str | None, quick: bool, out: Path) -> dict[str, Any]:
+# Each method: (sampler, scheduler, built-in space version or None for SPACE above, seed
+# offset). Every method draws from a seed stream of its own, so no two share their first
+# configs. "random_fifo_v1" is the row that shows what the space alone changes.
+METHODS: dict[str, tuple[str, str, int | None, int]] = {
+    "asha_tpe": ("tpe", "asha", 2, 0),
+    "random_fifo": ("random", "fifo", 2, 1000),
+    "random_fifo_v1": ("random", "fifo", 1, 2000),
+}
+LABELS = {"asha_tpe": "ASHA + TPE (built-in space v2, start-up of 10 launches)",
+          "random_fifo": "random search + FIFO, built-in space v2",
+          "random_fifo_v1": "random search + FIFO, built-in space v1 (before)",
+          "custom_asha_tpe": "ASHA + TPE, the benchmark's own space", "custom_random_fifo": "random + FIFO, own space"}
+
+
+def run(data_dir: str | None, quick: bool, out: Path, seeds: int = 3, subset: int | None = None,
+        methods: tuple[str, ...] = tuple(METHODS)) -> dict[str, Any]:
     """ASHA+TPE against random+FIFO at an equal number of epochs, per seed."""
     from search.run import run_search
     from search.settings import SearchSettings
 
-    seeds = [0, 1, 2]
     max_epochs = 3 if quick else 6
     fifo_trials = 4 if quick else 10
     epoch_budget = fifo_trials * max_epochs  # what random+FIFO spends: the compute both get
-    # ASHA+TPE gets enough trials that TPE (after its ~10 random start-up launches) proposes
+    # ASHA+TPE gets enough trials that TPE (after its 10 launched start-up trials) proposes
     # at least half of those launched within the budget; its curve is cut at the budget.
     asha_trials = fifo_trials * 3 if quick else 36
     dataset, data_dir_arg = ("imagefolder", data_dir) if data_dir else ("synthetic", None)
-    subset = 1000 if quick else 5000
+    subset = subset or (1000 if quick else 5000)
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        space = Path(tmp) / "space.py"
-        space.write_text(SPACE)
-        for seed in seeds:
-            for label, sampler, scheduler, trials in (("asha_tpe", "tpe", "asha", asha_trials),
-                                                      ("random_fifo", "random", "fifo", fifo_trials)):
+        custom = Path(tmp) / "space.py"
+        custom.write_text(SPACE)
+        for seed in range(seeds):
+            for label in methods:
+                sampler, scheduler, version, offset = METHODS[label]
                 settings = SearchSettings(
-                    name=f"{label}-{seed}", storage=tmp, gpus=0, trials=trials, max_epochs=max_epochs,
-                    grace_epochs=1, reduction_factor=2, param_budget=BUDGET, space=str(space), seed=seed,
+                    name=f"{label}-{seed}", storage=tmp, gpus=0,
+                    trials=asha_trials if scheduler == "asha" else fifo_trials, max_epochs=max_epochs,
+                    grace_epochs=1, reduction_factor=2, param_budget=BUDGET,
+                    space=None if version else str(custom), seed=seed + offset,
                     sampler=sampler, scheduler=scheduler, dataset=dataset, data_dir=data_dir_arg,
-                    subset=subset, warm_start=False, verbose=0, time_budget=None)
+                    subset=subset, warm_start=False, verbose=0, time_budget=None,
+                    extra={"space_version": version} if version else {})
                 outcome = run_search(settings)
                 runs.append(measure(outcome.folder, label, seed, epoch_budget))
 
@@ -109,24 +126,26 @@ def measure(folder: Path, label: str, seed: int, epoch_budget: int) -> dict[str,
 
 
 def summarise(runs: list[dict[str, Any]], epoch_budget: int) -> dict[str, Any]:
-    """Per seed: both methods' best within the budget, and the epochs ASHA+TPE took to match random-FIFO."""
+    """Per seed: every method's best within the budget, and the epochs ASHA+TPE took to match
+    random-FIFO's final best (on the same space)."""
     seeds = sorted({r["seed"] for r in runs})
     summary: dict[str, Any] = {"seeds": seeds, "epoch_budget": epoch_budget, "per_seed": []}
     for seed in seeds:
-        asha = next(r for r in runs if r["seed"] == seed and r["method"] == "asha_tpe")
-        fifo = next(r for r in runs if r["seed"] == seed and r["method"] == "random_fifo")
-        matched = asha["curve"][asha["curve"]["best_val_acc"] >= fifo["final_best"]]
-        summary["per_seed"].append({
-            "seed": seed, "asha_tpe_best": asha["final_best"], "random_fifo_best": fifo["final_best"],
-            "asha_tpe_epochs_to_match_random_fifo": int(matched["epochs"].iloc[0]) if len(matched) else None,
-            "random_fifo_epochs": fifo["epochs_used"],
-            "asha_tpe_proposed_by": asha["proposed_by"],
-            "asha_tpe_proposed_by_within_budget": asha["proposed_by_within_budget"],
-            "over_budget_configs_drawn": {"asha_tpe": asha["rejected"], "random_fifo": fifo["rejected"]},
-        })
-    matched = [p["asha_tpe_epochs_to_match_random_fifo"] for p in summary["per_seed"]]
+        of_seed = {r["method"]: r for r in runs if r["seed"] == seed}
+        entry: dict[str, Any] = {"seed": seed}
+        for label, r in of_seed.items():
+            entry[f"{label}_best"] = r["final_best"]
+            entry[f"{label}_epochs"] = r["epochs_used"]
+            entry[f"{label}_proposed_by_within_budget"] = r["proposed_by_within_budget"]
+            entry[f"{label}_rejected"] = r["rejected"]
+        asha, fifo = of_seed.get("asha_tpe"), of_seed.get("random_fifo")
+        if asha and fifo:
+            matched = asha["curve"][asha["curve"]["best_val_acc"] >= fifo["final_best"]]
+            entry["asha_tpe_epochs_to_match_random_fifo"] = int(matched["epochs"].iloc[0]) if len(matched) else None
+        summary["per_seed"].append(entry)
+    matched = [p.get("asha_tpe_epochs_to_match_random_fifo") for p in summary["per_seed"]]
     summary["mean_share_of_epochs_to_match"] = (
-        sum(m / epoch_budget for m in matched) / len(matched) if all(m is not None for m in matched) else None)
+        sum(m / epoch_budget for m in matched) / len(matched) if matched and all(m is not None for m in matched) else None)
     return summary
 
 
@@ -144,16 +163,17 @@ def plot(runs: list[dict[str, Any]], path: Path, budget: int) -> None:
     import numpy as np
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    colours = {"asha_tpe": "crimson", "random_fifo": "steelblue"}
-    labels = {"asha_tpe": "ASHA + budget-aware TPE", "random_fifo": "random search + FIFO (every trial to the end)"}
+    colours = {"asha_tpe": "crimson", "random_fifo": "steelblue", "random_fifo_v1": "grey"}
     grid = np.arange(1, budget + 1)
     for method, colour in colours.items():
         curves = []
         for r in (r for r in runs if r["method"] == method):
             curve = r["curve"].set_index("epochs")["best_val_acc"].reindex(grid).ffill()
             curves.append(curve.to_numpy())
+        if not curves:
+            continue
         stacked = np.vstack(curves)
-        ax.plot(grid, np.nanmean(stacked, axis=0), color=colour, label=f"{labels[method]} (mean of {len(curves)} seeds)")
+        ax.plot(grid, np.nanmean(stacked, axis=0), color=colour, label=f"{LABELS[method]} (mean of {len(curves)} seeds)")
         ax.fill_between(grid, np.nanmin(stacked, axis=0), np.nanmax(stacked, axis=0), color=colour, alpha=0.2)
     ax.set_xlabel("epochs consumed"), ax.set_ylabel("best val_acc so far"), ax.set_xlim(0, budget)
     ax.set_title("Search efficiency at equal compute (band: min-max over seeds)"), ax.legend(), ax.grid(alpha=0.3)
@@ -161,3 +181,33 @@ def plot(runs: list[dict[str, Any]], path: Path, budget: int) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.search_efficiency", description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", help="ImageFolder of real images (CIFAR-10 JPEGs); default: synthetic data")
+    parser.add_argument("--out", required=True, help="folder for results.json and the plot")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 (default: 3)")
+    parser.add_argument("--subset", type=int, help="training images taken (default: 5,000; 1,000 with --quick)")
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help=f"comma-separated, of {', '.join(METHODS)} (default: all)")
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run, not a measurement")
+    args = parser.parse_args(argv)
+    methods = tuple(m for m in args.methods.split(",") if m)
+    if unknown := [m for m in methods if m not in METHODS]:
+        parser.error(f"unknown method {unknown[0]!r}: choose from {', '.join(METHODS)}")
+    out = Path(args.out)
+    result = run(args.data_dir, args.quick, out, seeds=args.seeds, subset=args.subset, methods=methods)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
+    print(json.dumps({k: v for k, v in result.items() if k != "per_seed"}, default=str))
+    for entry in result["per_seed"]:
+        print(json.dumps(entry, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
