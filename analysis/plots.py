@@ -19,6 +19,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
 from analysis.front import front_table, reference_text
 from search.records import COST_COLUMN, Status
+from trainable.cli import short_count
 
 COST_LABEL = {"params": "trainable params", "macs": "MACs per image", "latency": "latency at batch 1 (ms)"}
 
@@ -26,19 +27,6 @@ MAIN_HYPERPARAMS = ["lr", "weight_decay", "batch_size", "warmup_epochs", "label_
                     "params"]
 LOG_SCALE = {"lr", "weight_decay", "params"}
 CATEGORICAL = {"batch_size", "cutout"}  # a few values each: drawn as categories, not on a number line
-
-
-def count_text(value: float, _position: Any = None) -> str:
-    """An axis label for a count: 200000 -> '200k', 4918602 -> '4.92M'.
-
-    >>> count_text(200_000), count_text(4_918_602), count_text(950)
-    ('200k', '4.92M', '950')
-    """
-    if abs(value) >= 1e6:
-        return f"{value / 1e6:.3g}M"
-    if abs(value) >= 1e3:
-        return f"{value / 1e3:.3g}k"
-    return f"{value:.3g}"
 
 
 def trials_text(count: int) -> str:
@@ -50,7 +38,7 @@ def _counts_axis(axis: Any) -> None:
     gets ticks at 1, 2 and 5 of each decade (its decades alone can leave one label)."""
     if axis.get_scale() == "log":
         axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    axis.set_major_formatter(FuncFormatter(count_text))
+    axis.set_major_formatter(FuncFormatter(short_count))
     axis.set_minor_formatter(FuncFormatter(lambda value, pos: ""))  # log axes label minor ticks too: no smear
 
 
@@ -117,7 +105,7 @@ def params_vs_accuracy(table: pd.DataFrame, budget: int, path: Path) -> Path:
         # Steps with markers: a front of one trial is still drawn, as its legend entry says.
         ax.plot(front["params"], front["best_val_acc"], drawstyle="steps-post", color="black", linewidth=1.2,
                 marker="D", markersize=5, label=f"Pareto front ({trials_text(len(front))})")
-    ax.axvline(budget, color="crimson", linestyle="--", label=f"budget {count_text(budget)}")
+    ax.axvline(budget, color="crimson", linestyle="--", label=f"budget {short_count(budget)}")
     _counts_axis(ax.xaxis)
     ax.set_xlabel("trainable params"), ax.set_ylabel("best val_acc")
     ax.set_title("Size against accuracy")
@@ -224,7 +212,7 @@ def front(table: pd.DataFrame, objective: str, budget: int, path: Path) -> Path:
         ax.scatter(at[column], at["best_val_acc"], s=180, facecolors="none", edgecolors="crimson", linewidths=2,
                    label=f"knee: trial {at['trial_id'].iloc[0]}", zorder=5)
     if objective == "params":
-        ax.axvline(budget, color="crimson", linestyle="--", label=f"budget {count_text(budget)}")
+        ax.axvline(budget, color="crimson", linestyle="--", label=f"budget {short_count(budget)}")
     ax.set_xscale("log"), ax.set_xlabel(COST_LABEL[objective] + " (log scale)"), ax.set_ylabel("best val_acc")
     if objective in ("params", "macs"):
         _counts_axis(ax.xaxis)

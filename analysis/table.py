@@ -15,7 +15,7 @@ from typing import Sequence
 import pandas as pd
 
 from analysis.trials import COLUMNS, STATUSES, load
-from trainable.cli import ArgumentParser, run_main
+from trainable.cli import ArgumentParser, run_main, short_count
 from trainable.errors import UserError
 
 FORMATS = ("table", "csv", "markdown", "json")
@@ -55,19 +55,12 @@ def _short_list(value: object) -> str:
     return "-".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
 
 
-def format_params(count: object) -> str:
-    """4918602 -> '4.92M', 9886 -> '9.9k'."""
-    if count is None or pd.isna(count):
-        return "-"
-    return f"{count / 1e6:.2f}M" if count >= 1e6 else f"{count / 1e3:.1f}k"
-
-
 def narrow(df: pd.DataFrame) -> pd.DataFrame:
     """The compact view for a terminal."""
     out = pd.DataFrame({
         "trial_id": df["trial_id"],
         "status": df["status"],
-        "params": df["params"].map(format_params),
+        "params": df["params"].map(short_count),
         "blocks": df["blocks"].map(_short_list),
         "widths": df["widths"].map(_short_list),
         "opt": df["optimizer"],
@@ -82,17 +75,10 @@ def narrow(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def format_macs(count: object) -> str:
-    """798689792 -> '798.7M'."""
-    if count is None or pd.isna(count):
-        return "-"
-    return f"{count / 1e9:.2f}G" if count >= 1e9 else f"{count / 1e6:.1f}M"
-
-
 def narrow_front(front: pd.DataFrame) -> pd.DataFrame:
     """The terminal view of a front: the narrow table plus MACs, latency and the knee."""
     out = narrow(front)
-    out.insert(3, "macs", front["macs"].map(format_macs))
+    out.insert(3, "macs", front["macs"].map(short_count))
     out.insert(4, "latency", front["latency_ms"].map(lambda v: f"{v:.3g}ms" if pd.notna(v) else "-"))
     out["knee"] = front["knee"].map(lambda k: "<- knee" if k else "")
     return out
@@ -104,8 +90,8 @@ def narrow_sizes(sizes: pd.DataFrame) -> pd.DataFrame:
     shown["best_val_acc"] = shown["best_val_acc"].map(lambda v: f"{v:.4f}" if pd.notna(v) else "-")
     shown["trial_id"] = shown["trial_id"].fillna("-")
     column = shown.columns[-1]
-    shown[column] = shown[column].map({"params": format_params, "macs": format_macs}.get(
-        column, lambda v: f"{v:.3g}ms" if pd.notna(v) else "-"))
+    shown[column] = shown[column].map(short_count if column in ("params", "macs")
+                                      else lambda v: f"{v:.3g}ms" if pd.notna(v) else "-")
     return shown
 
 

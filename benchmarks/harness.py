@@ -34,7 +34,7 @@ def spawn(target: Any, args: tuple) -> Any:
     return proc
 
 
-class Steps:
+class ProofSteps:
     """Runs each step under its own cap; a failure or a cap is reported, never fatal.
 
     After each step proof.json is rewritten with everything so far (`on_step`), so a proof
@@ -93,7 +93,7 @@ class Watchdog:
     """Ends the proof at its hard deadline, whatever it is doing: writes what it has (the
     step that was running named), ends every child process, and exits (code 3)."""
 
-    def __init__(self, seconds: float, write: Callable[[dict[str, Any]], None], steps: "Steps"):
+    def __init__(self, seconds: float, write: Callable[[dict[str, Any]], None], steps: "ProofSteps"):
         self.write, self.steps = write, steps
         self.timer = threading.Timer(seconds, self.fire)
         self.timer.daemon = True

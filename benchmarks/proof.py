@@ -44,7 +44,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from benchmarks.harness import Budget, Steps, Watchdog, end_children, spawn
+from benchmarks.harness import Budget, ProofSteps, Watchdog, end_children, spawn
 from trainable.checkpoint import write_json, write_text
 from trainable.cli import ArgumentParser, run_main
 from trainable.data import Dataset, DeviceData, load_imagefolder, make_synthetic, to_device
@@ -521,7 +521,7 @@ def prove(archive: str | None, out: Path, smoke: bool, deadline: float = DEFAULT
         write_text(out / "proof.md", markdown(proof))
         return proof
 
-    steps = Steps(on_step=lambda results: write({}))
+    steps = ProofSteps(on_step=lambda results: write({}))
     watchdog = Watchdog(deadline, write, steps)
     watchdog.timer.start()
     try:

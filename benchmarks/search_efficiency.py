@@ -68,17 +68,19 @@ LABELS = {"asha_tpe": "ASHA + TPE (built-in space v2, start-up of 10 launches)",
 
 
 def run(data_dir: str | None, quick: bool, out: Path, seeds: int = 3, subset: int | None = None,
-        methods: tuple[str, ...] = tuple(METHODS)) -> dict[str, Any]:
+        methods: tuple[str, ...] = tuple(METHODS), horizon: int | None = None,
+        fifo_trials: int | None = None) -> dict[str, Any]:
     """ASHA+TPE against random+FIFO at an equal number of epochs, per seed."""
     from search.run import run_search
     from search.settings import SearchSettings
 
-    max_epochs = 3 if quick else 6
-    fifo_trials = 4 if quick else 10
+    max_epochs = horizon or (3 if quick else 6)
+    fifo_trials = fifo_trials or (4 if quick else 10)
     epoch_budget = fifo_trials * max_epochs  # what random+FIFO spends: the compute both get
-    # ASHA+TPE gets enough trials that TPE (after its 10 launched start-up trials) proposes
-    # at least half of those launched within the budget; its curve is cut at the budget.
-    asha_trials = fifo_trials * 3 if quick else 36
+    # ASHA (grace 1, reduction factor 2) spends about 2 epochs a trial at a 4-to-6-epoch
+    # horizon: 3/4 of the budget in trials covers it with room, so TPE (after its 10
+    # launched start-up trials) proposes the rest; the curve is cut at the budget.
+    asha_trials = max(fifo_trials * 3, epoch_budget * 3 // 4) if quick else max(12, epoch_budget * 3 // 4)
     dataset, data_dir_arg = ("imagefolder", data_dir) if data_dir else ("synthetic", None)
     subset = subset or (1000 if quick else 5000)
     runs: list[dict[str, Any]] = []
@@ -192,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="folder for results.json and the plot")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 (default: 3)")
     parser.add_argument("--subset", type=int, help="training images taken (default: 5,000; 1,000 with --quick)")
+    parser.add_argument("--horizon", type=int, help="epochs a trial may train (default: 6; 3 with --quick)")
+    parser.add_argument("--fifo-trials", type=int,
+                        help="random + FIFO's trials, each to the horizon: their epochs are every method's budget "
+                             "(default: 10; 4 with --quick)")
     parser.add_argument("--methods", default=",".join(METHODS),
                         help=f"comma-separated, of {', '.join(METHODS)} (default: all)")
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run, not a measurement")
@@ -200,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := [m for m in methods if m not in METHODS]:
         parser.error(f"unknown method {unknown[0]!r}: choose from {', '.join(METHODS)}")
     out = Path(args.out)
-    result = run(args.data_dir, args.quick, out, seeds=args.seeds, subset=args.subset, methods=methods)
+    result = run(args.data_dir, args.quick, out, seeds=args.seeds, subset=args.subset, methods=methods,
+                 horizon=args.horizon, fifo_trials=args.fifo_trials)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
     print(json.dumps({k: v for k, v in result.items() if k != "per_seed"}, default=str))

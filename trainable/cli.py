@@ -69,6 +69,21 @@ def parse_count(text: str) -> float:
     return float(match.group(1)) * SUFFIXES[match.group(2).lower()]
 
 
+def short_count(count: Any, _position: Any = None) -> str:
+    """A count as people read it, in three figures: the progress line's, the trial table's
+    and the plots' axes (a matplotlib FuncFormatter takes it as it is). None or NaN -> '-'.
+
+    >>> short_count(151234), short_count(4918602), short_count(9886), short_count(950), short_count(None)
+    ('151k', '4.92M', '9.89k', '950', '-')
+    """
+    if count is None or count != count:  # NaN is the one value unequal to itself
+        return "-"
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(count) >= scale:
+            return f"{count / scale:.3g}{suffix}"
+    return f"{count:.3g}"
+
+
 def param_count(text: str) -> int:
     """argparse type of --param-budget: a whole, positive count ('5M', '500k', '200000')."""
     try:

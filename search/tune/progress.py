@@ -21,21 +21,11 @@ from typing import Any, Callable, TextIO
 from ray.tune import Callback
 
 from search.records import Status, number
+from trainable.cli import short_count
 
 INTERVAL_S = 15.0
 STALL_S = 60.0
 SHOWN = (Status.COMPLETED, Status.STOPPED, Status.CUT, Status.ERRORED)
-
-
-def short_count(count: float | None) -> str:
-    """151234 -> '151k', 4918602 -> '4.92M'.
-
-    >>> short_count(151234), short_count(4918602), short_count(None)
-    ('151k', '4.92M', '?')
-    """
-    if count is None:
-        return "?"
-    return f"{count / 1e6:.2f}M" if count >= 1e6 else f"{count / 1e3:.0f}k"
 
 
 class Progress(Callback):
