@@ -258,7 +258,8 @@ def run_search(s: SearchSettings, trial_cls: type | None = None) -> SearchOutcom
                            in_channels=channels)
         if remaining:
             print(f"{s.extra.get('stage', 'search')} {s.name}: {remaining} trial(s) to run, {resources.concurrent} at "
-                  f"once, under {s.param_budget:,} params, ASHA to {s.max_epochs} epochs"
+                  f"once, under {s.param_budget:,} params, "
+                  + (f"ASHA to {s.max_epochs} epochs" if s.scheduler == "asha" else f"each to {s.max_epochs} epochs")
                   + (f", for at most {s.time_budget}" if s.time_budget else "") + f" -> {s.folder}", flush=True)
             with quiet_ray(s.verbose):
                 build_tuner(s, searcher, trainable, resources, remaining, table, costs).fit()
