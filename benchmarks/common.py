@@ -91,3 +91,29 @@ def count_ops(fn: Callable[[], Any]) -> int:
     with Count():
         fn()
     return Count.ops
+
+
+def search_benchmark_parser(prog: str, doc: str, subset_default: str, fifo_default: str) -> "argparse.ArgumentParser":
+    """The flags every search benchmark's own command takes (benchmarks 4 and 8)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
+    parser.add_argument("--data-dir", help="ImageFolder of real images (CIFAR-10 JPEGs); default: synthetic data")
+    parser.add_argument("--out", required=True, help="folder for results.json and the plot")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 (default: 3)")
+    parser.add_argument("--subset", type=int, help=f"training images taken (default: {subset_default})")
+    parser.add_argument("--fifo-trials", type=int, help="random + FIFO's trials, each to the horizon: their epochs "
+                                                        f"are every method's budget (default: {fifo_default})")
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run, not a measurement")
+    return parser
+
+
+def write_results(out: Path, result: dict[str, Any]) -> None:
+    """results.json in `out`, and the figures on stdout, a line per seed."""
+    import json
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
+    print(json.dumps({k: v for k, v in result.items() if k != "per_seed"}, default=str))
+    for entry in result.get("per_seed", []):
+        print(json.dumps(entry, default=str))

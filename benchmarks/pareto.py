@@ -119,23 +119,14 @@ def plot(runs: list[dict[str, Any]], path: Path, budget: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import json
+    from benchmarks.common import search_benchmark_parser, write_results
 
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.pareto", description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", help="ImageFolder of real images (CIFAR-10 JPEGs); default: synthetic data")
-    parser.add_argument("--out", required=True, help="folder for results.json and the plot")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 (default: 3)")
-    parser.add_argument("--subset", type=int, help="training images taken (default: 4,000; 600 with --quick)")
-    parser.add_argument("--fifo-trials", type=int, help="random + FIFO's trials, each to the 4-epoch horizon: their "
-                                                        "epochs are both methods' budget (default: 8; 3 with --quick)")
-    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run, not a measurement")
+    parser = search_benchmark_parser("python -m benchmarks.pareto", __doc__, "4,000; 600 with --quick",
+                                     "8; 3 with --quick")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    result = run(args.data_dir, args.quick, out, seeds=args.seeds, subset=args.subset, fifo_trials=args.fifo_trials)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
-    print(json.dumps(result, default=str))
+    write_results(out, run(args.data_dir, args.quick, out, seeds=args.seeds, subset=args.subset,
+                           fifo_trials=args.fifo_trials))
     return 0
 
 

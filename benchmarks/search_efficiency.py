@@ -186,33 +186,20 @@ def plot(runs: list[dict[str, Any]], path: Path, budget: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import json
+    from benchmarks.common import search_benchmark_parser, write_results
 
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.search_efficiency", description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", help="ImageFolder of real images (CIFAR-10 JPEGs); default: synthetic data")
-    parser.add_argument("--out", required=True, help="folder for results.json and the plot")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 (default: 3)")
-    parser.add_argument("--subset", type=int, help="training images taken (default: 5,000; 1,000 with --quick)")
+    parser = search_benchmark_parser("python -m benchmarks.search_efficiency", __doc__, "5,000; 1,000 with --quick",
+                                     "10; 4 with --quick")
     parser.add_argument("--horizon", type=int, help="epochs a trial may train (default: 6; 3 with --quick)")
-    parser.add_argument("--fifo-trials", type=int,
-                        help="random + FIFO's trials, each to the horizon: their epochs are every method's budget "
-                             "(default: 10; 4 with --quick)")
     parser.add_argument("--methods", default=",".join(METHODS),
                         help=f"comma-separated, of {', '.join(METHODS)} (default: all)")
-    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run, not a measurement")
     args = parser.parse_args(argv)
     methods = tuple(m for m in args.methods.split(",") if m)
     if unknown := [m for m in methods if m not in METHODS]:
         parser.error(f"unknown method {unknown[0]!r}: choose from {', '.join(METHODS)}")
     out = Path(args.out)
-    result = run(args.data_dir, args.quick, out, seeds=args.seeds, subset=args.subset, methods=methods,
-                 horizon=args.horizon, fifo_trials=args.fifo_trials)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
-    print(json.dumps({k: v for k, v in result.items() if k != "per_seed"}, default=str))
-    for entry in result["per_seed"]:
-        print(json.dumps(entry, default=str))
+    write_results(out, run(args.data_dir, args.quick, out, seeds=args.seeds, subset=args.subset, methods=methods,
+                           horizon=args.horizon, fifo_trials=args.fifo_trials))
     return 0
 
 
