@@ -235,3 +235,26 @@ def hypervolume(curve: pd.DataFrame, objective: str, reference: float, path: Pat
                  "(cost scaled by it)")
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def page(title: str, lines: list[str], figures: dict[str, Path], path: Path, columns: int = 2) -> Path:
+    """The report as one picture: its title and summary lines above its figures, tiled
+    `columns` to a row, each under its caption (to paste where a page of HTML cannot go)."""
+    from matplotlib.image import imread
+
+    rows = max(1, math.ceil(len(figures) / columns))
+    head = 0.8 + 0.22 * len(lines)  # inches of text above the figures
+    fig = Figure(figsize=(7 * columns, head + 4.6 * rows))
+    fig.text(0.01, 1 - 0.3 / fig.get_figheight(), title, fontsize=18, weight="bold", va="top")
+    for i, line in enumerate(lines):
+        fig.text(0.015, 1 - (0.55 + 0.22 * i) / fig.get_figheight(), line, fontsize=10.5, va="top", family="monospace")
+    top = 1 - (head + 0.3) / fig.get_figheight()  # room for the first row's captions
+    grid = fig.add_gridspec(rows, columns, top=top, bottom=0.01, left=0.01, right=0.99, hspace=0.15, wspace=0.03)
+    for i, (caption, file) in enumerate(figures.items()):
+        ax = fig.add_subplot(grid[i // columns, i % columns])
+        ax.imshow(imread(file))
+        ax.set_title(caption, fontsize=12, loc="left")
+        ax.axis("off")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)  # the layout is set above: tight_layout would undo it
+    return path

@@ -1,4 +1,5 @@
-"""Plots and a report of an experiment: PNGs, report.md and a self-contained report.html.
+"""Plots and a report of an experiment: PNGs, report.md, a self-contained report.html, and
+report.png, the page as one picture.
 
     python -m analysis.report runs/NAME --out runs/NAME/report
 """
@@ -105,7 +106,7 @@ def stage_table(folder: Path) -> pd.DataFrame | None:
 
 
 def make_report(path: str | Path, out: str | Path) -> dict[str, Path]:
-    """Write every plot, report.md and report.html into `out`; return the files written."""
+    """Write every plot, report.md, report.html and report.png into `out`; return the files written."""
     folder, out = Path(path), Path(out)
     settings = settings_of(folder)
     table, curves = load_experiment(folder)
@@ -182,17 +183,20 @@ def make_report(path: str | Path, out: str | Path) -> dict[str, Path]:
             "table{border-collapse:collapse}td,th{padding:2px 8px;border-bottom:1px solid #ddd}</style></head><body>"
             + "\n".join(body) + "</body></html>\n")
     write_text(out / "report.html", page)
-    return {**{k: v for k, v in files.items()}, "report.md": out / "report.md", "report.html": out / "report.html"}
+    picture = plots.page(title, total_lines, files, out / "report.png")
+    return {**files, "report.md": out / "report.md", "report.html": out / "report.html", "report.png": picture}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m analysis.report", description="Write plots and a report of an experiment.")
     parser.add_argument("experiment", help="experiment folder (runs/NAME)")
-    parser.add_argument("--out", help="folder for the PNGs, report.md and report.html (default EXPERIMENT/report)")
+    parser.add_argument("--out", help="folder for the PNGs, report.md, report.html and report.png, the page as one "
+                                      "picture (default EXPERIMENT/report)")
     args = parser.parse_args(argv)
     out = Path(args.out) if args.out else Path(args.experiment) / "report"
     files = make_report(args.experiment, out)
-    print(f"wrote {len(files) - 2} plots, {files['report.md']} and {files['report.html']}")
+    print(f"wrote {len(files) - 3} plots, {files['report.md']}, {files['report.html']} and the page as one picture, "
+          f"{files['report.png']}")
     return 0
 
 

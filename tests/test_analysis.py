@@ -56,8 +56,8 @@ def test_report_writes_plots_and_html(finished_search, tmp_path, cli):
     out = tmp_path / "report"
     code, stdout, _ = cli(report_main, [finished_search.folder, "--out", out])
     assert code == 0
-    pngs = sorted(out.glob("*.png"))
-    assert len(pngs) == 6
+    pngs = sorted(p for p in out.glob("*.png") if p.name != "report.png")
+    assert len(pngs) == 6 and (out / "report.png").is_file() and "report.png" in stdout
     for png in pngs:
         with Image.open(png) as image:
             assert image.format == "PNG" and image.size[0] >= 600 and image.size[1] >= 300

@@ -47,6 +47,18 @@ def test_every_plot_renders_at_the_sizes_a_search_makes(tmp_path, trials, epochs
             assert image.format == "PNG" and image.size[0] >= 600
             # Not a blank canvas: a drawn plot has many distinct colours.
             assert len(image.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 50, path.name
+    # The report as one picture: the figures tiled two to a row under the summary lines.
+    page = plots.page("Search report: t", ["trials: 3", "wall time: 34 s"], {p.stem: p for p in files},
+                      tmp_path / "report.png")
+    with Image.open(page) as image:
+        width, height = image.size
+        assert width == 14 * 80 and height == round((0.8 + 0.22 * 2 + 4.6 * 3) * 80)
+        rows = np.asarray(image.convert("L"))
+        # Each of the three rows of figures holds drawn pixels, in both columns.
+        for row in range(3):
+            top = int((1.55 + 4.6 * row) * 80)
+            band = rows[top:top + int(4.6 * 80)]
+            assert (band[:, :width // 2] < 200).mean() > 0.01 and (band[:, width // 2:] < 200).mean() > 0.01
 
 
 def test_one_epoch_trials_show_as_points_and_axes_read_as_people_count(tmp_path, monkeypatch):
