@@ -3,6 +3,7 @@ benchmarks and the tests' helpers), the GPUs it may use, and how many trials run
 
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -30,8 +31,19 @@ def ray_started(address: str | None = None, cpus: int | None = None, gpus: int |
     if ray.is_initialized():
         yield
         return
-    ray.init(address=address or "local", num_cpus=None if address else cpus, num_gpus=None if address else gpus,
-             include_dashboard=False, configure_logging=False, log_to_driver=log_to_driver)
+    # Ray says on every start that the local cluster it makes uses token authentication (its
+    # default, kept): noise to a user of a cluster that is this run's own and ends with it.
+    # Below --verbose 2 (`log_to_driver`) that one notice is left out.
+    notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    level = notice.level
+    if not log_to_driver:
+        notice.setLevel(logging.ERROR)
+    try:
+        ray.init(address=address or "local", num_cpus=None if address else cpus,
+                 num_gpus=None if address else gpus, include_dashboard=False, configure_logging=False,
+                 log_to_driver=log_to_driver)
+    finally:
+        notice.setLevel(level)
     try:
         yield
     finally:
