@@ -26,13 +26,26 @@ def test_the_progress_line_counts_trials_and_names_the_best():
                                "7 rejected for the budget; best 0.5200 (trial b, 98k params)")
 
 
+def test_the_last_trial_ending_after_long_epochs_is_no_stall():
+    out = io.StringIO()
+    progress = Progress(rows, lambda: 0, verbose=0, interval_s=0, stall_s=60, out=out)
+    progress.last_event -= 120  # the last launch was two minutes ago; its epochs were long
+    progress.on_step_end(1, [types.SimpleNamespace(status="RUNNING")])
+    progress.on_trial_complete(2, [], types.SimpleNamespace(trial_id="a"))
+    progress.on_step_end(3, [types.SimpleNamespace(status="TERMINATED")])  # the search's end
+    assert out.getvalue() == ""
+    progress.last_event -= 61  # nothing ran or launched for a minute since: that is a stall
+    progress.on_step_end(4, [types.SimpleNamespace(status="PENDING")])
+    assert "waiting: no trial running or launched for 61 s" in out.getvalue()
+
+
 def test_verbose_0_prints_no_progress_but_a_stall():
     out = io.StringIO()
     progress = Progress(rows, lambda: 423, verbose=0, interval_s=0, stall_s=0, out=out)
     progress.on_step_end(1, [])
     progress.on_step_end(2, [])  # a stall is said once, until the next launch
     lines = out.getvalue().splitlines()
-    assert len(lines) == 1 and "waiting: no trial launched" in lines[0] and "423 configs rejected" in lines[0]
+    assert len(lines) == 1 and "waiting: no trial running or launched" in lines[0] and "423 configs rejected" in lines[0]
     progress.on_trial_start(3, [], types.SimpleNamespace(trial_id="d"))
     progress.on_step_end(4, [types.SimpleNamespace(status="RUNNING")])
     assert len(out.getvalue().splitlines()) == 1  # running: no stall

@@ -41,7 +41,9 @@ class Progress(Callback):
         self.verbose, self.budget_s, self.stage = verbose, budget_s, stage
         self.interval_s, self.stall_s = interval_s, stall_s
         self.out = out  # None: sys.stdout at the time of printing (a notebook's, pytest's)
-        self.started = self.last_line = self.last_launch = time.time()
+        # The last launch or end of a trial: a stall is a while with neither and nothing running
+        # (every proposal rejected, or no resources), not the last trial's long epochs.
+        self.started = self.last_line = self.last_event = time.time()
         self.shown = ""  # the last line printed: a line that says nothing new is not repeated
         self.stall_reported = False
 
@@ -71,15 +73,21 @@ class Progress(Callback):
 
     # --- Ray Tune callback hooks -------------------------------------------------------
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.last_launch = time.time()
+        self.last_event = time.time()
         self.stall_reported = False
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.last_event = time.time()
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.last_event = time.time()
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         now = time.time()
         running = any(str(getattr(t, "status", "")) == "RUNNING" for t in trials)
-        if not running and not self.stall_reported and now - self.last_launch >= self.stall_s:
+        if not running and not self.stall_reported and now - self.last_event >= self.stall_s:
             self.stall_reported = True
-            self._print(f"[{self.stage}] waiting: no trial launched for {now - self.last_launch:.0f} s; "
+            self._print(f"[{self.stage}] waiting: no trial running or launched for {now - self.last_event:.0f} s; "
                         f"{self.rejected()} configs rejected for the budget so far")
         if self.verbose >= 1 and now - self.last_line >= self.interval_s:
             self.last_line = now
