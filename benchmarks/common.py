@@ -93,6 +93,11 @@ def count_ops(fn: Callable[[], Any]) -> int:
     return Count.ops
 
 
+def seed_list(text: str) -> int | list[int]:
+    """--seeds: a count ('3': seeds 0, 1, 2) or the seeds themselves ('1,2')."""
+    return [int(x) for x in text.split(",") if x] if "," in text else int(text)
+
+
 def search_benchmark_parser(prog: str, doc: str, subset_default: str, fifo_default: str) -> "argparse.ArgumentParser":
     """The flags every search benchmark's own command takes (benchmarks 4 and 8)."""
     import argparse
@@ -100,7 +105,8 @@ def search_benchmark_parser(prog: str, doc: str, subset_default: str, fifo_defau
     parser = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
     parser.add_argument("--data-dir", help="ImageFolder of real images (CIFAR-10 JPEGs); default: synthetic data")
     parser.add_argument("--out", required=True, help="folder for results.json and the plot")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 (default: 3)")
+    parser.add_argument("--seeds", type=seed_list, default=3,
+                        help="N for seeds 0 .. N-1, or the seeds themselves, e.g. 1,2 (default: 3)")
     parser.add_argument("--subset", type=int, help=f"training images taken (default: {subset_default})")
     parser.add_argument("--fifo-trials", type=int, help="random + FIFO's trials, each to the horizon: their epochs "
                                                         f"are every method's budget (default: {fifo_default})")

@@ -24,7 +24,7 @@ METHODS = {"mo_asha_tpe": ("tpe", "asha", 0), "random_fifo": ("random", "fifo", 
 LABELS = {"mo_asha_tpe": "MO-ASHA + multi-objective TPE", "random_fifo": "random search + FIFO (every trial to the end)"}
 
 
-def run(data_dir: str | None, quick: bool, out: Path, seeds: int = 3, subset: int | None = None,
+def run(data_dir: str | None, quick: bool, out: Path, seeds: int | list[int] = 3, subset: int | None = None,
         fifo_trials: int | None = None) -> dict[str, Any]:
     """Both methods on each seed; the hypervolume curves cut at the common epoch budget."""
     from search.run import run_search
@@ -40,7 +40,7 @@ def run(data_dir: str | None, quick: bool, out: Path, seeds: int = 3, subset: in
     subset = subset or (600 if quick else 4000)
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for seed in range(seeds):
+        for seed in range(seeds) if isinstance(seeds, int) else seeds:
             for method, (sampler, scheduler, offset) in METHODS.items():
                 settings = SearchSettings(
                     name=f"{method}-{seed}", storage=tmp, gpus=0, trials=mo_trials if scheduler == "asha" else fifo_trials,
