@@ -59,7 +59,9 @@ def subplots(*grid: int, figsize: tuple[float, float], **kwargs: Any) -> tuple[F
 def _save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    # "tight": long tick labels (a hyperparameter's name) and notes under the axes are kept
+    # in the picture, not cut at its edge.
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     return path
 
 
@@ -113,16 +115,24 @@ def params_vs_accuracy(table: pd.DataFrame, budget: int, path: Path) -> Path:
     return _save(fig, path)
 
 
-def importance(importances: dict[str, float] | None, path: Path, note: str = "") -> Path:
-    """Horizontal bars of Optuna's hyperparameter importances."""
+def importance(importances: dict[str, float] | None, path: Path, note: str = "", most: int = 15) -> Path:
+    """Horizontal bars of Optuna's hyperparameter importances: the `most` largest, the note
+    (how many trials, Optuna's own warnings) under the axes where it covers no bar."""
+    import textwrap
+
     fig, ax = subplots(figsize=(8, 5))
     if importances:
-        names = list(importances)[::-1]
+        shown = list(importances)[:most]  # Optuna gives them largest first
+        names = shown[::-1]
         ax.barh(names, [importances[n] for n in names], color="steelblue")
         # Optuna's default evaluator: how differently a parameter is distributed among the
         # best trials than among all of them, normalised to sum to 1 (not a variance share).
         ax.set_xlabel(IMPORTANCE_LABEL)
-        ax.text(0.98, 0.02, note, transform=ax.transAxes, ha="right", va="bottom", fontsize=8, color="gray")
+        if len(importances) > most:
+            note = f"the {most} largest of {len(importances)}; {note}"
+        # Below the axis label, inside the axes' layout box, so tight_layout makes room for it.
+        ax.annotate(textwrap.fill(note, 110), xy=(0, 0), xycoords="axes fraction", xytext=(-40, -36),
+                    textcoords="offset points", ha="left", va="top", fontsize=7, color="gray")
     else:
         _message(ax, note or "not enough completed trials to estimate importances")
     ax.set_title("Hyperparameter importance (optuna.importance)")
@@ -131,7 +141,9 @@ def importance(importances: dict[str, float] | None, path: Path, note: str = "")
 
 def hyperparameters(table: pd.DataFrame, path: Path) -> Path:
     """best val_acc against each main hyperparameter, one panel each."""
-    columns = [c for c in MAIN_HYPERPARAMS if c in table.columns and table[c].notna().any()]
+    # A key every trial shares (fixed by --set, or one value at this horizon) says nothing here.
+    columns = [c for c in MAIN_HYPERPARAMS if c in table.columns and table[c].notna().any()
+               and (len(table) < 2 or table[c].nunique() > 1)]
     cols = 4
     rows = max(1, math.ceil(len(columns) / cols))
     fig, axes = subplots(rows, cols, figsize=(14, 3.2 * rows), squeeze=False)

@@ -86,3 +86,32 @@ def test_one_epoch_trials_show_as_points_and_axes_read_as_people_count(tmp_path,
     assert all(float(tick).is_integer() for tick in saved["rungs.png"].axes[0].get_yticks())
     batch_ax = next(ax for ax in saved["hyper.png"].axes if ax.get_xlabel() == "batch_size")
     assert [label.get_text() for label in batch_ax.get_xticklabels()] == ["64", "128", "256"]
+
+
+def test_importance_shows_the_largest_and_its_note_covers_no_bar(tmp_path, monkeypatch):
+    saved = {}
+    original = plots._save
+
+    def keep(fig, path):
+        saved[path.name] = fig
+        return original(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    importances = {f"a_long_hyperparameter_name_{i}": 0.5 / (i + 1) for i in range(28)}
+    plots.importance(importances, tmp_path / "importance.png", "from 15 completed trials " + "(Optuna: a warning) " * 8)
+    fig = saved["importance.png"]
+    ax = fig.axes[0]
+    names = [label.get_text() for label in ax.get_yticklabels()]
+    assert len(names) == 15 and names[-1] == "a_long_hyperparameter_name_0"  # largest on top
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()  # the figure was made without pyplot
+    note = next(t for t in ax.texts if "the 15 largest of 28" in t.get_text())
+    # Under the axis label, not over the bars; and inside the saved picture.
+    assert note.get_window_extent(renderer).y1 < ax.xaxis.label.get_window_extent(renderer).y0
+    labels = max(label.get_window_extent(renderer).width for label in ax.get_yticklabels())
+    assert ax.get_window_extent(renderer).x0 - labels >= 0  # no name cut at the left edge
+    # A key every trial shares gets no panel of its own.
+    table = experiment(10, 3)[0].assign(cutout=8)
+    plots.hyperparameters(table, tmp_path / "hyper.png")
+    assert "cutout" not in {a.get_xlabel() for a in saved["hyper.png"].axes}
