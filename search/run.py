@@ -66,19 +66,20 @@ def build_searcher(s: SearchSettings, num_classes: int, costs: "Costs | None" = 
     from search.records import optuna_url, read_trials
     from search.tune.searcher import BudgetedOptunaSearch
     from search.tune.space import SPACE_VERSION, params_of
-    from search.tune.sampler import STARTUP_LAUNCHED, LaunchedStartup
+    from search.tune.sampler import STARTUP_LAUNCHED, LaunchedStartup, tpe_sampler
 
     fixed, space, warm = search_space(s, num_classes, in_channels)
-    # TPE's start-up is counted in launched trials, on its own random stream (search.tune.sampler);
-    # TPE itself starts no random phase of its own.
+    directions = ["maximize", "minimize"] if s.minimize else ["maximize"]
+    # TPE's start-up is counted in launched trials, on its own random stream, and its good set
+    # in trials that trained (search.tune.sampler); TPE itself starts no random phase of its own.
     startup = None if s.sampler == "random" else STARTUP_LAUNCHED
-    sampler = (LaunchedStartup(optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=0), startup, seed=s.seed)
-               if startup else optuna.samplers.RandomSampler(seed=s.seed))
+    tpe, gamma = tpe_sampler(s.seed, len(directions))
+    sampler = LaunchedStartup(tpe, startup, seed=s.seed) if startup else optuna.samplers.RandomSampler(seed=s.seed)
     s.folder.mkdir(parents=True, exist_ok=True)
     storage = optuna.storages.RDBStorage(optuna_url(s.folder))
-    directions = ["maximize", "minimize"] if s.minimize else ["maximize"]
     study = optuna.create_study(study_name=s.study or s.name, storage=storage, sampler=sampler,
                                 directions=directions, load_if_exists=True)
+    gamma.study = study
     model = rung_model(s, space, directions) if s.sampler == "rungs" else None
     searcher = BudgetedOptunaSearch(study, storage, space, s.param_budget, num_classes, fixed, s.max_epochs,
                                     startup=startup, costs=costs, in_channels=in_channels, rung_model=model)

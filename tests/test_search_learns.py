@@ -116,16 +116,47 @@ def space(trial):
 def test_start_up_ends_after_the_tenth_launched_trial(tmp_path):
     space = tmp_path / "space.py"
     space.write_text(WIDE_SPACE)
-    s = prepare_folder(settings(tmp_path, space, param_budget=60_000, warm_start=False))
-    searcher = build_searcher(s, 10)
-    launched = []
-    for i in range(STARTUP_LAUNCHED + 4):
-        config = searcher.suggest(f"t{i}")
-        assert count_params(config) < 60_000
-        launched.append(searcher.study.trials[searcher.numbers[f"t{i}"]].user_attrs["proposed_by"])
-        searcher.on_trial_complete(f"t{i}", result={"epoch": 3, "val_acc": 0.1 + 0.01 * i, "status": "ok"})
-    assert searcher.rejected > STARTUP_LAUNCHED  # rejections happened, and did not end the start-up
-    assert launched == ["startup"] * STARTUP_LAUNCHED + ["tpe"] * 4
+
+    def search(name: str, value) -> tuple[list, list, int]:
+        """Launched configs and who proposed them, each trial told `value(i)`."""
+        s = prepare_folder(settings(tmp_path, space, name=name, param_budget=60_000, warm_start=False))
+        searcher = build_searcher(s, 10)
+        configs, who = [], []
+        for i in range(STARTUP_LAUNCHED + 4):
+            config = searcher.suggest(f"t{i}")
+            assert count_params(config) < 60_000
+            configs.append(json.dumps({k: v for k, v in config.items() if k != "trial_id"}, sort_keys=True, default=str))
+            who.append(searcher.study.trials[searcher.numbers[f"t{i}"]].user_attrs["proposed_by"])
+            searcher.on_trial_complete(f"t{i}", result={"epoch": 3, "val_acc": value(i), "status": "ok"})
+        return configs, who, searcher.rejected
+
+    rising, who, rejected = search("rising", lambda i: 0.1 + 0.01 * i)
+    assert rejected > STARTUP_LAUNCHED  # rejections happened, and did not end the start-up
+    assert who == ["startup"] * STARTUP_LAUNCHED + ["tpe"] * 4
+    # What the draws do, not only their labels: the start-up ignores the results (the same
+    # ten configs whatever the trials scored), and from the 11th launch the model follows them.
+    falling, _, _ = search("falling", lambda i: 0.5 - 0.01 * i)
+    assert rising[:STARTUP_LAUNCHED] == falling[:STARTUP_LAUNCHED]
+    assert rising[STARTUP_LAUNCHED:] != falling[STARTUP_LAUNCHED:]
+
+
+def test_tpe_good_set_is_a_tenth_of_the_trials_that_trained_not_of_the_rejections():
+    from search.tune.sampler import TrainedGamma
+
+    study = optuna.create_study()
+    for i in range(174):
+        trial = study.ask()
+        trial.suggest_float("x", 0, 1)
+        if i % 12 == 0:  # 15 trained trials among 159 rejections
+            trial.set_user_attr("ray_trial_id", f"t{i}")
+            study.tell(trial, 0.1 + i / 1000)
+        else:
+            trial.set_user_attr("status", "rejected")
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    gamma = TrainedGamma()
+    gamma.study = study
+    assert gamma(174) == 2  # Optuna's default: 18, every trained trial and 3 rejections
+    assert TrainedGamma(objectives=2)(174) == 18  # no study given: Optuna's own count
 
 
 def test_the_random_baseline_draws_other_configs_than_the_start_up():
