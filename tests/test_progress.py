@@ -1,6 +1,7 @@
 """What a user sees while a search runs: the tool's own progress line, not Ray's boxes."""
 
 import io
+import re
 import types
 
 from conftest import BUDGET
@@ -64,8 +65,19 @@ def test_a_quick_search_prints_a_screenful_not_hundreds_of_lines(space_file, tmp
     assert done.returncode == 0, done.stderr[-3000:]
     printed = (done.stdout + done.stderr).splitlines()
     assert any(line.startswith("search quick: 4 trial(s) to run") for line in printed)
-    assert any(line.startswith("[search ") and "best " in line for line in printed)
     assert any(line.startswith("search finished: 4 trials run") for line in printed)
+    # The last progress line (the search's end) counts every trial, and names the best the
+    # summary names, at the time the search took.
+    last = [line for line in printed if line.startswith("[search ")][-1]
+    found = re.fullmatch(r"\[search ([\d.]+) min\] 0 running, (\d+) completed, (\d+) stopped, 0 cut, 0 errored; "
+                         r"(\d+) rejected for the budget; best ([\d.]+) \(trial (\w+), [\d.]+k params\)", last)
+    assert found, last
+    minutes, completed, stopped, rejected, best, trial = found.groups()
+    assert int(completed) + int(stopped) == 4 and int(completed) >= 1
+    summary = next(line for line in printed if line.startswith("best val_acc"))
+    assert summary.startswith(f"best val_acc {best} ") and f"(trial {trial}," in summary
+    assert any(line.startswith(f"  {rejected} configs rejected for the parameter budget") for line in printed)
+    assert 0 < float(minutes) <= float(re.search(r"this run ([\d.]+) min", done.stdout).group(1)) + 0.1
     assert len(printed) < 40, "\n".join(printed)
     assert not any("Trial status" in line or "Current best trial" in line or "Token authentication" in line
                    or "Tuner.restore" in line for line in printed), "\n".join(printed)
