@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from search.settings import (SearchSettings, check_same_data, check_settings, content_hash, prepare_folder,
                              settings_from_args)
-from search.tune.resources import Resources, check_gpus, plan_resources, ray_session
+from search.tune.resources import Resources, check_gpus, muted, plan_resources, ray_session
 from trainable.cli import parse_duration, run_main
 from trainable.data import TrainArrays
 from trainable.errors import UserError
@@ -284,14 +284,17 @@ def run_search(s: SearchSettings, trial_cls: type | None = None) -> SearchOutcom
 def quiet_ray(verbose: int) -> Iterator[None]:
     """Below --verbose 2, Tune's output engine prints its experiment box and hints even at
     verbosity 0; its older reporter (RAY_AIR_NEW_OUTPUT=0, Tune's own switch) prints nothing
-    there. Set for this fit only, so a notebook's own Ray use is left as it was."""
+    there. Set for this fit only, so a notebook's own Ray use is left as it was. After a
+    Ctrl-C, Tune advises `Tuner.restore(...)`, which is not how a search resumes: the
+    summary's `--resume` line says how."""
     if verbose >= 2:
         yield
         return
     before = os.environ.get("RAY_AIR_NEW_OUTPUT")
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     try:
-        yield
+        with muted("ray.tune.tune"):
+            yield
     finally:
         if before is None:
             os.environ.pop("RAY_AIR_NEW_OUTPUT", None)

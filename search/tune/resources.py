@@ -16,6 +16,20 @@ if TYPE_CHECKING:
     from search.tune.costs import Probe
 
 @contextmanager
+def muted(logger: str, mute: bool = True) -> Iterator[None]:
+    """Inside, the logger `logger` passes errors only (with `mute`): for Ray's notices that
+    are not this tool's advice; its level is put back after."""
+    target = logging.getLogger(logger)
+    level = target.level
+    if mute:
+        target.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        target.setLevel(level)
+
+
+@contextmanager
 def ray_started(address: str | None = None, cpus: int | None = None, gpus: int | None = None,
                 log_to_driver: bool = False) -> Iterator[None]:
     """Use the caller's Ray session if there is one; otherwise start one and stop it after.
@@ -34,16 +48,10 @@ def ray_started(address: str | None = None, cpus: int | None = None, gpus: int |
     # Ray says on every start that the local cluster it makes uses token authentication (its
     # default, kept): noise to a user of a cluster that is this run's own and ends with it.
     # Below --verbose 2 (`log_to_driver`) that one notice is left out.
-    notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
-    level = notice.level
-    if not log_to_driver:
-        notice.setLevel(logging.ERROR)
-    try:
+    with muted("ray._private.authentication.authentication_token_setup", not log_to_driver):
         ray.init(address=address or "local", num_cpus=None if address else cpus,
                  num_gpus=None if address else gpus, include_dashboard=False, configure_logging=False,
                  log_to_driver=log_to_driver)
-    finally:
-        notice.setLevel(level)
     try:
         yield
     finally:
