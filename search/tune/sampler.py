@@ -40,20 +40,25 @@ REJECTED = "rejected"  # its status attribute when the budget refused it (`searc
 STREAM = 0x57A27  # tells the start-up's seeds apart from a RandomSampler's with the same seed
 
 
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def _trains(trial: FrozenTrial) -> bool:
+    """Launched by this search, or trained by an earlier one that `--warm-from` took over (not
+    the configs that search rejected for the budget: they never trained)."""
+    attrs = trial.user_attrs
+    return LAUNCHED in attrs or (TAKEN_OVER in attrs and trial.state in FINISHED and attrs.get("status") != REJECTED)
+
+
 def launched(study: optuna.Study) -> int:
     """Trials of `study` that were launched, or that an earlier search trained and `--warm-from`
-    took over (not the configs it rejected for the budget: they never trained)."""
-    finished = (TrialState.COMPLETE, TrialState.PRUNED)
-    return sum(1 for t in study.get_trials(deepcopy=False)
-               if LAUNCHED in t.user_attrs or (TAKEN_OVER in t.user_attrs and t.state in finished
-                                               and t.user_attrs.get("status") != REJECTED))
+    took over."""
+    return sum(map(_trains, study.get_trials(deepcopy=False)))
 
 
 def trained(study: optuna.Study) -> int:
-    """Finished trials of `study` that trained: launched, or taken over by `--warm-from`."""
-    finished = (TrialState.COMPLETE, TrialState.PRUNED)
-    return sum(1 for t in study.get_trials(deepcopy=False, states=finished)
-               if LAUNCHED in t.user_attrs or (TAKEN_OVER in t.user_attrs and t.user_attrs.get("status") != REJECTED))
+    """Finished trials of `study` that trained (`launched` less those still running)."""
+    return sum(map(_trains, study.get_trials(deepcopy=False, states=FINISHED)))
 
 
 class TrainedGamma:
