@@ -7,6 +7,7 @@ program with a single `error: ...` line on stderr and exit code 2, never a trace
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import re
 import sys
@@ -110,6 +111,11 @@ def run_main(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | 
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130)
+    # Python's shutdown runs full garbage collections over every object of the libraries
+    # loaded (Ray, Tune, pyarrow, torch): 1.6 s after a `search.auto` on 2 idle cores, 3 s
+    # on a busy machine, after the last stage and so past its deadline. Frozen objects are
+    # not scanned; the files are closed and the memory goes back to the system at exit.
+    gc.freeze()
     raise SystemExit(code or 0)
 
 

@@ -16,6 +16,7 @@ Speed decisions are made for the GPU and the same code runs on the CPU:
 from __future__ import annotations
 
 import math
+import statistics
 import time
 import warnings
 from dataclasses import dataclass
@@ -159,14 +160,16 @@ class StepClock:
     """The wall time a run has used (across resumes) and how its steps' speed has changed.
 
     Per-step times are smoothed (an exponential average over about 5 steps, so a change is
-    seen within a few steps). The reference is the smoothed time at the 10th step: the speed
-    at which the tail was measured, just before training began. The tail then scales with
-    the machine's speed now against then, up or down (clamped to 1/4..4x): a reference taken
-    from the fastest stretch seen would count a slowdown twice when the tail itself was
-    measured on a busy machine.
+    seen within a few steps). The reference is the median time of steps 2 to 10: the speed at
+    which the tail was measured, just before training began. The first step is left out: it
+    pays one-off costs (allocations, warm-up) that made it several times slower than the next
+    ones, and an average that held it read a machine that then slowed down 1.5x as faster
+    than at the start. The tail scales with the machine's speed now against then, up or down
+    (clamped to 1/4..4x): a reference taken from the fastest stretch seen would count a
+    slowdown twice when the tail itself was measured on a busy machine.
     """
 
-    REFERENCE_STEP = 10
+    REFERENCE_STEPS = (2, 10)
 
     def __init__(self, used_s: float = 0.0):
         self.used_before = used_s
@@ -174,6 +177,7 @@ class StepClock:
         self.last = self.started
         self.smoothed: float | None = None
         self.reference: float | None = None
+        self.early: list[float] = []
         self.steps = 0
 
     def used(self) -> float:
@@ -184,9 +188,13 @@ class StepClock:
         now = time.perf_counter()
         dt, self.last = now - self.last, now
         self.steps += 1
-        self.smoothed = dt if self.smoothed is None else 0.8 * self.smoothed + 0.2 * dt
-        if self.steps == self.REFERENCE_STEP:
-            self.reference = self.smoothed
+        # The average starts after the first step too, for the same reason.
+        self.smoothed = dt if self.smoothed is None or self.steps == 2 else 0.8 * self.smoothed + 0.2 * dt
+        first, last = self.REFERENCE_STEPS
+        if first <= self.steps <= last:
+            self.early.append(dt)
+            if self.steps == last:
+                self.reference = statistics.median(self.early)
         return dt
 
     def resync(self) -> None:
