@@ -7,6 +7,7 @@ program with a single `error: ...` line on stderr and exit code 2, never a trace
 from __future__ import annotations
 
 import argparse
+import atexit
 import gc
 import json
 import re
@@ -113,9 +114,11 @@ def run_main(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | 
         raise SystemExit(130)
     # Python's shutdown runs full garbage collections over every object of the libraries
     # loaded (Ray, Tune, pyarrow, torch): 1.6 s after a `search.auto` on 2 idle cores, 3 s
-    # on a busy machine, after the last stage and so past its deadline. Frozen objects are
-    # not scanned; the files are closed and the memory goes back to the system at exit.
-    gc.freeze()
+    # on a busy machine, after the last stage and so past its deadline. Objects frozen at
+    # exit are not scanned (the files are closed; the memory goes back to the system). At
+    # exit only: a caller that goes on (a test, a notebook) keeps its garbage collector.
+    atexit.unregister(gc.freeze)  # once, however many commands ran in this process
+    atexit.register(gc.freeze)
     raise SystemExit(code or 0)
 
 
