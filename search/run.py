@@ -286,14 +286,15 @@ def quiet_ray(verbose: int) -> Iterator[None]:
     verbosity 0; its older reporter (RAY_AIR_NEW_OUTPUT=0, Tune's own switch) prints nothing
     there. Set for this fit only, so a notebook's own Ray use is left as it was. After a
     Ctrl-C, Tune advises `Tuner.restore(...)`, which is not how a search resumes: the
-    summary's `--resume` line says how."""
+    summary's `--resume` line says how. At the end, Tune warns "Failed to fetch metrics" for
+    each trial the deadline cut before its first report; the trial table records those."""
     if verbose >= 2:
         yield
         return
     before = os.environ.get("RAY_AIR_NEW_OUTPUT")
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     try:
-        with muted("ray.tune.tune"):
+        with muted("ray.tune.tune"), muted("ray.tune.analysis.experiment_analysis"):
             yield
     finally:
         if before is None:

@@ -225,6 +225,9 @@ def test_auto_holds_its_deadline_when_the_machine_slows_down_midway(ray_session,
     assert wall - startup <= deadline * 1.05, (wall, startup, out[-2000:])
     assert sum(st["used_s"] for st in record["stages"].values()) <= deadline * 1.05
     assert record["stages"]["predict"]["rows"] == 40
+    # Trials the deadline cut before their first report (common under this load) are in the
+    # trial table; Tune's warning that it found no metrics for them is not shown.
+    assert "Failed to fetch metrics" not in out, out[-2000:]
 
 
 @pytest.mark.slow  # runs against a clock
