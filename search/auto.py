@@ -46,7 +46,8 @@ IMPORTED = time.time()  # the command's start-up counts from here
 from search.confirm import RECIPE_ID, parse_pick, stage_confirm  # noqa: E402
 from search.ledger import Record, total_seconds  # noqa: E402
 from search.plan import (PREDICT_MARGIN, STAGES, Plan, epoch_seconds, make_plan,  # noqa: E402
-                         planned_concurrency, predict_seconds, probe_epoch_seconds, ray_overhead, sized_recipe)
+                         planned_concurrency, predict_seconds, probe_epoch_seconds, ray_overhead, sized_recipe,
+                         space_epoch_seconds)
 from search.settings import SearchSettings, build_parser, settings_from_parsed  # noqa: E402
 from trainable.cli import parse_duration, run_main  # noqa: E402
 from trainable.errors import UserError  # noqa: E402
@@ -207,10 +208,9 @@ def run_auto(s: SearchSettings, a: AutoSettings, started: float | None = None) -
     else:
         gpus, concurrent = planned_concurrency(s)
         train_images = int(min(s.subset or len(data.images), len(data.images)) * (1 - s.val_fraction))
-        epoch_s = probe_epoch_seconds(s.param_budget, s.cpus_per_trial, train_images, gpus)
+        epoch_s = space_epoch_seconds(s, num_classes, channels, train_images, gpus)
         # The retrain runs alone: on a CPU with every thread, on a GPU as a lone trial does.
-        retrain_epoch_s = epoch_s if gpus else probe_epoch_seconds(s.param_budget, s.cpus or os.cpu_count() or 1,
-                                                                   train_images, 0)
+        retrain_epoch_s = probe_epoch_seconds(s.param_budget, s.cpus or os.cpu_count() or 1, train_images, gpus)
         recipe = {**fit_to_budget(DEADLINE_RECIPE, s.param_budget, num_classes, channels), "seed": s.seed}
         sample = images[:256]
         predict_s = predict_seconds(recipe, sample, num_classes, gpus) * len(images) / max(1, len(sample))
@@ -277,9 +277,11 @@ def run_auto(s: SearchSettings, a: AutoSettings, started: float | None = None) -
                 else:
                     from search.confirm import candidates
 
+                    # A plan saved without a confirm stage: a pick at the search's short
+                    # horizon is not trusted over the recipe (benchmark 11, 20 minutes).
                     top = candidates(s.folder, a.pick, 1, s.minimize or "params")
                     facts = {"skipped": True, "search_order": [t for t, _, _ in top],
-                             "confirm_order": [t for t, _, _ in top] + [RECIPE_ID],
+                             "confirm_order": [RECIPE_ID] + [t for t, _, _ in top],
                              "configs": {**{t: c for t, c, _ in top}, RECIPE_ID: plan.recipe},
                              "kendall_tau": None, "pick_changed": False}
                 record.finish(stage, **facts)

@@ -1,7 +1,12 @@
 """The plan of `search.auto`: how one deadline is split, from times measured on this machine.
 
 What the plan measures before anything runs (the start-up, reported apart):
-- an epoch of a middle-sized config of the space on the search's device (a few timed steps);
+- an epoch of the search's trials: the mean over `SPACE_DRAWS` random configs of the space,
+  a few timed steps each, as a trial runs them (one middle-sized config is not the space's
+  average: deep, narrow draws are slow for their size on a CPU, and in benchmark 11 the
+  middle config's 9.7 s an epoch stood for draws of 9 to 41 s, 15 on average);
+- an epoch of a middle-sized config as the retrain runs it (every CPU thread), the unit of
+  "epochs the deadline holds";
 - a prediction of the real `--input` with TTA (a timed pass over a slice of it, scaled).
 
 What it decides from them:
@@ -18,6 +23,13 @@ What it decides from them:
   the longest at which every candidate, the fixed recipe among them, runs to its end (a
   comparison of runs cut at different points of their schedules would be noise); a
   `--trials` that needs less time than the share gives the rest to the retrain;
+- **a search that cannot learn or cannot be checked is no search**: one whose share runs
+  fewer than `MIN_SEARCH_TRIALS` trials (the sampler's random start-up plus
+  `MIN_MODEL_PROPOSALS` of its model's), or one with no time to run its top configs and
+  the fixed recipe to the end of a longer horizon (a pick from the search's short horizon
+  against the recipe is what lost benchmark 11 at 20 minutes); the recipe gets the time;
+- **from what deadline it would search** (`search_from_s`, the summary says it): the
+  shortest deadline at which these same rules give a search plan;
 - **the predict stage's share**, from the timed pass over the input.
 
 Every stage after the plan asks the clock again (`search.auto`): a late stage takes from the
@@ -29,10 +41,12 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
+
+from search.tune.sampler import STARTUP_LAUNCHED
 
 
 STAGES = ("search", "confirm", "retrain", "predict")
@@ -49,13 +63,21 @@ RECIPE_EPOCHS = 80
 MIN_RECIPE_FILL = 0.25
 RETRAIN_SHARE = 0.5  # of the time after the predict stage: the final model's epochs pay most
 CONFIRM_SHARE = 0.15  # the rest (0.35) is the search's
-MIN_TRIALS = 20  # the ASHA horizon shrinks until the search's share runs this many trials
-MIN_SEARCH_TRIALS = 8  # fewer than this in the share: the search cannot learn, so no search
+SPACE_DRAWS = 4  # random configs of the space timed for the search's epoch estimate
+# The search learns once its sampler's model proposes: fewer trials in the share than the
+# random start-up plus this many proposals of the model is a random search, so no search.
+MIN_MODEL_PROPOSALS = 10
+MIN_SEARCH_TRIALS = STARTUP_LAUNCHED + MIN_MODEL_PROPOSALS
+MIN_TRIALS = MIN_SEARCH_TRIALS  # the ASHA horizon shrinks until the search's share runs this many trials
+# Not below this: a ranking after fewer epochs ranks how fast configs start, and in benchmark
+# 11 (20 minutes) a pick at 12 epochs lost to the recipe at 80 (a judgement, not a measured edge).
+MIN_HORIZON = 10
 # Starting and stopping Ray around a search stage, which Tune's time budget does not count
 # (measured here: 8-12 s on 2 cores); connecting to a running cluster (--address): about 2 s;
 # nothing when Ray is already up in this process (a notebook).
 RAY_OVERHEAD_S = 10.0
 RAY_CONNECT_S = 2.0
+WEEK_S = 7 * 24 * 3600.0
 
 
 def ray_overhead(address: str | None) -> float:
@@ -91,13 +113,15 @@ class Plan:
     seeds: int
     trials: int
     recipe: dict[str, Any] = field(default_factory=dict)
-    search_from_s: float = 0.0  # the shortest deadline at which this plan would search
+    search_from_s: float = 0.0  # the shortest deadline at which this plan would search (0: none up to a week)
+    retrain_epoch_s_estimate: float = 0.0  # a middle config's epoch as the retrain runs it
 
 
     def describe(self) -> str:
-        head = (f"plan for {self.total_s / 60:.1f} min (measured here: an epoch of a middle-sized config "
-                f"{self.epoch_s_estimate:.1f} s, a prediction of the input with TTA {self.predict_s_estimate:.1f} s; "
-                f"{self.concurrent} trials at once)")
+        middle = self.retrain_epoch_s_estimate or self.epoch_s_estimate  # a plan saved before it was timed apart
+        head = (f"plan for {self.total_s / 60:.1f} min (measured here: an epoch of a trial {self.epoch_s_estimate:.1f} s "
+                f"(the space's draws, {self.concurrent} at once), of a middle-sized config alone {middle:.1f} s, a "
+                f"prediction of the input with TTA {self.predict_s_estimate:.1f} s)")
         lines = [head, f"  {self.reason}"]
         if self.mode == "search":
             lines.append(f"  search   {self.seconds['search'] / 60:6.1f} min: ASHA to {self.max_epochs} epochs, "
@@ -157,6 +181,20 @@ def probe_epoch_seconds(budget: int, threads: int, train_images: int, gpus: int)
     device (on a CPU, with `threads` threads), from a few timed steps (the plan's estimate;
     the stages measure the real ones)."""
     return epoch_seconds({**probe_config(budget), "batch_size": 128}, threads, train_images, gpus)
+
+
+def space_epoch_seconds(s: Any, num_classes: int, channels: int, train_images: int, gpus: int) -> float:
+    """Seconds of one trial's epoch: the mean over `SPACE_DRAWS` random configs of the search's
+    space (`--space` or the built-in one, its fixed keys set), each timed as a trial runs it
+    (`s.cpus_per_trial` threads on a CPU)."""
+    from search.run import search_space
+    from search.tune.budget import draw_configs
+
+    fixed, space, _ = search_space(s, num_classes, channels)
+    configs = draw_configs(space, fixed, SPACE_DRAWS, s.seed, s.param_budget, num_classes, channels)
+    if not configs:  # no draw fits (a user's space): the middle config stands for them
+        return probe_epoch_seconds(s.param_budget, s.cpus_per_trial, train_images, gpus)
+    return sum(epoch_seconds(c, s.cpus_per_trial, train_images, gpus) for c in configs) / len(configs)
 
 
 def epoch_seconds(config: dict[str, Any], threads: int, train_images: int, gpus: int) -> float:
@@ -224,10 +262,29 @@ def fits_in(seconds: float, per_trial_epochs: float, epoch_s: float, concurrent:
 def make_plan(s: Any, a: Any, total: float, concurrent: int, epoch_s: float, gpus: int,
               predict_s: float, retrain_epoch_s: float | None = None, overhead: float = RAY_OVERHEAD_S) -> Plan:
     """Split `total` seconds (see the module docstring). `s`: the search's settings; `a`:
-    search.auto's; `epoch_s`: a middle config's epoch on the search's training split, as a
-    trial runs it; `retrain_epoch_s`: the same as the retrain runs it (alone, every CPU
-    thread; default `epoch_s`); `predict_s`: the timed prediction of the input."""
-    retrain_epoch_s = retrain_epoch_s or epoch_s
+    search.auto's; `epoch_s`: a trial's epoch on the search's training split (the space's
+    draws, as a trial runs them); `retrain_epoch_s`: a middle config's epoch as the retrain
+    runs it (alone, every CPU thread; default `epoch_s`); `predict_s`: the timed prediction
+    of the input."""
+    def split(seconds: float) -> Plan:
+        return _split(s, a, seconds, concurrent, epoch_s, gpus, predict_s, retrain_epoch_s or epoch_s, overhead)
+
+    plan = split(total)
+    # The shortest deadline that searches, by bisection: the rules only tighten as the
+    # deadline shrinks. 0 where no deadline up to a week would.
+    low, high = plan.seconds["predict"], SEARCH_PAYS_EPOCHS * (retrain_epoch_s or epoch_s) + plan.seconds["predict"]
+    while split(high).mode != "search" and high < WEEK_S:
+        low, high = high, high * 2
+    if split(high).mode != "search":
+        return replace(plan, search_from_s=0.0)
+    while high - low > 1.0:
+        middle = (low + high) / 2
+        low, high = (low, middle) if split(middle).mode == "search" else (middle, high)
+    return replace(plan, search_from_s=high)
+
+
+def _split(s: Any, a: Any, total: float, concurrent: int, epoch_s: float, gpus: int, predict_s: float,
+           retrain_epoch_s: float, overhead: float) -> Plan:
     given = set(s.extra.get("given") or [])
     seeds = a.seeds or max(1, gpus)
     train_val = 1 / (1 - s.val_fraction)
@@ -237,12 +294,10 @@ def make_plan(s: Any, a: Any, total: float, concurrent: int, epoch_s: float, gpu
     usable = max(1.0, total - tail)
     whole = usable / (retrain_epoch_s * train_val)  # epochs of the middle config if the retrain had it all
 
-    search_from = SEARCH_PAYS_EPOCHS * retrain_epoch_s * train_val + tail
-
     def recipe_plan(reason: str) -> Plan:
         seconds = {"search": 0.0, "confirm": 0.0, "retrain": usable, "predict": tail}
         return Plan(total, seconds, "recipe", reason, s.max_epochs, 0, 0, 0, concurrent, epoch_s, predict_s,
-                    max(1, int(whole)), seeds, 0, search_from_s=search_from)
+                    max(1, int(whole)), seeds, 0, retrain_epoch_s_estimate=retrain_epoch_s)
 
     if whole < SEARCH_PAYS_EPOCHS:
         return recipe_plan(f"no search: the deadline holds about {whole:.0f} epochs of a middle-sized config, fewer "
@@ -251,38 +306,45 @@ def make_plan(s: Any, a: Any, total: float, concurrent: int, epoch_s: float, gpu
     searchable = usable - overhead
     search_s = searchable * (1 - RETRAIN_SHARE - CONFIRM_SHARE)
     confirm_s = searchable * CONFIRM_SHARE
-    # The ASHA horizon: the user's, else the longest that still runs MIN_TRIALS trials.
+    candidates = a.confirm + 1  # the top configs and the fixed recipe, each to the end of one horizon
+    waves = math.ceil(candidates / concurrent)
+    confirm_fit = int(confirm_s * SAFETY / (waves * epoch_s * share_slowdown))  # epochs the confirm stage runs
+
+    def trials_at(horizon: int) -> int:
+        per_trial = asha_epochs_per_trial(min(s.grace, horizon), horizon, s.reduction_factor)
+        return fits_in(search_s, per_trial, epoch_s, concurrent, share_slowdown)
+
+    # The ASHA horizon: the user's, else the longest that runs MIN_TRIALS trials and leaves the
+    # confirm stage a longer one, not below MIN_HORIZON. A longer deadline only widens that
+    # choice, so `search_from_s` is one threshold.
     horizon = s.max_epochs
     if "max_epochs" not in given:
-        while horizon > max(2, s.grace + 1) and fits_in(search_s, asha_epochs_per_trial(
-                min(s.grace, horizon), horizon, s.reduction_factor), epoch_s, concurrent, share_slowdown) < MIN_TRIALS:
+        while horizon > max(MIN_HORIZON, s.grace + 1) and (trials_at(horizon) < MIN_TRIALS or confirm_fit <= horizon):
             horizon -= 1
-    per_trial = asha_epochs_per_trial(min(s.grace, horizon), horizon, s.reduction_factor)
-    expected = fits_in(search_s, per_trial, epoch_s, concurrent, share_slowdown)
+    expected = trials_at(horizon)
     if expected < MIN_SEARCH_TRIALS:
-        return recipe_plan(f"no search: its share runs about {expected} trials here, fewer than {MIN_SEARCH_TRIALS}; "
-                           "the fixed recipe trains for all the time")
+        return recipe_plan(f"no search: its share runs about {expected} trials here, fewer than {MIN_SEARCH_TRIALS} "
+                           f"({STARTUP_LAUNCHED} random, then {MIN_MODEL_PROPOSALS} from what they taught); the fixed "
+                           "recipe trains for all the time")
+    if confirm_fit <= horizon:
+        return recipe_plan(f"no search: its top configs and the fixed recipe cannot be run past the search's "
+                           f"{horizon} epochs in the time, and a pick at {horizon} epochs is not one to trust over "
+                           "the recipe; the fixed recipe trains for all the time")
     trials = s.trials
     if "trials" in given and trials < expected:  # --trials needs less time: the rest goes to the retrain
         search_s *= trials / expected
         expected = trials
-    # The confirm stage: the top configs and the fixed recipe, each to the end of one horizon.
-    candidates = a.confirm + 1
-    waves = math.ceil(candidates / concurrent)
-    confirm_epochs = min(a.confirm_factor * horizon,
-                         int(confirm_s * SAFETY / (waves * epoch_s * share_slowdown)))
-    if confirm_epochs <= horizon:
-        candidates, confirm_epochs, confirm_s = 0, 0, 0.0
+    confirm_epochs = min(a.confirm_factor * horizon, confirm_fit)
     # Each stage that starts Ray carries its overhead (its wall time includes it).
     search_s += overhead / 2
-    confirm_s += overhead / 2 if candidates else 0.0
+    confirm_s += overhead / 2
     retrain_s = usable - search_s - confirm_s
     seconds = {"search": search_s, "confirm": confirm_s, "retrain": retrain_s, "predict": tail}
     reason = (f"search: the deadline holds about {whole:.0f} epochs of a middle-sized config; the retrain keeps "
               f"{retrain_s / usable:.0%} of the time")
     return Plan(total, seconds, "search", reason, horizon, expected, candidates, confirm_epochs, concurrent, epoch_s,
                 predict_s, max(1, int(retrain_s / (retrain_epoch_s * train_val))), seeds, trials,
-                search_from_s=search_from)
+                retrain_epoch_s_estimate=retrain_epoch_s)
 
 
 def planned_concurrency(s: Any) -> tuple[int, int]:

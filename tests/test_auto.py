@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 
 from conftest import BUDGET, kill_when, rows_of, wait_until
@@ -314,9 +315,69 @@ def test_the_plan_respects_trials_and_the_horizon_follows_the_deadline():
     assert few.expected_trials == 8 < free.expected_trials
     assert few.seconds["search"] < free.seconds["search"] and few.seconds["retrain"] > free.seconds["retrain"]
     # A shorter deadline gets a shorter ASHA horizon rather than fewer trials.
-    shorter = make_plan(s, a, 15 * 60, 2, 8.0, 0, predict_s=20, retrain_epoch_s=3.0)
+    shorter = make_plan(s, a, 30 * 60, 2, 8.0, 0, predict_s=20, retrain_epoch_s=3.0)
     assert shorter.mode == "search" and shorter.expected_trials >= 20
     assert shorter.max_epochs < make_plan(s, a, 120 * 60, 2, 8.0, 0, predict_s=20, retrain_epoch_s=3.0).max_epochs
+
+
+def test_a_trials_epoch_is_timed_on_the_spaces_draws(monkeypatch):
+    """The search's epoch estimate is the mean over SPACE_DRAWS random configs of the space the
+    search runs (its --set keys in them), each timed as a trial runs it, not the middle config
+    (in benchmark 11 that stood for draws 1.6x slower than it)."""
+    import search.plan as plan
+    from search.tune.space import default_space
+
+    timed = []
+
+    def fake_epoch(config, threads, train_images, gpus):  # an epoch's seconds: the model's depth
+        timed.append((config, threads, train_images))
+        return float(sum(config["blocks"]))
+
+    monkeypatch.setattr(plan, "epoch_seconds", fake_epoch)
+    s, _ = plan_settings(param_budget=200_000, overrides={"cutout": 12}, cpus_per_trial=1)
+    seconds = plan.space_epoch_seconds(s, 10, 3, 2_700, 0)
+    assert len(timed) == plan.SPACE_DRAWS and all(t[1:] == (1, 2_700) for t in timed)
+    configs = [c for c, _, _ in timed]
+    assert seconds == sum(sum(c["blocks"]) for c in configs) / len(configs)
+    assert all(c["cutout"] == 12 and c["epochs"] == s.max_epochs for c in configs)
+    assert len({(tuple(c["blocks"]), tuple(c["widths"])) for c in configs}) > 1  # draws, not one config
+    # The same draws a random sampler of this space makes.
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=s.seed))
+    first = default_space(study.ask(), {"cutout": 12, "epochs": s.max_epochs, "seed": s.seed}, 200_000)
+    assert configs[0]["widths"] == first["widths"] and configs[0]["blocks"] == first["blocks"]
+
+
+def test_a_search_that_cannot_learn_or_be_checked_gives_its_time_to_the_recipe():
+    """Benchmark 11 at 20 minutes: trials of the space at 15 s an epoch (2 at once), a middle
+    config alone at 5 s. The old plan searched there: 12 trials, 10 of them the sampler's
+    random start-up, and no confirm stage, and its pick lost to the recipe. Now a search needs
+    the start-up plus MIN_MODEL_PROPOSALS trials and a confirm stage past its horizon, and
+    `search_from_s` is the one deadline from which both hold."""
+    from search.plan import MIN_HORIZON, MIN_SEARCH_TRIALS, make_plan
+    from search.tune.sampler import STARTUP_LAUNCHED
+
+    s, a = plan_settings()
+    assert MIN_SEARCH_TRIALS > STARTUP_LAUNCHED
+
+    def plan(minutes: float, epoch_s: float = 15.0):
+        return make_plan(s, a, minutes * 60, 2, epoch_s, 0, predict_s=20, retrain_epoch_s=5.0)
+
+    twenty = plan(20)
+    assert twenty.mode == "recipe" and twenty.seconds["retrain"] > 0.95 * 1200, twenty.describe()
+    assert "no search" in twenty.reason and twenty.search_from_s > 20 * 60
+    # Trials that cannot run the start-up and the model's proposals: 18 fit at any horizon.
+    few = make_plan(s, a, 60 * 60, 2, 15.0 * 2.9, 0, predict_s=20, retrain_epoch_s=5.0)
+    assert few.mode == "recipe" and f"fewer than {MIN_SEARCH_TRIALS}" in few.reason, few.reason
+    # One threshold: every deadline below search_from_s trains the recipe, every one above searches,
+    # each with the start-up and the model's proposals, a horizon of at least MIN_HORIZON and a
+    # confirm stage that runs its candidates past it.
+    start = twenty.search_from_s
+    for minutes in range(10, 240, 5):
+        p = plan(minutes)
+        assert (p.mode == "search") == (minutes * 60 >= start), (minutes, start / 60, p.reason)
+        if p.mode == "search":
+            assert p.expected_trials >= MIN_SEARCH_TRIALS and p.max_epochs >= MIN_HORIZON
+            assert p.confirm_configs == a.confirm + 1 and p.confirm_epochs > p.max_epochs
 
 
 @pytest.mark.slow  # a command run to its deadline

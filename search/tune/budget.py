@@ -73,6 +73,26 @@ def check_space_fits(space: SpaceFn, budget: int, num_classes: int, fixed: dict[
     return sum(count < budget for count in counts[1:]) / draws
 
 
+def draw_configs(space: SpaceFn, fixed: dict[str, Any], draws: int, seed: int | None, budget: int,
+                 num_classes: int = 10, in_channels: int = 3) -> list[dict[str, Any]]:
+    """`draws` configs of the space from Optuna's RandomSampler (what the search's start-up
+    launches), the ones over `budget` left out.
+
+    >>> from search.tune.space import default_space
+    >>> configs = draw_configs(default_space, {"epochs": 4}, 3, 0, 5_000_000)
+    >>> len(configs), all(count_params(c) < 5_000_000 for c in configs)
+    (3, True)
+    """
+    quiet = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+        configs = [complete_config(space(study.ask()), fixed) for _ in range(draws)]
+    finally:
+        optuna.logging.set_verbosity(quiet)
+    return [c for c in configs if count_params(c, num_classes, in_channels) < budget]
+
+
 def _count_one(space: SpaceFn, sampler: optuna.samplers.BaseSampler, fixed: dict[str, Any], num_classes: int,
                in_channels: int) -> int:
     trial = optuna.create_study(sampler=sampler).ask()
