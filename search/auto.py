@@ -45,14 +45,13 @@ IMPORTED = time.time()  # the command's start-up counts from here
 
 from search.confirm import RECIPE_ID, parse_pick, stage_confirm  # noqa: E402
 from search.ledger import Record, total_seconds  # noqa: E402
-from search.plan import (PREDICT_MARGIN, STAGES, Plan, epoch_seconds, make_plan,  # noqa: E402
+from search.plan import (MAX_RETRAIN_EPOCHS, PREDICT_MARGIN, STAGES, Plan, epoch_seconds, make_plan,  # noqa: E402
                          planned_concurrency, predict_seconds, probe_epoch_seconds, ray_overhead, sized_recipe,
                          space_epoch_seconds)
 from search.settings import SearchSettings, build_parser, settings_from_parsed  # noqa: E402
 from trainable.cli import parse_duration, run_main  # noqa: E402
 from trainable.errors import UserError  # noqa: E402
 
-MAX_RETRAIN_EPOCHS = 300  # the retrain trains to its time; this caps it on a fast machine
 MIN_DEADLINE_S = 10.0  # under this nothing useful fits: the retrain alone loads data and builds a model
 
 

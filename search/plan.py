@@ -61,6 +61,7 @@ SEARCH_PAYS_EPOCHS = 150
 # in the time is halved, down to a quarter of the budget.
 RECIPE_EPOCHS = 80
 MIN_RECIPE_FILL = 0.25
+MAX_RETRAIN_EPOCHS = 300  # the retrain trains to its time; this caps it on a fast machine (it then ends early)
 RETRAIN_SHARE = 0.5  # of the time after the predict stage: the final model's epochs pay most
 CONFIRM_SHARE = 0.15  # the rest (0.35) is the search's
 SPACE_DRAWS = 4  # random configs of the space timed for the search's epoch estimate
@@ -136,8 +137,10 @@ class Plan:
 
             what = (f"the fixed recipe ({self.recipe.get('block', 'basic')} {self.recipe['blocks']} x "
                     f"{self.recipe['widths']}, {count_params(self.recipe):,} params)")
+        epochs = min(self.retrain_epochs_estimate, MAX_RETRAIN_EPOCHS)
+        capped = "; the cap, so it ends early" if self.retrain_epochs_estimate > MAX_RETRAIN_EPOCHS else ""
         lines.append(f"  retrain  {self.seconds['retrain'] / 60:6.1f} min: {what} on train + val, {self.seeds} "
-                     f"seed(s), EMA, to the time left (about {self.retrain_epochs_estimate} epochs), the learning "
+                     f"seed(s), EMA, to the time left (about {epochs} epochs{capped}), the learning "
                      "rate following the elapsed share of the time")
         lines.append(f"  predict  {self.seconds['predict'] / 60:6.1f} min: EMA weights + TTA")
         return "\n".join(lines)

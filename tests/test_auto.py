@@ -270,6 +270,11 @@ def test_a_short_deadline_trains_the_fixed_recipe_and_a_long_one_searches():
     short = make_plan(s, a, 6 * 60, 2, epoch_s, 0, predict_s=20, retrain_epoch_s=3.0)
     assert short.mode == "recipe" and short.seconds["search"] == 0 and short.seconds["retrain"] > 0.8 * 360
     assert "no search" in short.describe()
+    # The retrain's epochs are capped (MAX_RETRAIN_EPOCHS): a plan that holds more says it ends early.
+    from dataclasses import replace
+
+    assert "about 300 epochs; the cap, so it ends early" in replace(short, retrain_epochs_estimate=464).describe()
+    assert "about 100 epochs)" in replace(short, retrain_epochs_estimate=100).describe()
     # The plan knows from what deadline a search would run here (the summary says so).
     assert short.search_from_s > 6 * 60
     assert make_plan(s, a, short.search_from_s + 1, 2, epoch_s, 0, predict_s=20, retrain_epoch_s=3.0).mode == "search"
