@@ -487,7 +487,9 @@ def load_data(archive: str | None, out: Path, smoke: bool) -> tuple[Dataset, str
 
 
 CAPS = {"data_pipeline": 45, "training_step": 150, "trial_packing": 100, "accuracy_in_time": 160, "correctness": 40}
-SMOKE_CAPS = {"data_pipeline": 8, "training_step": 14, "trial_packing": 20, "accuracy_in_time": 8, "correctness": 6}
+# The smoke run's correctness checks take 2-5 s on a 2-core CPU; a slower one skipped the last
+# of them at a 6 s cap.
+SMOKE_CAPS = {"data_pipeline": 8, "training_step": 14, "trial_packing": 20, "accuracy_in_time": 8, "correctness": 12}
 DEFAULT_DEADLINE = 570.0  # seconds: the caps and the decode fit, under a 10-minute command limit
 
 
