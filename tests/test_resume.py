@@ -167,9 +167,11 @@ def test_trials_cut_by_the_deadline_are_continued_to_the_horizon(ray_session, tm
     first = run_search(settings(tmp_path, space, time_budget="12s", **args))
     rows = {r["trial_id"]: r for r in rows_of(first.folder)}
     cut = [r for r in rows.values() if r["status"] == "cut"]
-    assert cut and all(0 < int(r["epochs_trained"]) < 8 for r in cut), rows
+    # On a slow machine a trial on a cold worker is cut before its first report (no epochs):
+    # it has nothing to continue, but at least one cut trial must have trained some.
+    before = {r["trial_id"]: int(r["epochs_trained"] or 0) for r in cut}
+    assert cut and all(epochs < 8 for epochs in before.values()) and max(before.values()) > 0, rows
     assert "cut by the time budget" in first.summary and not first.counts.get("stopped")
-    before = {r["trial_id"]: int(r["epochs_trained"]) for r in cut}
 
     time.sleep(3)  # the driver is down for a while before the resume
     second = run_search(settings(tmp_path, space, resume=True, **args))
