@@ -363,7 +363,9 @@ def build_auto_parser() -> Any:
                    help="the confirm horizon at most this multiple of the search's (default 3)")
     g.add_argument("--seeds", type=int, help="retrain seeds (default: one per GPU, so they cost no wall time; 1 on a CPU)")
     g.add_argument("--shares", help="shares of the deadline for search, confirm, retrain, predict, e.g. "
-                                    "0.35,0.15,0.47,0.03 (default: the plan's, from times measured here)")
+                                    "0.35,0.15,0.47,0.03; always a search, past the plan's rules for when one pays "
+                                    "(predict keeps at least its timed share) (default: the plan's, from times "
+                                    "measured here)")
     g.add_argument("--pick", default="best",
                    help="which model of the search to confirm, retrain and submit: best (highest val_acc), knee "
                         "(the knee of the front of val_acc against --minimize's cost, params without it) or "

@@ -17,8 +17,9 @@ What it decides from them:
   (`trainable.zoo.DEADLINE_RECIPE` scaled into the budget) for all of it, and says so; the
   recipe is halved (down to a quarter of the budget) while at its size the deadline would
   train fewer than `RECIPE_EPOCHS` epochs of it (`sized_recipe`, from timed steps of it);
-- **otherwise the shares**: the retrain at least `RETRAIN_SHARE` of the time, the search and
-  the confirm stage the rest; the ASHA horizon the longest that still runs `MIN_TRIALS`
+- **otherwise the shares**: the retrain `RETRAIN_SHARE` of the time, or less when that is
+  more than its `MAX_RETRAIN_EPOCHS` would use (with room for a winner `WINNER_SLOWDOWN`
+  times slower than the middle config), the search and the confirm stage the rest; the ASHA horizon the longest that still runs `MIN_SEARCH_TRIALS`
   trials in the search's share (or `--max-epochs` when given); the confirm stage's horizon
   the longest at which every candidate, the fixed recipe among them, runs to its end (a
   comparison of runs cut at different points of their schedules would be noise); a
@@ -63,13 +64,16 @@ RECIPE_EPOCHS = 80
 MIN_RECIPE_FILL = 0.25
 MAX_RETRAIN_EPOCHS = 300  # the retrain trains to its time; this caps it on a fast machine (it then ends early)
 RETRAIN_SHARE = 0.5  # of the time after the predict stage: the final model's epochs pay most
-CONFIRM_SHARE = 0.15  # the rest (0.35) is the search's
+# The retrain's share is never more than its capped epochs would use: past that it would end
+# early and the time be lost, where the search can spend it. Its winner may be slower than the
+# middle config it is timed on: the space's draws ran 1.6x slower an epoch here (benchmark 11).
+WINNER_SLOWDOWN = 1.5
+CONFIRM_SHARE = 0.15  # the rest (0.35) is the search's; both grow alike when the retrain's share is capped
 SPACE_DRAWS = 4  # random configs of the space timed for the search's epoch estimate
 # The search learns once its sampler's model proposes: fewer trials in the share than the
 # random start-up plus this many proposals of the model is a random search, so no search.
 MIN_MODEL_PROPOSALS = 10
-MIN_SEARCH_TRIALS = STARTUP_LAUNCHED + MIN_MODEL_PROPOSALS
-MIN_TRIALS = MIN_SEARCH_TRIALS  # the ASHA horizon shrinks until the search's share runs this many trials
+MIN_SEARCH_TRIALS = STARTUP_LAUNCHED + MIN_MODEL_PROPOSALS  # the ASHA horizon shrinks until the share runs them
 # Not below this: a ranking after fewer epochs ranks how fast configs start, and in benchmark
 # 11 (20 minutes) a pick at 12 epochs lost to the recipe at 80 (a judgement, not a measured edge).
 MIN_HORIZON = 10
@@ -307,8 +311,11 @@ def _split(s: Any, a: Any, total: float, concurrent: int, epoch_s: float, gpus: 
                            f"than {SEARCH_PAYS_EPOCHS}; the fixed recipe trains for all of it")
     overhead *= 2  # the search stage and the confirm stage each start Ray
     searchable = usable - overhead
-    search_s = searchable * (1 - RETRAIN_SHARE - CONFIRM_SHARE)
-    confirm_s = searchable * CONFIRM_SHARE
+    capped = MAX_RETRAIN_EPOCHS * retrain_epoch_s * train_val * WINNER_SLOWDOWN
+    retrain_share = min(RETRAIN_SHARE, capped / searchable)
+    rest = searchable * (1 - retrain_share)
+    confirm_s = rest * CONFIRM_SHARE / (1 - RETRAIN_SHARE)
+    search_s = rest - confirm_s
     candidates = a.confirm + 1  # the top configs and the fixed recipe, each to the end of one horizon
     waves = math.ceil(candidates / concurrent)
     confirm_fit = int(confirm_s * SAFETY / (waves * epoch_s * share_slowdown))  # epochs the confirm stage runs
@@ -317,12 +324,12 @@ def _split(s: Any, a: Any, total: float, concurrent: int, epoch_s: float, gpus: 
         per_trial = asha_epochs_per_trial(min(s.grace, horizon), horizon, s.reduction_factor)
         return fits_in(search_s, per_trial, epoch_s, concurrent, share_slowdown)
 
-    # The ASHA horizon: the user's, else the longest that runs MIN_TRIALS trials and leaves the
+    # The ASHA horizon: the user's, else the longest that runs MIN_SEARCH_TRIALS trials and leaves the
     # confirm stage a longer one, not below MIN_HORIZON. A longer deadline only widens that
     # choice, so `search_from_s` is one threshold.
     horizon = s.max_epochs
     if "max_epochs" not in given:
-        while horizon > max(MIN_HORIZON, s.grace + 1) and (trials_at(horizon) < MIN_TRIALS or confirm_fit <= horizon):
+        while horizon > max(MIN_HORIZON, s.grace + 1) and (trials_at(horizon) < MIN_SEARCH_TRIALS or confirm_fit <= horizon):
             horizon -= 1
     expected = trials_at(horizon)
     if expected < MIN_SEARCH_TRIALS:
@@ -343,8 +350,9 @@ def _split(s: Any, a: Any, total: float, concurrent: int, epoch_s: float, gpus: 
     confirm_s += overhead / 2
     retrain_s = usable - search_s - confirm_s
     seconds = {"search": search_s, "confirm": confirm_s, "retrain": retrain_s, "predict": tail}
+    cap = f" (what its {MAX_RETRAIN_EPOCHS}-epoch cap uses; the search gets the rest)" if retrain_share < RETRAIN_SHARE else ""
     reason = (f"search: the deadline holds about {whole:.0f} epochs of a middle-sized config; the retrain keeps "
-              f"{retrain_s / usable:.0%} of the time")
+              f"{retrain_s / usable:.0%} of the time{cap}")
     return Plan(total, seconds, "search", reason, horizon, expected, candidates, confirm_epochs, concurrent, epoch_s,
                 predict_s, max(1, int(retrain_s / (retrain_epoch_s * train_val))), seeds, trials,
                 retrain_epoch_s_estimate=retrain_epoch_s)

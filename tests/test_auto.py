@@ -262,7 +262,8 @@ def plan_settings(**flags):
 
 def test_a_short_deadline_trains_the_fixed_recipe_and_a_long_one_searches():
     """The plan from measured times: under SEARCH_PAYS_EPOCHS epochs of the middle config in the
-    deadline there is no search; above it the retrain still keeps at least half the time."""
+    deadline there is no search; above it the retrain still keeps half the time, or what its
+    capped epochs use."""
     from search.plan import SEARCH_PAYS_EPOCHS, make_plan
 
     s, a = plan_settings()
@@ -280,11 +281,43 @@ def test_a_short_deadline_trains_the_fixed_recipe_and_a_long_one_searches():
     assert make_plan(s, a, short.search_from_s + 1, 2, epoch_s, 0, predict_s=20, retrain_epoch_s=3.0).mode == "search"
     long = make_plan(s, a, 60 * 60, 2, epoch_s, 0, predict_s=20, retrain_epoch_s=3.0)
     assert long.mode == "search" and 3600 / 3.0 > SEARCH_PAYS_EPOCHS
-    assert long.seconds["retrain"] >= 0.49 * (3600 - long.seconds["predict"])
+    from search.plan import MAX_RETRAIN_EPOCHS, WINNER_SLOWDOWN
+
+    capped = MAX_RETRAIN_EPOCHS * 3.0 / (1 - s.val_fraction) * WINNER_SLOWDOWN  # what the retrain can use
+    assert long.seconds["retrain"] >= min(0.49 * (3600 - long.seconds["predict"]), capped - 1)
     assert long.expected_trials >= 20 and long.max_epochs <= s.max_epochs
     assert abs(sum(long.seconds.values()) - 3600) < 1
     # A confirm stage runs its candidates to the end of a horizon longer than the search's.
     assert long.confirm_epochs > long.max_epochs
+
+
+def test_the_retrain_gets_no_more_time_than_its_capped_epochs_use(monkeypatch):
+    """A retrain capped at MAX_RETRAIN_EPOCHS would end early on half of a long deadline: its
+    share is what the cap uses (with room for a slower winner), and the search and the confirm
+    stage get the rest in their own proportions; so a search starts at a shorter deadline."""
+    import search.plan as plan
+
+    s, a = plan_settings()
+    train_val = 1 / (1 - s.val_fraction)
+
+    def make(minutes: float, retrain_epoch_s: float = 1.0, epoch_s: float = 4.0):
+        return plan.make_plan(s, a, minutes * 60, 2, epoch_s, 0, predict_s=20, retrain_epoch_s=retrain_epoch_s)
+
+    long = make(120)
+    capped = plan.MAX_RETRAIN_EPOCHS * 1.0 * train_val * plan.WINNER_SLOWDOWN
+    assert long.mode == "search" and "cap" in long.reason, long.describe()
+    assert abs(long.seconds["retrain"] - capped) < 1, (long.seconds, capped)
+    assert long.seconds["search"] > 2 * long.seconds["confirm"] > 0
+    assert abs(sum(long.seconds.values()) - 120 * 60) < 1
+    # A slower retrain needs its half: the cap does not bind and nothing is said of it.
+    slow = make(120, retrain_epoch_s=8.0)
+    assert "cap" not in slow.reason and slow.seconds["retrain"] >= 0.49 * (120 * 60 - slow.seconds["predict"])
+    # Trials slow for the retrain's speed (a CPU: 15 s an epoch, 2 at once, against 1 s alone):
+    # the search starts at a shorter deadline than it would without the cap's rule (a cap no
+    # deadline reaches).
+    start = make(120, epoch_s=15.0).search_from_s
+    monkeypatch.setattr(plan, "MAX_RETRAIN_EPOCHS", 10**6)
+    assert make(120, epoch_s=15.0).search_from_s > 1.2 * start > 0
 
 
 def test_a_short_deadline_shrinks_the_fixed_recipe_until_it_trains_enough_epochs():

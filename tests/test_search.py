@@ -85,6 +85,9 @@ def test_budget_check_counts_before_launch():
         check_space_fits(space_v1, 10_000, 10, fixed)
     # The built-in space solves its widths into the budget: all of it fits.
     assert check_space_fits(functools.partial(default_space, budget=200_000), 200_000, 10, fixed) == 1.0
+    # A space whose configs the trainer would refuse is refused here, before anything starts.
+    with pytest.raises(UserError, match="produced a bad config.*optimizer"):
+        check_space_fits(lambda trial: {**space_v1(trial), "optimizer": "lion"}, 5_000_000, 10, fixed)
 
 
 def test_warm_starts_are_the_seed_model_and_a_wrn():

@@ -55,16 +55,12 @@ def check_space_fits(space: SpaceFn, budget: int, num_classes: int, fixed: dict[
     """Raise UserError, before anything starts, if no config of the space fits the budget.
 
     Tries the space's smallest corner (`LowestSampler`) and `draws` configs from Optuna's
-    RandomSampler. Returns the share of the random draws under the budget. A space where none fits (e.g. --param-budget 1000) is reported
-    with the smallest count seen.
+    RandomSampler. Returns the share of the random draws under the budget. A space where
+    none fits (e.g. --param-budget 1000) is reported with the smallest count seen.
     """
-    samplers = [LowestSampler()] + [optuna.samplers.RandomSampler(seed=seed)] * draws
-    quiet = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per probe study is noise
-    try:
-        counts = [_count_one(space, sampler, fixed, num_classes, in_channels) for sampler in samplers]
-    finally:
-        optuna.logging.set_verbosity(quiet)
+    lowest = _ask_configs(space, fixed, LowestSampler(), 1)
+    counts = [count_params(c, num_classes, in_channels) for c in lowest + _ask_configs(
+        space, fixed, optuna.samplers.RandomSampler(seed=seed), draws)]
     if min(counts) >= budget:
         raise UserError(
             f"no config in the search space fits under --param-budget {budget:,} "
@@ -83,21 +79,19 @@ def draw_configs(space: SpaceFn, fixed: dict[str, Any], draws: int, seed: int | 
     >>> len(configs), all(count_params(c) < 5_000_000 for c in configs)
     (3, True)
     """
-    quiet = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-        configs = [complete_config(space(study.ask()), fixed) for _ in range(draws)]
-    finally:
-        optuna.logging.set_verbosity(quiet)
+    configs = _ask_configs(space, fixed, optuna.samplers.RandomSampler(seed=seed), draws)
     return [c for c in configs if count_params(c, num_classes, in_channels) < budget]
 
 
-def _count_one(space: SpaceFn, sampler: optuna.samplers.BaseSampler, fixed: dict[str, Any], num_classes: int,
-               in_channels: int) -> int:
-    trial = optuna.create_study(sampler=sampler).ask()
+def _ask_configs(space: SpaceFn, fixed: dict[str, Any], sampler: optuna.samplers.BaseSampler,
+                 draws: int) -> list[dict[str, Any]]:
+    """`draws` checked configs of the space, asked of one in-memory study with `sampler`."""
+    quiet = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per probe study is noise
     try:
-        config = validate_config(complete_config(space(trial), fixed))
+        study = optuna.create_study(sampler=sampler)
+        return [validate_config(complete_config(space(study.ask()), fixed)) for _ in range(draws)]
     except ConfigError as exc:
         raise UserError(f"the search space produced a bad config: {exc}") from None
-    return count_params(config, num_classes, in_channels)
+    finally:
+        optuna.logging.set_verbosity(quiet)
