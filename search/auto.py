@@ -274,16 +274,13 @@ def run_auto(s: SearchSettings, a: AutoSettings, started: float | None = None) -
                 if plan.confirm_configs:
                     facts = stage_confirm(search_s, a.pick, plan.confirm_configs - 1, plan.confirm_epochs, seconds,
                                           resume, plan.recipe, plan.epoch_s_estimate, plan.concurrent)
-                else:
-                    from search.confirm import candidates
+                else:  # a plan saved by an older version without a confirm stage
+                    from search.confirm import candidates, unconfirmed
 
-                    # A plan saved without a confirm stage: a pick at the search's short
-                    # horizon is not trusted over the recipe (benchmark 11, 20 minutes).
                     top = candidates(s.folder, a.pick, 1, s.minimize or "params")
-                    facts = {"skipped": True, "search_order": [t for t, _, _ in top],
-                             "confirm_order": [RECIPE_ID] + [t for t, _, _ in top],
+                    facts = {"search_order": [t for t, _, _ in top],
                              "configs": {**{t: c for t, c, _ in top}, RECIPE_ID: plan.recipe},
-                             "kendall_tau": None, "pick_changed": False}
+                             **unconfirmed([t for t, _, _ in top], a.pick, True)}
                 record.finish(stage, **facts)
             elif stage == "retrain":
                 confirm = stages["confirm"]
@@ -320,6 +317,10 @@ def summary(result: dict[str, Any], folder: Path) -> str:
     lines.append(result["plan"].get("reason", ""))
     if confirm.get("pick", "best") != "best":
         lines.append(f"pick: {confirm['pick']} (of the search's front by {confirm.get('objective', 'params')})")
+    if confirm.get("skipped") and result["plan"].get("mode") == "search":
+        trusted = (confirm.get("confirm_order") or [None])[0] == RECIPE_ID
+        lines.append("confirm: skipped, too short to run a candidate past the search's horizon; " + (
+            "the fixed recipe is trusted over a pick at that horizon" if trusted else "the search's order stands"))
     if not confirm.get("skipped"):
         tau = confirm.get("kendall_tau")
         lines.append(f"confirm: Kendall tau {tau if tau is None else round(tau, 2)} between the search's order and "

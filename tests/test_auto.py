@@ -320,6 +320,61 @@ def test_the_retrain_gets_no_more_time_than_its_capped_epochs_use(monkeypatch):
     assert make(120, epoch_s=15.0).search_from_s > 1.2 * start > 0
 
 
+def _searched(folder, epoch_seconds: dict[str, float]):
+    """A search's folder in the real format: one completed trial per id, best first, with its
+    epoch times in history.csv."""
+    from search.records import HistoryLog, write_settings, write_trials
+
+    folder.mkdir(parents=True)
+    write_settings(folder, {"name": folder.name})
+    rows, history = [], HistoryLog(folder)
+    for rank, (trial_id, seconds) in enumerate(epoch_seconds.items()):
+        rows.append({"trial_id": trial_id, "status": "completed", "params": 1000 * (3 - rank), "blocks": [1, 1, 1],
+                     "widths": [8, 16, 32], "lr": 0.01 * (rank + 1), "epochs_trained": 4, "horizon": 4,
+                     "best_val_acc": 0.5 - rank / 10, "best_epoch": 4})
+        for epoch in range(1, 5):
+            history.append({"trial_id": trial_id, "epoch": epoch, "status": "ok", "val_acc": 0.1 * epoch,
+                            "epoch_seconds": seconds})
+    write_trials(folder, rows)
+    return folder
+
+
+def test_a_confirm_stage_short_of_time_drops_candidates_then_trusts_the_recipe(tmp_path, monkeypatch, capsys):
+    """Benchmark 11 at 30 minutes on 1,000 images: the search's top configs ran slower than the
+    plan's estimate, the confirm stage could not run the top 2 and the recipe past the search's
+    horizon, skipped, and the retrain trained the search's pick at 16 epochs over the recipe.
+    Now the lowest-ranked candidates are left out first (the best against the recipe is the
+    comparison that matters); when even that does not fit, --pick best trusts the recipe."""
+    from search.confirm import RECIPE_ID, candidates, fitting_candidates, stage_confirm
+    from search.settings import SearchSettings
+
+    folder = _searched(tmp_path / "runs" / "s", {"a": 2.0, "b": 1.0, "c": 1.0})
+    top = candidates(folder, "best", 3, "params")
+    assert [t for t, _, _ in top] == ["a", "b", "c"]
+
+    def fit(seconds: float):
+        kept, horizon = fitting_candidates(folder, top, [RECIPE_ID], 12, seconds, 2, 1.0, 4)
+        return [t for t, _, _ in kept], horizon
+
+    # Two waves of two (2 s, then 1 s an epoch): 100 s run all of them to the confirm horizon.
+    assert fit(100) == (["a", "b", "c"], 12)
+    # 12 s: 3 epochs for all four, and for three; the best and the recipe, one wave, run 5.
+    assert fit(12) == (["a"], 5)
+    # 8 s: not even those two pass the search's 4 epochs.
+    assert fit(8) == (["a"], 3)
+
+    monkeypatch.setattr("search.plan.ray_overhead", lambda address: 0.0)  # the skip starts no Ray
+    s = SearchSettings(name="s", storage=str(tmp_path / "runs"), max_epochs=4, seed=0)
+    recipe = {"blocks": [2, 2, 2], "widths": [16, 32, 64]}
+    best = stage_confirm(s, "best", 2, 12, 8, False, recipe, 1.0, 2)
+    assert best["skipped"] and best["confirm_order"] == [RECIPE_ID, "a"] and best["pick_changed"]
+    assert "skipped" in capsys.readouterr().out
+    # A cost-aware pick keeps the search's order, the recipe last.
+    knee = stage_confirm(s, "knee", 2, 12, 4, False, recipe, 1.0, 2)
+    assert knee["skipped"] and knee["confirm_order"][-1] == RECIPE_ID and knee["confirm_order"][0] != RECIPE_ID
+    assert not (folder / "confirm").exists()  # nothing ran
+
+
 def test_a_short_deadline_shrinks_the_fixed_recipe_until_it_trains_enough_epochs():
     """The recipe fills the budget when the deadline holds RECIPE_EPOCHS epochs of it; else it
     is halved (not below a quarter of the budget) until it does."""
