@@ -271,17 +271,10 @@ def run_auto(s: SearchSettings, a: AutoSettings, started: float | None = None) -
                 record.finish(stage, trials=outcome.counts, best=outcome.best and outcome.best["trial_id"])
             elif stage == "confirm":
                 search_s = replace(s, max_epochs=plan.max_epochs)
-                if plan.confirm_configs:
-                    facts = stage_confirm(search_s, a.pick, plan.confirm_configs - 1, plan.confirm_epochs, seconds,
-                                          resume, plan.recipe, plan.epoch_s_estimate, plan.concurrent)
-                else:  # a plan saved by an older version without a confirm stage
-                    from search.confirm import candidates, unconfirmed
-
-                    top = candidates(s.folder, a.pick, 1, s.minimize or "params")
-                    facts = {"search_order": [t for t, _, _ in top],
-                             "configs": {**{t: c for t, c, _ in top}, RECIPE_ID: plan.recipe},
-                             **unconfirmed([t for t, _, _ in top], a.pick, True)}
-                record.finish(stage, **facts)
+                # A plan saved by an older version without a confirm stage: 0 epochs skip it.
+                count, epochs = (plan.confirm_configs - 1, plan.confirm_epochs) if plan.confirm_configs else (1, 0)
+                record.finish(stage, **stage_confirm(search_s, a.pick, count, epochs, seconds, resume, plan.recipe,
+                                                     plan.epoch_s_estimate, plan.concurrent))
             elif stage == "retrain":
                 confirm = stages["confirm"]
                 order = confirm.get("confirm_order") or [RECIPE_ID]

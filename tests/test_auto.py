@@ -372,6 +372,9 @@ def test_a_confirm_stage_short_of_time_drops_candidates_then_trusts_the_recipe(t
     # A cost-aware pick keeps the search's order, the recipe last.
     knee = stage_confirm(s, "knee", 2, 12, 4, False, recipe, 1.0, 2)
     assert knee["skipped"] and knee["confirm_order"][-1] == RECIPE_ID and knee["confirm_order"][0] != RECIPE_ID
+    # A plan saved by an older version without a confirm stage asks for 0 epochs: skipped alike.
+    old = stage_confirm(s, "best", 1, 0, 600, False, recipe, 1.0, 2)
+    assert old["skipped"] and old["confirm_order"] == [RECIPE_ID, "a"] and RECIPE_ID in old["configs"]
     assert not (folder / "confirm").exists()  # nothing ran
 
 
