@@ -226,8 +226,7 @@ def run_auto(s: SearchSettings, a: AutoSettings, started: float | None = None) -
     print(plan.describe(), flush=True)
     print(f"start-up (data, Ray, timings) took {startup:.0f} s; the deadline counts from here", flush=True)
     # A few epochs and the prediction; a plan with a search also starts Ray twice (search, confirm).
-    epoch = plan.retrain_epoch_s_estimate or plan.epoch_s_estimate  # a middle config's, as the retrain runs it
-    minimum = epoch / (1 - s.val_fraction) * 3 + plan.seconds["predict"]
+    minimum = plan.middle_epoch_s / (1 - s.val_fraction) * 3 + plan.seconds["predict"]
     if plan.mode == "search":
         minimum += 2 * ray_overhead(s.address)
     minimum = max(minimum, MIN_DEADLINE_S)

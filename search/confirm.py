@@ -127,27 +127,32 @@ def fitting_candidates(folder: Path, top: list[tuple[str, dict[str, Any], float]
     lowest ranked are left out until they do (`fitting_epochs`), down to the best alone. The
     search's epoch times can be slower than the plan's estimate, and the search's best against
     the recipe is the comparison that matters most."""
+    measured = measured_epoch_seconds(folder)  # history.csv read once, not once per try
     top = list(top)
-    horizon = fitting_epochs(folder, [t for t, _, _ in top] + others, epochs, seconds, concurrent, fallback_s)
-    while horizon <= search_horizon and len(top) > 1:
+    while True:
+        per_epoch = [measured.get(t, fallback_s) for t, _, _ in top] + [measured.get(t, fallback_s) for t in others]
+        horizon = fitting_epochs(per_epoch, epochs, seconds, concurrent)
+        if horizon > search_horizon or len(top) <= 1:
+            return top, horizon
         top = top[:-1]
-        horizon = fitting_epochs(folder, [t for t, _, _ in top] + others, epochs, seconds, concurrent, fallback_s)
-    return top, horizon
 
 
-def fitting_epochs(folder: Path, trial_ids: list[str], epochs: int, seconds: float, concurrent: int,
-                   fallback_s: float) -> int:
-    """The longest horizon up to `epochs` at which every candidate runs to its end in
-    `seconds`, at the epoch times the search measured for each (`fallback_s` for one it has
-    none of: the fixed recipe), `concurrent` at a time."""
-    from search.plan import SAFETY
+def measured_epoch_seconds(folder: Path) -> dict[str, float]:
+    """Each trial's median epoch seconds, from the search's history.csv."""
     from search.records import read_history
 
     times: dict[str, list[float]] = {}
     for h in read_history(folder):
         if h.get("epoch_seconds"):
             times.setdefault(h["trial_id"], []).append(h["epoch_seconds"])
-    per_epoch = [statistics.median(times[t]) if times.get(t) else fallback_s for t in trial_ids]
+    return {trial_id: statistics.median(seconds) for trial_id, seconds in times.items()}
+
+
+def fitting_epochs(per_epoch: list[float], epochs: int, seconds: float, concurrent: int) -> int:
+    """The longest horizon up to `epochs` at which candidates of these epoch seconds each run
+    to their end in `seconds`, `concurrent` at a time."""
+    from search.plan import SAFETY
+
     # Trials run `concurrent` at a time: the slowest of each wave sets its pace.
     ordered = sorted(per_epoch, reverse=True)
     wave_s = sum(ordered[i] for i in range(0, len(ordered), max(1, concurrent)))

@@ -19,11 +19,12 @@ What it decides from them:
   train fewer than `RECIPE_EPOCHS` epochs of it (`sized_recipe`, from timed steps of it);
 - **otherwise the shares**: the retrain `RETRAIN_SHARE` of the time, or less when that is
   more than its `MAX_RETRAIN_EPOCHS` would use (with room for a winner `WINNER_SLOWDOWN`
-  times slower than the middle config), the search and the confirm stage the rest; the ASHA horizon the longest that still runs `MIN_SEARCH_TRIALS`
-  trials in the search's share (or `--max-epochs` when given); the confirm stage's horizon
-  the longest at which every candidate, the fixed recipe among them, runs to its end (a
-  comparison of runs cut at different points of their schedules would be noise); a
-  `--trials` that needs less time than the share gives the rest to the retrain;
+  times slower than the middle config), the search and the confirm stage the rest; the ASHA
+  horizon the longest that still runs `MIN_SEARCH_TRIALS` trials in the search's share (or
+  `--max-epochs` when given); the confirm stage's horizon the longest at which every
+  candidate, the fixed recipe among them, runs to its end (a comparison of runs cut at
+  different points of their schedules would be noise); a `--trials` that needs less time
+  than the share gives the rest to the retrain;
 - **a search that cannot learn or cannot be checked is no search**: one whose share runs
   fewer than `MIN_SEARCH_TRIALS` trials (the sampler's random start-up plus
   `MIN_MODEL_PROPOSALS` of its model's), or one with no time to run its top configs and
@@ -122,8 +123,13 @@ class Plan:
     retrain_epoch_s_estimate: float = 0.0  # a middle config's epoch as the retrain runs it
 
 
+    @property
+    def middle_epoch_s(self) -> float:
+        """A middle config's epoch as the retrain runs it (a plan saved before it was timed apart: a trial's)."""
+        return self.retrain_epoch_s_estimate or self.epoch_s_estimate
+
     def describe(self) -> str:
-        middle = self.retrain_epoch_s_estimate or self.epoch_s_estimate  # a plan saved before it was timed apart
+        middle = self.middle_epoch_s
         head = (f"plan for {self.total_s / 60:.1f} min (measured here: an epoch of a trial {self.epoch_s_estimate:.1f} s "
                 f"(the space's draws, {self.concurrent} at once), of a middle-sized config alone {middle:.1f} s, a "
                 f"prediction of the input with TTA {self.predict_s_estimate:.1f} s)")
