@@ -97,26 +97,28 @@ def test_auto_goes_from_data_to_a_submission_within_its_deadline(auto_run):
     (["--out", "no/such/folder/sub.csv"], "does not exist"),
     (["--time-budget", None], "--time-budget is required"),
 ])
-def test_auto_refuses_bad_input_before_anything_runs(tmp_path, cli, argv, message, monkeypatch):
+def test_auto_refuses_bad_input_before_anything_runs(tmp_path, cli, argv, message, monkeypatch, space_file):
     from search.auto import main
 
     monkeypatch.chdir(tmp_path)
     unlabelled(tmp_path / "test.npy")
     base = {"--time-budget": "60s", "--input": "test.npy", "--out": "sub.csv"}
     flags = dict(zip(argv[::2], argv[1::2]))
-    args = TOY + ["--name", "bad"] + [x for k, v in {**base, **flags}.items() if v is not None for x in (k, v)]
+    given = [x for k, v in {**base, **flags}.items() if v is not None for x in (k, v)]
+    args = TOY + ["--name", "bad", "--space", space_file] + given
     before = sorted(p.name for p in tmp_path.iterdir())
     code, _, err = cli(main, args)
     assert code == 2 and err.startswith("error:") and message in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
 
 
-def test_auto_dry_run_prints_the_plan_only(tmp_path, cli, monkeypatch):
+def test_auto_dry_run_prints_the_plan_only(tmp_path, cli, monkeypatch, space_file):
     from search.auto import main
 
     monkeypatch.chdir(tmp_path)
     unlabelled(tmp_path / "test.npy")
-    code, out, _ = cli(main, TOY + ["--name", "plan", "--time-budget", "2h", "--input", "test.npy", "--dry-run"])
+    code, out, _ = cli(main, TOY + ["--name", "plan", "--space", space_file, "--time-budget", "2h", "--input", "test.npy",
+                                    "--dry-run"])
     assert code == 0
     for stage in ("search", "confirm", "retrain", "predict"):
         assert stage in out
@@ -232,7 +234,7 @@ def test_auto_holds_its_deadline_when_the_machine_slows_down_midway(ray_session,
 
 
 @pytest.mark.slow  # runs against a clock
-def test_the_predict_share_is_planned_from_the_input(tmp_path):
+def test_the_predict_share_is_planned_from_the_input(tmp_path, space_file):
     """A dry run times a prediction of the real input: 10,000 images get about 250 times the
     predict time of 40, and the plan keeps that time for the predict stage."""
     from search.auto import options_from_parsed, build_auto_parser, run_auto
@@ -242,7 +244,7 @@ def test_the_predict_share_is_planned_from_the_input(tmp_path):
         path = tmp_path / f"in{images}.npy"
         np.save(path, np.random.default_rng(0).integers(0, 256, (images, 32, 32, 3), dtype=np.uint8))
         argv = TOY[:-2] + ["--name", f"p{images}", "--storage", tmp_path / "runs", "--time-budget", "20m",
-                      "--input", path, "--out", tmp_path / "sub.csv", "--dry-run"]
+                      "--space", space_file, "--input", path, "--out", tmp_path / "sub.csv", "--dry-run"]
         s, a = options_from_parsed(vars(build_auto_parser().parse_args([str(x) for x in argv])))
         return run_auto(s, a)["plan"]
 
@@ -477,7 +479,7 @@ def test_a_search_that_cannot_learn_or_be_checked_gives_its_time_to_the_recipe()
 
 
 @pytest.mark.slow  # a command run to its deadline
-def test_a_deadline_too_short_to_search_trains_the_fixed_recipe_for_all_of_it(tmp_path, cli, monkeypatch):
+def test_a_deadline_too_short_to_search_trains_the_fixed_recipe_for_all_of_it(tmp_path, cli, monkeypatch, space_file):
     """A deadline that holds fewer than SEARCH_PAYS_EPOCHS epochs of the middle config: no
     search and no confirm stage (no Ray at all), the fixed recipe in the budget trained to the
     time left, a submission, and a summary that says so and from what deadline it would search."""
@@ -488,7 +490,7 @@ def test_a_deadline_too_short_to_search_trains_the_fixed_recipe_for_all_of_it(tm
     start = time.time()
     code, out, err = cli(main, ["--gpus", "0", "--dataset", "synthetic", "--subset", "1000", "--param-budget",
                                 "100000", "--time-budget", "15s", "--input", "test.npy", "--out", "sub.csv",
-                                "--name", "short"])
+                                "--name", "short", "--space", space_file])
     wall = time.time() - start
     assert code == 0, err
     record = json.loads((tmp_path / "runs" / "short" / "auto.json").read_text())

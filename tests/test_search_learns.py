@@ -107,7 +107,7 @@ def test_recipes_in_the_space_s_own_terms():
 WIDE_SPACE = '''
 def space(trial):
     # Names its widths: most of it is over a small budget, so the searcher rejects much.
-    width = trial.suggest_int("width", 8, 256, step=8)
+    width = trial.suggest_int("width", 8, 64, step=8)
     return {"blocks": [trial.suggest_int("blocks", 1, 4)] * 2, "widths": [width, 2 * width],
             "lr": trial.suggest_float("lr", 1e-3, 1e-1, log=True)}
 '''
@@ -290,7 +290,7 @@ def test_the_highest_rung_with_enough_points_proposes_and_a_share_stays_random()
 
 def test_a_rungs_search_proposes_from_the_rungs_and_rebuilds_them_on_resume(ray_session, tmp_path):
     first = run_search(settings(tmp_path, None, name="rungs", space=None, trials=14, max_epochs=3, grace_epochs=1,
-                                reduction_factor=3, param_budget=60_000, warm_start=False, sampler="rungs"))
+                                reduction_factor=3, param_budget=30_000, subset=200, warm_start=False, sampler="rungs"))
     study = load_study(first.folder)
     launched = sorted((t for t in study.trials if "ray_trial_id" in t.user_attrs), key=lambda t: t.number)
     who = [t.user_attrs["proposed_by"] for t in launched]
