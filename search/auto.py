@@ -45,9 +45,9 @@ IMPORTED = time.time()  # the command's start-up counts from here
 
 from search.confirm import RECIPE_ID, parse_pick, stage_confirm  # noqa: E402
 from search.ledger import Record, total_seconds  # noqa: E402
-from search.plan import (MAX_RETRAIN_EPOCHS, PREDICT_MARGIN, STAGES, Plan, epoch_seconds, make_plan,  # noqa: E402
-                         planned_concurrency, predict_seconds, probe_epoch_seconds, ray_overhead, sized_recipe,
-                         space_epoch_seconds)
+from search.plan import (CONFIRM_MULTIPLE, MAX_RETRAIN_EPOCHS, PREDICT_MARGIN, STAGES, Plan,  # noqa: E402
+                         epoch_seconds, make_plan, planned_concurrency, predict_seconds, probe_epoch_seconds,
+                         ray_overhead, sized_recipe, space_epoch_seconds)
 from search.settings import SearchSettings, build_parser, settings_from_parsed  # noqa: E402
 from trainable.cli import parse_duration, run_main  # noqa: E402
 from trainable.errors import UserError  # noqa: E402
@@ -83,8 +83,8 @@ def check_inputs(a: AutoSettings, channels: int = 3) -> Any:
         raise UserError(f"{out} exists; pass --force to overwrite it or choose another --out")
     if not a.input:
         raise UserError("--input is required: the unlabelled images to predict (pickle, .npy or an image folder)")
-    if a.confirm < 1 or a.confirm_factor < 1:
-        raise UserError("--confirm and --confirm-factor must be at least 1")
+    if a.confirm < 1 or a.confirm_factor < CONFIRM_MULTIPLE:
+        raise UserError(f"--confirm must be at least 1 and --confirm-factor at least {CONFIRM_MULTIPLE}")
     if a.seeds is not None and a.seeds < 1:
         raise UserError("--seeds must be at least 1")
     if a.shares is not None and (any(v < 0 for v in a.shares.values()) or abs(sum(a.shares.values()) - 1) > 1e-6):
@@ -272,8 +272,9 @@ def run_auto(s: SearchSettings, a: AutoSettings, started: float | None = None) -
                 search_s = replace(s, max_epochs=plan.max_epochs)
                 # A plan saved by an older version without a confirm stage: 0 epochs skip it.
                 count, epochs = (plan.confirm_configs - 1, plan.confirm_epochs) if plan.confirm_configs else (1, 0)
+                val_images = round(min(s.subset or len(data.images), len(data.images)) * s.val_fraction)
                 record.finish(stage, **stage_confirm(search_s, a.pick, count, epochs, seconds, resume, plan.recipe,
-                                                     plan.epoch_s_estimate, plan.concurrent))
+                                                     plan.epoch_s_estimate, plan.concurrent, val_images))
             elif stage == "retrain":
                 confirm = stages["confirm"]
                 order = confirm.get("confirm_order") or [RECIPE_ID]
@@ -316,7 +317,9 @@ def summary(result: dict[str, Any], folder: Path) -> str:
     if not confirm.get("skipped"):
         tau = confirm.get("kendall_tau")
         lines.append(f"confirm: Kendall tau {tau if tau is None else round(tau, 2)} between the search's order and "
-                     f"the confirm stage's; the pick {'changed' if confirm.get('pick_changed') else 'held'}")
+                     f"the confirm stage's; the pick {'changed' if confirm.get('pick_changed') else 'held'}"
+                     + (f" (a lead within the validation noise, {confirm['noise_margin']:.3f}, keeps the recipe first)"
+                        if confirm.get("recipe_kept") else ""))
     who = "the fixed recipe" if retrained["trial_id"] == RECIPE_ID else f"trial {retrained['trial_id']}"
     lines += [f"retrained {who} for {retrained['epochs']} epochs x {retrained['seeds']} seed(s): test accuracy "
               f"(EMA, read once at the end) {test:.4f}{spread}",
@@ -353,7 +356,8 @@ def build_auto_parser() -> Any:
     g.add_argument("--confirm", type=int, default=2,
                    help="top search configs trained again at the longer horizon, with the fixed recipe (default 2)")
     g.add_argument("--confirm-factor", type=int, default=3,
-                   help="the confirm horizon at most this multiple of the search's (default 3)")
+                   help="the confirm horizon at most this multiple of the search's (default 3; at least "
+                        f"{CONFIRM_MULTIPLE}, the least it runs, or it is skipped)")
     g.add_argument("--seeds", type=int, help="retrain seeds (default: one per GPU, so they cost no wall time; 1 on a CPU)")
     g.add_argument("--shares", help="shares of the deadline for search, confirm, retrain, predict, e.g. "
                                     "0.35,0.15,0.47,0.03; always a search, past the plan's rules for when one pays "

@@ -23,13 +23,15 @@ What it decides from them:
   horizon the longest that still runs `MIN_SEARCH_TRIALS` trials in the search's share (or
   `--max-epochs` when given); the confirm stage's horizon the longest at which every
   candidate, the fixed recipe among them, runs to its end (a comparison of runs cut at
-  different points of their schedules would be noise); a `--trials` that needs less time
+  different points of their schedules would be noise), and at least `CONFIRM_MULTIPLE`
+  times the search's; a `--trials` that needs less time
   than the share gives the rest to the retrain;
 - **a search that cannot learn or cannot be checked is no search**: one whose share runs
   fewer than `MIN_SEARCH_TRIALS` trials (the sampler's random start-up plus
   `MIN_MODEL_PROPOSALS` of its model's), or one with no time to run its top configs and
-  the fixed recipe to the end of a longer horizon (a pick from the search's short horizon
-  against the recipe is what lost benchmark 11 at 20 minutes); the recipe gets the time;
+  the fixed recipe to the end of a horizon `CONFIRM_MULTIPLE` times the search's (a pick
+  from the search's short horizon against the recipe is what lost benchmark 11 at 20
+  minutes); the recipe gets the time;
 - **from what deadline it would search** (`search_from_s`, the summary says it): the
   shortest deadline at which these same rules give a search plan;
 - **the predict stage's share**, from the timed pass over the input.
@@ -98,6 +100,11 @@ def ray_overhead(address: str | None) -> float:
 # keeps back with the machine's speed now (`trainable.loop`).
 PREDICT_MARGIN = 1.25
 SAFETY = 0.85  # plan runs that must finish (confirm) to fill 85% of their time
+# The confirm stage runs its candidates to at least this many times the search's horizon, or
+# not at all: a ranking barely past the search's horizon is the search's ranking again (in
+# benchmark 11, a confirm stage at 20 epochs against the search's 19 picked a config that
+# lost to the recipe by 7.5 points once both trained 256 epochs).
+CONFIRM_MULTIPLE = 2
 
 
 @dataclass
@@ -335,17 +342,18 @@ def _split(s: Any, a: Any, total: float, concurrent: int, epoch_s: float, gpus: 
     # choice, so `search_from_s` is one threshold.
     horizon = s.max_epochs
     if "max_epochs" not in given:
-        while horizon > max(MIN_HORIZON, s.grace + 1) and (trials_at(horizon) < MIN_SEARCH_TRIALS or confirm_fit <= horizon):
+        while horizon > max(MIN_HORIZON, s.grace + 1) and (trials_at(horizon) < MIN_SEARCH_TRIALS
+                                                             or confirm_fit < CONFIRM_MULTIPLE * horizon):
             horizon -= 1
     expected = trials_at(horizon)
     if expected < MIN_SEARCH_TRIALS:
         return recipe_plan(f"no search: its share runs about {expected} trials here, fewer than {MIN_SEARCH_TRIALS} "
                            f"({STARTUP_LAUNCHED} random, then {MIN_MODEL_PROPOSALS} from what they taught); the fixed "
                            "recipe trains for all the time")
-    if confirm_fit <= horizon:
-        return recipe_plan(f"no search: its top configs and the fixed recipe cannot be run past the search's "
-                           f"{horizon} epochs in the time, and a pick at {horizon} epochs is not one to trust over "
-                           "the recipe; the fixed recipe trains for all the time")
+    if confirm_fit < CONFIRM_MULTIPLE * horizon:
+        return recipe_plan(f"no search: its top configs and the fixed recipe cannot be run to {CONFIRM_MULTIPLE}x the "
+                           f"search's {horizon} epochs in the time, and a pick at {horizon} epochs is not one to trust "
+                           "over the recipe; the fixed recipe trains for all the time")
     trials = s.trials
     if "trials" in given and trials < expected:  # --trials needs less time: the rest goes to the retrain
         search_s *= trials / expected
