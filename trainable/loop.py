@@ -312,9 +312,13 @@ class Trainer:
         target = min(1.0, used / training_s) if training_s > 0 else 1.0
         if used < end - budget.tail_s:
             # A sudden slowdown grows the kept-back tail and the target jumps: move on at up to
-            # 4x the clock's pace, or a tenth of what is left a step, so the last steps anneal.
+            # 4x the clock's pace, or a tenth of what is left a step, so the last steps anneal;
+            # and at least fast enough to reach the end in the steps that still fit before
+            # the stop (after a stall, e.g. the process descheduled, few steps are left).
             pace = step_s / max(training_s, step_s)
-            target = min(target, self.progress + max(4 * pace, (1 - self.progress) / 10 + 0.005))
+            steps_left = max(1.0, (end - budget.tail_s - used) / max(step_s, 1e-9))
+            step_up = max(4 * pace, (1 - self.progress) / 10 + 0.005, (1 - self.progress) / steps_left)
+            target = min(target, self.progress + step_up)
         else:
             target = 1.0  # the unscaled tail is reached: stop now whatever the schedule says
         self.progress = max(self.progress, by_steps, target)
