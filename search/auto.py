@@ -202,11 +202,11 @@ def run_auto(s: SearchSettings, a: AutoSettings, started: float | None = None) -
     channels = data.images.shape[1]
     images = check_inputs(replace(a, force=a.force or writing), channels)
     a = replace(a, input=str(Path(a.input).resolve()), out=str(Path(a.out).resolve()))
+    train_images, val_images = s.data_spec.split_sizes(torch.from_numpy(data.labels))
     if saved:
         plan = Plan(**saved["plan"])  # a resume keeps the plan its deadline was split by
     else:
         gpus, concurrent = planned_concurrency(s)
-        train_images = int(min(s.subset or len(data.images), len(data.images)) * (1 - s.val_fraction))
         epoch_s = space_epoch_seconds(s, num_classes, channels, train_images, gpus)
         # The retrain runs alone: on a CPU with every thread, on a GPU as a lone trial does.
         retrain_epoch_s = probe_epoch_seconds(s.param_budget, s.cpus or os.cpu_count() or 1, train_images, gpus)
@@ -217,7 +217,7 @@ def run_auto(s: SearchSettings, a: AutoSettings, started: float | None = None) -
                                                           retrain_epoch_s, ray_overhead(s.address))), recipe=recipe)
         if plan.mode == "recipe":  # the recipe alone: at the size that trains enough epochs in the time
             threads = s.cpus or os.cpu_count() or 1
-            whole = int(train_images / (1 - s.val_fraction))  # the retrain trains on train + val
+            whole = train_images + val_images  # the retrain trains on train + val
             recipe, epochs = sized_recipe(
                 DEADLINE_RECIPE, s.param_budget, plan.seconds["retrain"],
                 lambda config: epoch_seconds(config, threads, whole, gpus), num_classes, channels)
@@ -272,7 +272,6 @@ def run_auto(s: SearchSettings, a: AutoSettings, started: float | None = None) -
                 search_s = replace(s, max_epochs=plan.max_epochs)
                 # A plan saved by an older version without a confirm stage: 0 epochs skip it.
                 count, epochs = (plan.confirm_configs - 1, plan.confirm_epochs) if plan.confirm_configs else (1, 0)
-                val_images = round(min(s.subset or len(data.images), len(data.images)) * s.val_fraction)
                 record.finish(stage, **stage_confirm(search_s, a.pick, count, epochs, seconds, resume, plan.recipe,
                                                      plan.epoch_s_estimate, plan.concurrent, val_images))
             elif stage == "retrain":

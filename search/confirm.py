@@ -68,19 +68,20 @@ def parse_pick(text: str) -> tuple[str, float | None]:
         raise UserError(f"--pick must be best, knee or under:N (e.g. under:1M), got {text!r}") from None
 
 
-def ranked_configs(folder: Path) -> list[tuple[str, dict[str, Any], float]]:
-    """(trial id, config, best val_acc) of an experiment's trials, best first (`records.rank`)."""
-    from search.records import config_from_row, number, rank, read_trials
+def ranked_configs(rows: list[dict[str, str]]) -> list[tuple[str, dict[str, Any], float]]:
+    """(trial id, config, best val_acc) of an experiment's trials (its `read_trials` rows),
+    best first (`records.rank`)."""
+    from search.records import config_from_row, number, rank
 
-    return [(r["trial_id"], config_from_row(r), number(r["best_val_acc"])) for r in rank(read_trials(folder))]
+    return [(r["trial_id"], config_from_row(r), number(r["best_val_acc"])) for r in rank(rows)]
 
 
-def trial_costs(folder: Path, objective: str) -> dict[str, float]:
+def trial_costs(rows: list[dict[str, str]], objective: str) -> dict[str, float]:
     """Each trial's cost on `objective` (its trials.csv column), where recorded."""
-    from search.records import COST_COLUMN, number, read_trials
+    from search.records import COST_COLUMN, number
 
     column = COST_COLUMN[objective]
-    return {r["trial_id"]: number(r.get(column)) for r in read_trials(folder) if number(r.get(column)) is not None}
+    return {r["trial_id"]: number(r.get(column)) for r in rows if number(r.get(column)) is not None}
 
 
 def knee_first(ids: list[str], accuracy: dict[str, float], costs: dict[str, float]) -> list[str]:
@@ -97,11 +98,12 @@ def knee_first(ids: list[str], accuracy: dict[str, float], costs: dict[str, floa
     return head + [t for t in ids if t not in head]
 
 
-def candidates(folder: Path, pick: str, count: int, objective: str) -> list[tuple[str, dict[str, Any], float]]:
-    """The search's top `count` configs by the --pick rule."""
+def candidates(rows: list[dict[str, str]], pick: str, count: int, objective: str
+               ) -> list[tuple[str, dict[str, Any], float]]:
+    """The search's top `count` configs (of its `read_trials` rows) by the --pick rule."""
     rule, limit = parse_pick(pick)
-    ranked = ranked_configs(folder)
-    costs = trial_costs(folder, objective)
+    ranked = ranked_configs(rows)
+    costs = trial_costs(rows, objective)
     if rule == "under":
         ranked = [r for r in ranked if costs.get(r[0]) is not None and costs[r[0]] <= limit]
         if not ranked:
@@ -128,11 +130,17 @@ def noise_margin(accuracy: float, images: int) -> float:
     """Two standard errors of an accuracy measured on `images` validation images: what a
     candidate must beat the recipe by to be trusted over it.
 
-    >>> round(noise_margin(0.4, 200), 3), round(noise_margin(0.4, 5000), 4), noise_margin(1.0, 50)
-    (0.069, 0.0139, 0.0)
+    The accuracy is taken with two right and two wrong answers added (Agresti-Coull), so a
+    recipe at 0 or 1 still has a margin: 0 of 50 right does not make any lead certain.
+
+    >>> round(noise_margin(0.4, 200), 3), round(noise_margin(0.4, 5000), 4)
+    (0.069, 0.0139)
+    >>> round(noise_margin(1.0, 50), 3), round(noise_margin(0.0, 50), 3)
+    (0.051, 0.051)
     """
-    p = min(1.0, max(0.0, accuracy))
-    return 2 * math.sqrt(p * (1 - p) / max(1, images))
+    n = max(1, images)
+    p = (min(1.0, max(0.0, accuracy)) * n + 2) / (n + 4)
+    return 2 * math.sqrt(p * (1 - p) / (n + 4))
 
 
 def recipe_unless_beaten(order: list[str], confirm_val: dict[str, float], val_images: int
@@ -207,14 +215,15 @@ def stage_confirm(s: Any, pick: str, count: int, epochs: int, seconds: float, re
     from search.settings import SearchSettings
 
     overhead = ray_overhead(s.address)  # Ray started (or joined) and stopped around the stage
-    top = candidates(s.folder, pick, count, s.minimize or "params")
+    search_rows = read_trials(s.folder)  # read once: the candidates, the recipe's twin, the costs
+    top = candidates(search_rows, pick, count, s.minimize or "params")
     if not top:
         raise UserError("the search finished no epoch: nothing to confirm (give it more --time-budget)")
     recipe_entry = [(RECIPE_ID, {**recipe, "seed": s.seed}, float("nan"))] if recipe else []
     folder = s.folder / "confirm"
     # The recipe's epoch is timed where the search ran it (as a warm start, the same config),
     # else estimated at the plan's `epoch_s`.
-    twins = {config_key(c): t for t, c, _ in ranked_configs(s.folder)}
+    twins = {config_key(c): t for t, c, _ in ranked_configs(search_rows)}
     others = [twins.get(config_key(c), t) for t, c, _ in recipe_entry]
     top, horizon = fitting_candidates(s.folder, top, others, epochs, seconds - overhead, concurrent, epoch_s,
                                       s.max_epochs)
@@ -251,16 +260,17 @@ def stage_confirm(s: Any, pick: str, count: int, epochs: int, seconds: float, re
 
     # Each confirm trial is one of the candidates: name it by the search trial it came from.
     by_config = {config_key(c): t for t, c, _ in entries}
-    finished = {r["trial_id"] for r in read_trials(folder) if r["status"] == "completed"}
-    confirmed = [(by_config.get(config_key(c), t), v, t in finished) for t, c, v in ranked_configs(folder)]
+    confirm_rows = read_trials(folder)
+    finished = {r["trial_id"] for r in confirm_rows if r["status"] == "completed"}
+    confirmed = [(by_config.get(config_key(c), t), v, t in finished) for t, c, v in ranked_configs(confirm_rows)]
     # Each confirm trial's id mapped back to the search trial (or "recipe") it trained again.
-    mapping = {r["trial_id"]: by_config.get(config_key(config_from_row(r)), r["trial_id"]) for r in read_trials(folder)}
+    mapping = {r["trial_id"]: by_config.get(config_key(config_from_row(r)), r["trial_id"]) for r in confirm_rows}
     ended = [t for t, _, done in confirmed if done]
     order = ended + [t for t, _, _ in entries if t not in ended]
     confirm_val = {t: v for t, v, done in confirmed if done}
     margin, kept = None, False
     if parse_pick(pick)[0] == "knee":  # the knee of the confirmed figures goes first
-        order = knee_first(order, confirm_val, trial_costs(s.folder, s.minimize or "params"))
+        order = knee_first(order, confirm_val, trial_costs(search_rows, s.minimize or "params"))
     elif parse_pick(pick)[0] == "best" and val_images:
         leader = order[0] if order else None
         order, margin = recipe_unless_beaten(order, confirm_val, val_images)

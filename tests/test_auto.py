@@ -355,7 +355,7 @@ def test_a_confirm_stage_short_of_time_drops_candidates_then_trusts_the_recipe(t
     from search.settings import SearchSettings
 
     folder = _searched(tmp_path / "runs" / "s", {"a": 2.0, "b": 1.0, "c": 1.0})
-    top = candidates(folder, "best", 3, "params")
+    top = candidates(rows_of(folder), "best", 3, "params")
     assert [t for t, _, _ in top] == ["a", "b", "c"]
 
     def fit(seconds: float):
@@ -400,13 +400,16 @@ def test_a_confirmed_lead_within_the_validation_noise_keeps_the_recipe_first():
     val = {"f950": 0.44, RECIPE_ID: 0.40, "b": 0.38}
     order = ["f950", RECIPE_ID, "b"]
     kept, margin = recipe_unless_beaten(order, val, 200)
-    assert kept == [RECIPE_ID, "f950", "b"] and margin == pytest.approx(2 * (0.4 * 0.6 / 200) ** 0.5)
+    assert kept == [RECIPE_ID, "f950", "b"] and margin == pytest.approx(2 * (0.4 * 0.6 / 200) ** 0.5, rel=0.02)
     # The same lead on 5,000 validation images is past the noise: the candidate stays first.
     assert recipe_unless_beaten(order, val, 5_000) == (order, noise_margin(0.40, 5_000))
     # A clear lead on 200 images stands; the recipe first already, or not confirmed, changes nothing.
     assert recipe_unless_beaten(order, {**val, "f950": 0.55}, 200)[0] == order
     assert recipe_unless_beaten([RECIPE_ID, "f950"], val, 200) == ([RECIPE_ID, "f950"], None)
     assert recipe_unless_beaten(order, {"f950": 0.44}, 200) == (order, None)
+    # A recipe at 0 still has a margin: 1 image of 50 right is not a lead to trust.
+    assert recipe_unless_beaten(order, {"f950": 0.02, RECIPE_ID: 0.0}, 50)[0][0] == RECIPE_ID
+    assert noise_margin(1.0, 50) > 0.04 and noise_margin(0.0, 50) == pytest.approx(noise_margin(1.0, 50))
 
 
 def test_a_short_deadline_shrinks_the_fixed_recipe_until_it_trains_enough_epochs():

@@ -12,7 +12,7 @@ from conftest import kill_when, ray_trial, result_stream
 from search.pareto import (crowding_distances, dominates, front_indices, hypervolume, knee, nondominated_ranks,
                            pareto_order, promote)
 from search.tune.rungs import ParetoRungScheduler, RungScheduler, judge
-from search.records import load_study
+from search.records import load_study, read_trials
 
 
 # ----------------------------------------------------------------------------- the arithmetic
@@ -373,14 +373,14 @@ def test_auto_confirms_what_its_pick_names(pareto_search):
 
     folder = pareto_search[0].folder
     front = json.loads((folder / "front.json").read_text())
-    assert candidates(folder, "knee", 2, "params")[0][0] == front["knee"]
-    best = candidates(folder, "best", 6, "params")
+    assert candidates(read_trials(folder), "knee", 2, "params")[0][0] == front["knee"]
+    best = candidates(read_trials(folder), "best", 6, "params")
     assert [c[2] for c in best] == sorted((c[2] for c in best), reverse=True)
     cheapest = min(m["params"] for m in front["members"])
-    under = candidates(folder, f"under:{cheapest}", 6, "params")
+    under = candidates(read_trials(folder), f"under:{cheapest}", 6, "params")
     assert under[0][0] == front["members"][0]["trial_id"]  # the cheapest member is the best that cheap
     with pytest.raises(UserError, match="no trial of the search costs at most"):
-        candidates(folder, "under:0.000001", 2, "params")
+        candidates(read_trials(folder), "under:0.000001", 2, "params")
 
 
 def test_a_latency_search_measures_each_architecture_once_in_its_own_slot(ray_session, tmp_path):

@@ -55,6 +55,36 @@ def test_the_speed_reference_leaves_out_the_first_step(monkeypatch):
     assert clock.slowdown() == pytest.approx(1.5, rel=0.01)
 
 
+def test_a_stall_late_in_the_budget_still_ends_annealed(monkeypatch):
+    """A pause of the whole process between steps (a garbage collection, the process
+    descheduled during validation) late in the budget leaves only a few steps before the
+    stop, at the pace the steps had before it; the schedule still reaches its end in them.
+    A fake clock makes it exact: 0.025 s a reading (two readings a step), and a validation
+    past 6 s of a 10 s budget that ends at 9.7 s, which leaves 6 steps."""
+    data = to_device(make_synthetic(n_train=640, n_test=50), "cpu")
+    clock = {"now": 0.0, "stalled": False}
+
+    def perf_counter() -> float:
+        clock["now"] += 0.025
+        return clock["now"]
+
+    evaluate = Trainer.evaluate
+
+    def stalling_evaluate(self, *args, **kwargs):
+        if clock["now"] >= 6.0 and not clock["stalled"]:
+            clock["stalled"], clock["now"] = True, 9.7
+        return evaluate(self, *args, **kwargs)
+
+    monkeypatch.setattr(time, "perf_counter", perf_counter)
+    monkeypatch.setattr(Trainer, "evaluate", stalling_evaluate)
+    trainer = Trainer(CONFIG, data, time_budget=TimeBudget(10.0))
+    history = list(trainer.epochs())
+    monkeypatch.undo()
+    assert clock["stalled"] and clock["now"] <= 10.2, clock
+    assert trainer.progress == 1.0
+    assert history[-1]["lr"] <= 0.05 * CONFIG["lr"], history[-1]
+
+
 def test_an_epoch_cap_that_comes_first_also_ends_annealed():
     data = to_device(make_synthetic(n_train=400, n_test=50), "cpu")
     trainer = Trainer({**CONFIG, "epochs": 3}, data, time_budget=TimeBudget(600.0))

@@ -331,6 +331,32 @@ def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return flat.mean(1).float().view(1, -1, 1, 1), flat.std(1).float().clamp_min(1e-3).view(1, -1, 1, 1)
 
 
+def split_indices(labels: torch.Tensor, val_fraction: float, split_seed: int = 0, subset: int | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, val) indices into `labels`: the stratified `subset` if one is asked, then
+    `val_fraction` of each class held out. The one place a run's split is decided, so what
+    plans a run (`search.auto` counts the validation images) sees the split it trains on.
+
+    >>> train, val = split_indices(torch.arange(200) % 10, 0.1, subset=100)
+    >>> len(train), len(val), len(set(train.tolist()) & set(val.tolist()))
+    (90, 10, 0)
+
+    Each class rounds on its own: 5 images a class hold none out at 0.1.
+
+    >>> [len(part) for part in split_indices(torch.arange(100) % 10, 0.1, subset=50)]
+    [50, 0]
+    """
+    if not 0 <= val_fraction < 1:
+        raise DataError(f"val fraction must be in [0, 1), got {val_fraction}")
+    chosen = torch.arange(len(labels))
+    if subset is not None:
+        if subset <= 0:
+            raise DataError(f"--subset must be positive, got {subset}")
+        chosen = stratified_subset(labels, subset, split_seed)
+    train_idx, val_idx = stratified_split(labels[chosen], val_fraction, split_seed)
+    return chosen[train_idx], chosen[val_idx]
+
+
 def to_device(
     dataset: Dataset,
     device: torch.device | str,
@@ -339,15 +365,8 @@ def to_device(
     subset: int | None = None,
 ) -> DeviceData:
     """Split the training set (stratified, seeded) and upload both parts to `device` once."""
-    if not 0 <= val_fraction < 1:
-        raise DataError(f"val fraction must be in [0, 1), got {val_fraction}")
     images, labels = dataset.train_images, dataset.train_labels
-    if subset is not None:
-        if subset <= 0:
-            raise DataError(f"--subset must be positive, got {subset}")
-        chosen = stratified_subset(labels, subset, split_seed)
-        images, labels = images[chosen], labels[chosen]
-    train_idx, val_idx = stratified_split(labels, val_fraction, split_seed)
+    train_idx, val_idx = split_indices(labels, val_fraction, split_seed, subset)
     mean, std = channel_stats(images[train_idx])
     device = torch.device(device)
     has_val = len(val_idx) > 0
@@ -384,6 +403,11 @@ class DataSpec:
 
     def to_device(self, dataset: Dataset, device: torch.device | str) -> DeviceData:
         return to_device(dataset, device, self.val_fraction, self.split_seed, self.subset)
+
+    def split_sizes(self, labels: torch.Tensor) -> tuple[int, int]:
+        """(train, val) image counts of this split of a training set with these labels."""
+        train_idx, val_idx = split_indices(labels, self.val_fraction, self.split_seed, self.subset)
+        return len(train_idx), len(val_idx)
 
 
 @dataclass
