@@ -162,10 +162,16 @@ def fitting_candidates(folder: Path, top: list[tuple[str, dict[str, Any], float]
     """(the top candidates that run with `others` to `CONFIRM_MULTIPLE` times `search_horizon`,
     their horizon): the lowest ranked are left out until they do (`fitting_epochs`), down to
     the best alone. The search's epoch times can be slower than the plan's estimate, and the
-    search's best against the recipe is the comparison that matters most."""
+    search's best against the recipe is the comparison that matters most. The time the search
+    took to its first epoch (`start_seconds`) is kept back: the stage starts its trials anew."""
     from search.plan import CONFIRM_MULTIPLE
+    from search.records import read_history
 
-    measured = measured_epoch_seconds(folder)  # history.csv read once, not once per try
+    history = read_history(folder)  # read once, not once per try
+    measured = measured_epoch_seconds(history)
+    # The stage pays again what the search paid before its first epoch (Tune's set-up, the
+    # trial workers starting, the data): 3-4 s of an 8 s stage in the tests' short runs.
+    seconds = max(0.0, seconds - start_seconds(folder, history))
     top = list(top)
     while True:
         per_epoch = [measured.get(t, fallback_s) for t, _, _ in top] + [measured.get(t, fallback_s) for t in others]
@@ -181,15 +187,27 @@ def config_key(config: dict[str, Any]) -> str:
     return repr(sorted((k, v) for k, v in with_defaults(config).items() if k not in ("epochs", "seed")))
 
 
-def measured_epoch_seconds(folder: Path) -> dict[str, float]:
-    """Each trial's median epoch seconds, from the search's history.csv."""
-    from search.records import read_history
-
+def measured_epoch_seconds(history: list[dict[str, Any]]) -> dict[str, float]:
+    """Each trial's median epoch seconds, from the search's history.csv (`read_history`)."""
     times: dict[str, list[float]] = {}
-    for h in read_history(folder):
+    for h in history:
         if h.get("epoch_seconds"):
             times.setdefault(h["trial_id"], []).append(h["epoch_seconds"])
     return {trial_id: statistics.median(seconds) for trial_id, seconds in times.items()}
+
+
+def start_seconds(folder: Path, history: list[dict[str, Any]]) -> float:
+    """Seconds from the start of the search's first run to the start of its first epoch: what
+    a new search stage pays before it trains. 0 where that run is not recorded."""
+    from search.records import read_drivers
+
+    drivers = read_drivers(folder)
+    if not drivers:
+        return 0.0
+    started = float(drivers[0]["started"])
+    ends = [h["wall_time"] - (h.get("epoch_seconds") or 0.0) for h in history
+            if h.get("wall_time") is not None and h["wall_time"] >= started]
+    return max(0.0, min(ends) - started) if ends else 0.0
 
 
 def fitting_epochs(per_epoch: list[float], epochs: int, seconds: float, concurrent: int) -> int:

@@ -287,14 +287,17 @@ def quiet_ray(verbose: int) -> Iterator[None]:
     there. Set for this fit only, so a notebook's own Ray use is left as it was. After a
     Ctrl-C, Tune advises `Tuner.restore(...)`, which is not how a search resumes: the
     summary's `--resume` line says how. At the end, Tune warns "Failed to fetch metrics" for
-    each trial the deadline cut before its first report; the trial table records those."""
+    each trial the deadline cut before its first report; the trial table records those. Its
+    notice that the experiment's state was saved often (a trial checkpointing every epoch or
+    two does that) is about Tune's own files, with nothing for a user to do."""
     if verbose >= 2:
         yield
         return
     before = os.environ.get("RAY_AIR_NEW_OUTPUT")
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     try:
-        with muted("ray.tune.tune"), muted("ray.tune.analysis.experiment_analysis"):
+        with muted("ray.tune.tune"), muted("ray.tune.analysis.experiment_analysis"), \
+                muted("ray.tune.execution.experiment_state"):
             yield
     finally:
         if before is None:
