@@ -12,8 +12,8 @@ from typing import Any
 
 import pandas as pd
 
-from search.pareto import hypervolume, knee
-from search.records import COST_COLUMN, front_rows, read_settings
+from search.pareto import front_indices, hypervolume, knee
+from search.records import COST_COLUMN, read_settings
 from trainable.zoo import PARAM_BUDGET
 
 # The sizes of the OFA-style table: the best val accuracy at or under each.
@@ -48,10 +48,13 @@ def reference_text(value: float) -> str:
 def front_table(table: pd.DataFrame, objective: str) -> pd.DataFrame:
     """The table's non-dominated trials (best_val_acc against the cost), cheapest first,
     with a `knee` column marking the knee."""
-    rows = table.to_dict("records")
-    members = front_rows(rows, objective)
-    front = pd.DataFrame(members, columns=table.columns)
     column = COST_COLUMN[objective]
+    # As `search.records.front_rows` ranks a search's rows: diverged trials and rows without
+    # both figures left out, the front in the table's order (best first), then cheapest first.
+    scored = table[(table["status"] != "diverged") & table["best_val_acc"].notna() & table[column].notna()]
+    scored = scored.sort_values("best_val_acc", ascending=False, kind="stable")
+    chosen = sorted(front_indices(list(zip(scored["best_val_acc"], -scored[column]))))
+    front = scored.iloc[chosen].sort_values(column, kind="stable").copy()
     at = knee(list(zip(front["best_val_acc"], front[column])))
     front["knee"] = [i == at for i in range(len(front))]
     return front.reset_index(drop=True)

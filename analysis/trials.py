@@ -14,8 +14,8 @@ from typing import Any
 
 import pandas as pd
 
-from search.records import (HISTORY_COLUMNS, TRIAL_COLUMNS, TRIAL_STATUSES, config_from_row, number, rank,
-                            read_history, read_settings, read_trials, rejected_count)
+from search.records import (HISTORY_COLUMNS, TRIAL_COLUMNS, TRIAL_STATUSES, Status, TrialRow, rank, read_history,
+                            read_settings, read_trials, rejected_count)
 from trainable.errors import UserError
 
 # The table's columns: trials.csv's, in its order, less what only the driver needs.
@@ -27,17 +27,11 @@ CURVE_COLUMNS = [c for c in HISTORY_COLUMNS if c != "status"]  # the status is t
 settings_of = read_settings
 
 
-def _row(raw: dict[str, str]) -> dict[str, Any]:
-    """A trials.csv row, typed: the config by its keys' types, the figures as numbers."""
-    config = config_from_row(raw)
-    row: dict[str, Any] = {key: config.get(key) for key in COLUMNS if key in config}
-    as_int = ("params", "macs", "epochs_trained", "best_epoch", "horizon")
-    for key in ("params", "macs", "latency_ms", "epochs_trained", "best_val_acc", "best_epoch", "last_val_acc", "horizon",
-                "wall_seconds", "gpu_seconds"):
-        value = number(raw.get(key))
-        row[key] = int(value) if value is not None and key in as_int else value
-    row["epochs_trained"] = row["epochs_trained"] or 0
-    row.update(trial_id=raw["trial_id"], status=raw["status"], error=raw.get("error") or None)
+def _row(trial: TrialRow) -> dict[str, Any]:
+    """A trial's line of the table: its config keys and its figures, by the table's columns."""
+    row: dict[str, Any] = {key: value for key, value in trial.config.items() if key in COLUMNS}
+    row.update({key: getattr(trial, key) for key in COLUMNS if hasattr(trial, key) and key not in ("config",)})
+    row.update(status=Status(trial.status).value, error=trial.error or None)
     return row
 
 

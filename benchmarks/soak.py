@@ -89,7 +89,7 @@ def run(data_dir: str | None, quick: bool, out: Path | None = None) -> dict[str,
 
     width = max(5, marks[0] // 5)
     result: dict[str, Any] = {
-        "trials": trials, "wall_seconds": wall, "rows": len(rows), "unique_rows": len({r["trial_id"] for r in rows}),
+        "trials": trials, "wall_seconds": wall, "rows": len(rows), "unique_rows": len({r.trial_id for r in rows}),
         "optuna_trials": optuna_trials, "optuna_running_at_end": running, "rejected_for_budget": outcome.rejected,
         "counts": outcome.counts,
     }

@@ -20,12 +20,15 @@ import shutil
 import statistics
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from trainable.checkpoint import write_json
 from trainable.cli import parse_count
 from trainable.config import with_defaults
 from trainable.errors import UserError
+
+if TYPE_CHECKING:
+    from search.records import TrialRow
 
 RECIPE_ID = "recipe"
 
@@ -68,20 +71,17 @@ def parse_pick(text: str) -> tuple[str, float | None]:
         raise UserError(f"--pick must be best, knee or under:N (e.g. under:1M), got {text!r}") from None
 
 
-def ranked_configs(rows: list[dict[str, str]]) -> list[tuple[str, dict[str, Any], float]]:
+def ranked_configs(rows: list[TrialRow]) -> list[tuple[str, dict[str, Any], float]]:
     """(trial id, config, best val_acc) of an experiment's trials (its `read_trials` rows),
     best first (`records.rank`)."""
-    from search.records import config_from_row, number, rank
+    from search.records import rank
 
-    return [(r["trial_id"], config_from_row(r), number(r["best_val_acc"])) for r in rank(rows)]
+    return [(r.trial_id, r.run_config, r.best_val_acc) for r in rank(rows)]
 
 
-def trial_costs(rows: list[dict[str, str]], objective: str) -> dict[str, float]:
-    """Each trial's cost on `objective` (its trials.csv column), where recorded."""
-    from search.records import COST_COLUMN, number
-
-    column = COST_COLUMN[objective]
-    return {r["trial_id"]: number(r.get(column)) for r in rows if number(r.get(column)) is not None}
+def trial_costs(rows: list[TrialRow], objective: str) -> dict[str, float]:
+    """Each trial's cost on `objective`, where recorded."""
+    return {r.trial_id: r.cost(objective) for r in rows if r.cost(objective) is not None}
 
 
 def knee_first(ids: list[str], accuracy: dict[str, float], costs: dict[str, float]) -> list[str]:
@@ -98,7 +98,7 @@ def knee_first(ids: list[str], accuracy: dict[str, float], costs: dict[str, floa
     return head + [t for t in ids if t not in head]
 
 
-def candidates(rows: list[dict[str, str]], pick: str, count: int, objective: str
+def candidates(rows: list[TrialRow], pick: str, count: int, objective: str
                ) -> list[tuple[str, dict[str, Any], float]]:
     """The search's top `count` configs (of its `read_trials` rows) by the --pick rule."""
     rule, limit = parse_pick(pick)
@@ -197,17 +197,19 @@ def measured_epoch_seconds(history: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def start_seconds(folder: Path, history: list[dict[str, Any]]) -> float:
-    """Seconds from the start of the search's first run to the start of its first epoch: what
-    a new search stage pays before it trains. 0 where that run is not recorded."""
+    """Seconds from the start of the search's first run with a result to the start of its
+    first epoch: what a new search stage pays before it trains. 0 where none is recorded.
+    Each run is read within its own span (drivers.json), so the downtime between a killed
+    run and its resume is not counted."""
     from search.records import read_drivers
 
-    drivers = read_drivers(folder)
-    if not drivers:
-        return 0.0
-    started = float(drivers[0]["started"])
-    ends = [h["wall_time"] - (h.get("epoch_seconds") or 0.0) for h in history
-            if h.get("wall_time") is not None and h["wall_time"] >= started]
-    return max(0.0, min(ends) - started) if ends else 0.0
+    for run in read_drivers(folder):
+        started, last = float(run["started"]), float(run["last"]) + 1.0
+        ends = [h["wall_time"] - (h.get("epoch_seconds") or 0.0) for h in history
+                if h.get("wall_time") is not None and started <= h["wall_time"] <= last]
+        if ends:
+            return max(0.0, min(ends) - started)
+    return 0.0
 
 
 def fitting_epochs(per_epoch: list[float], epochs: int, seconds: float, concurrent: int) -> int:
@@ -228,7 +230,7 @@ def stage_confirm(s: Any, pick: str, count: int, epochs: int, seconds: float, re
     if the measured epoch times say they would not finish in `seconds`), then rank them on
     `val_images` validation images (the recipe first within their noise, for `--pick best`)."""
     from search.plan import CONFIRM_MULTIPLE, ray_overhead
-    from search.records import config_from_row, read_trials
+    from search.records import Status, read_trials
     from search.run import run_search
     from search.settings import SearchSettings
 
@@ -279,10 +281,10 @@ def stage_confirm(s: Any, pick: str, count: int, epochs: int, seconds: float, re
     # Each confirm trial is one of the candidates: name it by the search trial it came from.
     by_config = {config_key(c): t for t, c, _ in entries}
     confirm_rows = read_trials(folder)
-    finished = {r["trial_id"] for r in confirm_rows if r["status"] == "completed"}
+    finished = {r.trial_id for r in confirm_rows if r.status == Status.COMPLETED}
     confirmed = [(by_config.get(config_key(c), t), v, t in finished) for t, c, v in ranked_configs(confirm_rows)]
     # Each confirm trial's id mapped back to the search trial (or "recipe") it trained again.
-    mapping = {r["trial_id"]: by_config.get(config_key(config_from_row(r)), r["trial_id"]) for r in confirm_rows}
+    mapping = {r.trial_id: by_config.get(config_key(r.run_config), r.trial_id) for r in confirm_rows}
     ended = [t for t, _, done in confirmed if done]
     order = ended + [t for t, _, _ in entries if t not in ended]
     confirm_val = {t: v for t, v, done in confirmed if done}

@@ -24,6 +24,7 @@ import csv
 import io
 import json
 import os
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any, Iterable
@@ -129,6 +130,82 @@ def number(value: Any) -> float | None:
     return None if result != result else result
 
 
+# ----------------------------------------------------------------------------- a trial's row
+@dataclass
+class TrialRow:
+    """One trial's line of trials.csv, typed (as Optuna's `FrozenTrial` is a study's trial).
+
+    Only this module reads and writes the file (`read_trials`, `write_trials`); everyone
+    else sees these fields. The config holds every key of `trainable.config.DEFAULTS` but
+    `epochs` (the trial's `horizon`); `run_config` puts them together.
+
+    >>> row = TrialRow.from_cells({"trial_id": "a", "status": "stopped", "blocks": "[1, 1]", "widths": "[8, 16]",
+    ...                            "params": "1234.0", "best_val_acc": "0.5", "horizon": "3", "epochs_trained": ""})
+    >>> row.status, row.params, row.epochs_trained, row.run_config["blocks"], row.run_config["epochs"]
+    (<Status.STOPPED: 'stopped'>, 1234, 0, [1, 1], 3)
+    >>> TrialRow.from_cells(row.cells()) == row
+    True
+    """
+
+    trial_id: str
+    status: Status = Status.RUNNING
+    config: dict[str, Any] = field(default_factory=dict)
+    params: int | None = None
+    macs: int | None = None
+    latency_ms: float | None = None
+    epochs_trained: int = 0
+    best_val_acc: float | None = None
+    best_epoch: int | None = None
+    last_val_acc: float | None = None
+    horizon: int | None = None
+    wall_seconds: float | None = None
+    gpu_seconds: float | None = None
+    restarts: int = 0
+    error: str = ""
+    checkpoint: str = ""
+    versions: str = ""
+
+    INTS = ("params", "macs", "epochs_trained", "best_epoch", "horizon", "restarts")
+    FLOATS = ("latency_ms", "best_val_acc", "last_val_acc", "wall_seconds", "gpu_seconds")
+    TEXTS = ("error", "checkpoint", "versions")
+
+    @classmethod
+    def from_cells(cls, cells: dict[str, Any]) -> "TrialRow":
+        """A row from trials.csv's text cells (an empty cell is None, or 0 for the counts)."""
+        values: dict[str, Any] = {key: number(cells.get(key)) for key in cls.FLOATS}
+        for key in cls.INTS:
+            value = number(cells.get(key))
+            values[key] = None if value is None else int(value)
+        values["epochs_trained"] = values["epochs_trained"] or 0
+        values["restarts"] = values["restarts"] or 0
+        values.update({key: str(cells.get(key) or "") for key in cls.TEXTS})
+        config = config_from_cells({key: cells.get(key, "") for key in CONFIG_COLUMNS})
+        return cls(trial_id=str(cells["trial_id"]), status=Status(cells.get("status") or Status.RUNNING),
+                   config=config, **values)
+
+    @classmethod
+    def of_config(cls, trial_id: str, config: dict[str, Any], **figures: Any) -> "TrialRow":
+        """A new trial's row: its config as trials.csv will hold it (every key, defaults
+        filled), so a live row and the same row read back are equal."""
+        cells = {key: str(cell(config.get(key))) for key in CONFIG_COLUMNS}
+        return cls(trial_id=trial_id, config=config_from_cells(cells), **figures)
+
+    def cells(self) -> dict[str, Any]:
+        """The row as trials.csv's text cells, in its columns."""
+        values = {**self.config, **{key: getattr(self, key) for key in TRIAL_COLUMNS if key not in CONFIG_COLUMNS}}
+        values["status"] = Status(self.status).value
+        return {key: str(cell(values.get(key))) for key in TRIAL_COLUMNS}
+
+    @property
+    def run_config(self) -> dict[str, Any]:
+        """The config the trial trains: its keys and its horizon as `epochs`."""
+        return {**self.config, "epochs": self.horizon}
+
+    def cost(self, objective: str) -> float | None:
+        """Its figure on `objective` (params, macs or latency), where recorded."""
+        return getattr(self, COST_COLUMN[objective])
+
+
 # ----------------------------------------------------------------------------- readers
 def read_settings(folder: str | Path) -> dict[str, Any]:
     """The search's settings.json; UserError if `folder` is not an experiment of this tool."""
@@ -141,13 +218,13 @@ def read_settings(folder: str | Path) -> dict[str, Any]:
         raise UserError(f"{path} is not valid JSON") from None
 
 
-def read_trials(folder: str | Path) -> list[dict[str, str]]:
-    """The rows of trials.csv as dicts of strings (empty if there is none yet)."""
+def read_trials(folder: str | Path) -> list[TrialRow]:
+    """The rows of trials.csv (empty if there is none yet)."""
     path = Path(folder) / TRIALS
     if not path.is_file():
         return []
     with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
+        return [TrialRow.from_cells(cells) for cells in csv.DictReader(handle)]
 
 
 def read_history(folder: str | Path) -> list[dict[str, Any]]:
@@ -178,54 +255,45 @@ def read_best(folder: str | Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def config_from_row(row: dict[str, str]) -> dict[str, Any]:
-    """Rebuild a trial's config from its trials.csv row."""
-    return {**config_from_cells({k: row.get(k, "") for k in CONFIG_COLUMNS}), "epochs": int(row["horizon"])}
-
-
-def count_statuses(rows: Iterable[dict[str, Any]]) -> dict[str, int]:
+def count_statuses(rows: Iterable[TrialRow]) -> dict[str, int]:
     """How many trials are in each status."""
     counts: dict[str, int] = {}
     for row in rows:
-        counts[str(row["status"])] = counts.get(str(row["status"]), 0) + 1
+        counts[Status(row.status).value] = counts.get(Status(row.status).value, 0) + 1
     return counts
 
 
-def rank(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+def rank(rows: Iterable[TrialRow]) -> list[TrialRow]:
     """Trials best first by best_val_acc: what "best" means everywhere in this tool.
 
     Diverged trials and trials without a val figure are left out; ties keep the order the
     trials were launched in (a stable sort), so the same folder always names the same best.
     """
-    scored = [r for r in rows if r.get("status") != Status.DIVERGED and number(r.get("best_val_acc")) is not None]
-    return sorted(scored, key=lambda r: -number(r["best_val_acc"]))
+    scored = [r for r in rows if r.status != Status.DIVERGED and r.best_val_acc is not None]
+    return sorted(scored, key=lambda r: -r.best_val_acc)
 
 
-def front_rows(rows: Iterable[dict[str, Any]], objective: str) -> list[dict[str, Any]]:
+def front_rows(rows: Iterable[TrialRow], objective: str) -> list[TrialRow]:
     """The trials no other trial beats on both best_val_acc and the `objective`'s cost,
     cheapest first. Diverged trials and rows without both figures are left out (`rank`).
 
-    >>> rows = [{"trial_id": t, "status": "completed", "best_val_acc": a, "params": p}
+    >>> rows = [TrialRow(t, Status.COMPLETED, best_val_acc=a, params=p)
     ...         for t, a, p in [("a", 0.9, 400), ("b", 0.8, 100), ("c", 0.7, 300), ("d", 0.85, 200)]]
-    >>> [r["trial_id"] for r in front_rows(rows, "params")]
+    >>> [r.trial_id for r in front_rows(rows, "params")]
     ['b', 'd', 'a']
     """
     from search.pareto import front_indices
 
-    column = COST_COLUMN[objective]
-    scored = [r for r in rank(rows) if number(r.get(column)) is not None]
-    members = [scored[i] for i in front_indices([(number(r["best_val_acc"]), -number(r[column])) for r in scored])]
-    return sorted(members, key=lambda r: number(r[column]))
+    scored = [r for r in rank(rows) if r.cost(objective) is not None]
+    members = [scored[i] for i in front_indices([(r.best_val_acc, -r.cost(objective)) for r in scored])]
+    return sorted(members, key=lambda r: r.cost(objective))
 
 
-def front_member(row: dict[str, Any]) -> dict[str, Any]:
+def front_member(row: TrialRow) -> dict[str, Any]:
     """One trial of front.json: its id, best val_acc and epoch, status, costs and config."""
-    member: dict[str, Any] = {"trial_id": row["trial_id"], "val_acc": number(row["best_val_acc"]),
-                              "epoch": int(number(row["best_epoch"])), "status": str(row["status"])}
-    for key in ("params", "macs", "latency_ms"):
-        value = number(row.get(key))
-        member[key] = value if value is None or key == "latency_ms" else int(value)
-    return {**member, "config": config_from_row(row)}
+    return {"trial_id": row.trial_id, "val_acc": row.best_val_acc, "epoch": row.best_epoch,
+            "status": Status(row.status).value, "params": row.params, "macs": row.macs,
+            "latency_ms": row.latency_ms, "config": row.run_config}
 
 
 def optuna_url(folder: str | Path) -> str:
@@ -291,7 +359,7 @@ def ran_seconds(folder: str | Path) -> float:
 
 
 # ----------------------------------------------------------------------------- writers
-def write_trials(folder: str | Path, rows: Iterable[dict[str, Any]]) -> None:
+def write_trials(folder: str | Path, rows: Iterable[TrialRow]) -> None:
     write_text(Path(folder) / TRIALS, trials_csv_text(rows))
 
 
@@ -321,13 +389,13 @@ def record_driver(folder: str | Path, entry: dict[str, Any]) -> None:
     write_json(Path(folder) / DRIVERS, drivers + [entry])
 
 
-def trials_csv_text(rows: Iterable[dict[str, Any]]) -> str:
-    """trials.csv's content for `rows` (extra keys ignored, missing ones empty)."""
+def trials_csv_text(rows: Iterable[TrialRow]) -> str:
+    """trials.csv's content for `rows`."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=TRIAL_COLUMNS, extrasaction="ignore")
+    writer = csv.DictWriter(buffer, fieldnames=TRIAL_COLUMNS)
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: cell(row.get(k)) for k in TRIAL_COLUMNS})
+        writer.writerow(row.cells())
     return buffer.getvalue()
 
 

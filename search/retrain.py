@@ -46,7 +46,7 @@ CURVES_S = 0.5  # drawing a seed's curves.png after its test pass (0.12 s measur
 
 def config_from_experiment(folder: Path, trial: str | None) -> dict[str, Any]:
     """The config of `trial` (or of best.json) in a search experiment folder."""
-    from search.records import BEST, TRIALS, config_from_row, read_best, read_settings, read_trials
+    from search.records import BEST, TRIALS, read_best, read_settings, read_trials
 
     read_settings(folder)  # UserError if it is not an experiment of this tool
     if trial is None:
@@ -55,8 +55,8 @@ def config_from_experiment(folder: Path, trial: str | None) -> dict[str, Any]:
             raise UserError(f"{folder} has no finished trial yet (no {BEST}); let the search run longer")
         return best["config"]
     for row in read_trials(folder):
-        if row["trial_id"] == trial:
-            return config_from_row(row)
+        if row.trial_id == trial:
+            return row.run_config
     raise UserError(f"no trial {trial!r} in {folder / TRIALS}")
 
 

@@ -141,10 +141,10 @@ def rung_model(s: SearchSettings, space: Any, directions: list[str]) -> Any:
 
 def fix_rows(folder: Path, fixed: dict[str, str]) -> None:
     """Write the statuses `BudgetedOptunaSearch.settle` found for rows the table never closed."""
-    from search.records import read_trials, write_trials
+    from search.records import Status, read_trials, write_trials
 
     if fixed:
-        write_trials(folder, [{**r, "status": fixed.get(r["trial_id"], r["status"])} for r in read_trials(folder)])
+        write_trials(folder, [replace(r, status=Status(fixed.get(r.trial_id, r.status))) for r in read_trials(folder)])
 
 
 def build_scheduler(s: SearchSettings, costs: "Costs | None" = None) -> Any:
@@ -152,13 +152,13 @@ def build_scheduler(s: SearchSettings, costs: "Costs | None" = None) -> Any:
     with --minimize, or FIFO."""
     from ray.tune.schedulers import FIFOScheduler
 
-    from search.records import config_from_row, read_history, read_trials
+    from search.records import read_history, read_trials
     from search.tune.rungs import ParetoRungScheduler, RungScheduler
 
     if s.scheduler != "asha":
         return FIFOScheduler()
     if s.minimize and costs is not None:
-        configs = {r["trial_id"]: config_from_row(r) for r in read_trials(s.folder)}
+        configs = {r.trial_id: r.run_config for r in read_trials(s.folder)}
         return ParetoRungScheduler(s.max_epochs, s.grace, s.reduction_factor, costs.value).from_history(
             read_history(s.folder), configs)
     return RungScheduler(s.max_epochs, s.grace, s.reduction_factor).from_history(read_history(s.folder))
@@ -247,7 +247,7 @@ def run_search(s: SearchSettings, trial_cls: type | None = None) -> SearchOutcom
                                       "space_hash": content_hash(s.space) if s.space else None,
                                       "space_version": None if s.space else s.extra.get("space_version", SPACE_VERSION),
                                       "warm_start_result": warm.describe() if warm else None})
-        ended = sum(r["status"] in {e.value for e in ENDED} for r in read_trials(s.folder))
+        ended = sum(r.status in ENDED for r in read_trials(s.folder))
         remaining = max(0, s.trials - ended)
         options = TrialOptions(threads=s.cpus_per_trial, compile=s.compile, checkpoint_every=s.checkpoint_every,
                                gpu_share=resources.gpus_per_trial)

@@ -140,13 +140,13 @@ def rows_of(folder):
 def check_resumed(folder, finished_before: dict, trials: int) -> list:
     """After a resume: every trial once, all ended, and the ones finished before unchanged."""
     rows = rows_of(folder)
-    ids = [r["trial_id"] for r in rows]
+    ids = [r.trial_id for r in rows]
     assert len(ids) == len(set(ids)) == trials
-    assert all(r["status"] in ("completed", "stopped") for r in rows)
-    after = {r["trial_id"]: r for r in rows}
+    assert all(r.status in ("completed", "stopped") for r in rows)
+    after = {r.trial_id: r for r in rows}
     for trial_id, row in finished_before.items():
-        assert after[trial_id]["best_val_acc"] == row["best_val_acc"]
-        assert after[trial_id]["epochs_trained"] == row["epochs_trained"]
+        assert after[trial_id].best_val_acc == row.best_val_acc
+        assert after[trial_id].epochs_trained == row.epochs_trained
     return rows
 
 

@@ -40,7 +40,7 @@ def test_gpu_seconds_are_the_trials_share_of_its_wall_time(tmp_path):
     trial = types.SimpleNamespace(trial_id="t1", config={"blocks": [1, 1], "widths": [8, 16]})
     table.on_trial_result(0, [], trial, {"epoch": 1, "val_acc": 0.3, "time_total_s": 8.0, "params": 100})
     row = table.rows["t1"]
-    assert (row["wall_seconds"], row["gpu_seconds"]) == (8.0, 2.0)
+    assert (row.wall_seconds, row.gpu_seconds) == (8.0, 2.0)
 
 
 def test_curves_are_long_format(finished_search):
@@ -141,18 +141,18 @@ def test_analysis_and_ranking_ignore_ray(finished_search):
 
 def write_experiment(folder, rows):
     """An experiment folder as a search writes it, with the given trials.csv rows."""
-    from search.records import trials_csv_text
+    from search.records import TrialRow, trials_csv_text
 
     folder.mkdir()
     (folder / "settings.json").write_text(json.dumps({"max_epochs": 3, "param_budget": 100000}))
     base = {"blocks": "[1, 1]", "widths": "[8, 16]", "horizon": 3, "params": 5266}
-    (folder / "trials.csv").write_text(trials_csv_text([{**base, **row} for row in rows]))
+    (folder / "trials.csv").write_text(trials_csv_text([TrialRow.from_cells({**base, **row}) for row in rows]))
 
 
 def test_best_means_one_thing_everywhere(tmp_path):
     from analysis.front import front_table
     from search.tune.experiment import TrialTable
-    from search.records import rank
+    from search.records import rank, read_trials
 
     rows = [
         {"trial_id": "gone", "status": "diverged", "best_val_acc": 0.80, "best_epoch": 2, "epochs_trained": 3},
@@ -162,7 +162,7 @@ def test_best_means_one_thing_everywhere(tmp_path):
     ]
     folder = tmp_path / "exp"
     write_experiment(folder, rows)
-    assert [r["trial_id"] for r in rank(rows)] == ["first", "tied", "worse"]  # diverged out, ties stable
+    assert [r.trial_id for r in rank(read_trials(folder))] == ["first", "tied", "worse"]  # diverged out, ties stable
     table = analysis.load(folder)
     assert table["trial_id"].tolist()[:3] == ["first", "tied", "worse"]  # the report's best is row 0
     assert TrialTable(folder, 0.0, 3).best()["trial_id"] == "first"  # what best.json holds

@@ -59,7 +59,7 @@ def test_auto_goes_from_data_to_a_submission_within_its_deadline(auto_run):
     assert len(confirm["search_order"]) == 2
     assert sorted(confirm["confirm_order"]) == sorted(confirm["search_order"] + ["recipe"])
     # Each confirm trial (an id of its own in confirm/trials.csv) maps back to what it trained again.
-    confirm_rows = {r["trial_id"] for r in rows_of(folder / "confirm")}
+    confirm_rows = {r.trial_id for r in rows_of(folder / "confirm")}
     assert set(confirm["confirm_trial_ids"]) == confirm_rows
     assert sorted(confirm["confirm_trial_ids"].values()) == sorted(confirm["confirm_order"])
     assert confirm["configs"]["recipe"]["augment_policy"] == "trivialaugment"
@@ -336,7 +336,7 @@ def _searched(folder, epoch_seconds: dict[str, float], start_s: float | None = N
     """A search's folder in the real format: one completed trial per id, best first, with its
     epoch times in history.csv; with `start_s`, its run (drivers.json) began that long before
     its first epochs, and each result has its time."""
-    from search.records import HistoryLog, record_driver, write_settings, write_trials
+    from search.records import HistoryLog, Status, TrialRow, record_driver, write_settings, write_trials
 
     folder.mkdir(parents=True)
     write_settings(folder, {"name": folder.name})
@@ -344,9 +344,9 @@ def _searched(folder, epoch_seconds: dict[str, float], start_s: float | None = N
         record_driver(folder, {"run": "run-1", "started": 1000.0, "last": 1100.0, "gpu_share": 0.0})
     rows, history = [], HistoryLog(folder)
     for rank, (trial_id, seconds) in enumerate(epoch_seconds.items()):
-        rows.append({"trial_id": trial_id, "status": "completed", "params": 1000 * (3 - rank), "blocks": [1, 1, 1],
-                     "widths": [8, 16, 32], "lr": 0.01 * (rank + 1), "epochs_trained": 4, "horizon": 4,
-                     "best_val_acc": 0.5 - rank / 10, "best_epoch": 4})
+        config = {"blocks": [1, 1, 1], "widths": [8, 16, 32], "lr": 0.01 * (rank + 1)}
+        rows.append(TrialRow.of_config(trial_id, config, status=Status.COMPLETED, params=1000 * (3 - rank),
+                                       epochs_trained=4, horizon=4, best_val_acc=0.5 - rank / 10, best_epoch=4))
         for epoch in range(1, 5):
             history.append({"trial_id": trial_id, "epoch": epoch, "status": "ok", "val_acc": 0.1 * epoch,
                             "epoch_seconds": seconds,
@@ -387,6 +387,14 @@ def test_a_confirm_stage_short_of_time_drops_candidates_then_trusts_the_recipe(t
     assert start_seconds(late, read_history(late)) == pytest.approx(4.0)
     assert fitting_candidates(late, top, [RECIPE_ID], 12, 16, 2, 1.0, 4)[1] == fit(12)[1]
     assert fit(43)[1] == 12 and fitting_candidates(late, top, [RECIPE_ID], 12, 43, 2, 1.0, 4)[1] == 11
+    # A first run killed before its first result (resumed 500 s later) adds nothing: each run
+    # is read within its own span.
+    from search.records import DRIVERS, read_drivers
+    from trainable.checkpoint import write_json
+
+    write_json(late / DRIVERS, [{"run": "run-0", "started": 500.0, "last": 505.0, "gpu_share": 0.0}]
+               + read_drivers(late))
+    assert start_seconds(late, read_history(late)) == pytest.approx(4.0)
 
     monkeypatch.setattr("search.plan.ray_overhead", lambda address: 0.0)  # the skip starts no Ray
     s = SearchSettings(name="s", storage=str(tmp_path / "runs"), max_epochs=4, seed=0)

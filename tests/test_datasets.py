@@ -24,7 +24,6 @@ import torch
 from PIL import Image
 
 from conftest import rows_of, settings
-from search.records import config_from_row
 from trainable.data import load_dataset, load_imagefolder
 from trainable.errors import DataError
 from trainable.model import count_params
@@ -212,15 +211,14 @@ def test_a_search_a_retrain_and_a_prediction_on_each_set(ray_session, space_file
                                  trials=2, max_epochs=1, **extra))
     folder = result.folder
     rows = rows_of(folder)
-    assert len(rows) == 2 and all(row["status"] == "completed" for row in rows)
+    assert len(rows) == 2 and all(row.status == "completed" for row in rows)
     for row in rows:  # the exact count with the data's own classes and channels
-        config = config_from_row(row)
-        assert int(float(row["params"])) == count_params(config, classes, channels)
+        assert row.params == count_params(row.run_config, classes, channels)
     # Each trial's best is its epoch's val accuracy, a share of the val images it got right.
     history = read_history(folder)
     for row in rows:
-        epochs = [h["val_acc"] for h in history if h["trial_id"] == row["trial_id"]]
-        assert epochs and float(row["best_val_acc"]) == pytest.approx(max(epochs)) and 0 <= max(epochs) <= 1
+        epochs = [h["val_acc"] for h in history if h["trial_id"] == row.trial_id]
+        assert epochs and row.best_val_acc == pytest.approx(max(epochs)) and 0 <= max(epochs) <= 1
     assert json.loads((folder / "settings.json").read_text())["dataset"] == name
 
     out = tmp_path / "final"

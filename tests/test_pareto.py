@@ -295,7 +295,7 @@ def pareto_search(ray_session, tmp_path_factory):
     def two_finished() -> bool:
         if (folder / "trials.csv").is_file():
             finished_before.clear()
-            finished_before.update({r["trial_id"]: r for r in rows_of(folder) if r["status"] in ("completed", "stopped")})
+            finished_before.update({r.trial_id: r for r in rows_of(folder) if r.status in ("completed", "stopped")})
         return len(finished_before) >= 2
 
     kill_when(proc, two_finished, timeout=180, what="two finished trials")
@@ -306,7 +306,7 @@ def pareto_search(ray_session, tmp_path_factory):
 
 def test_a_pareto_search_resumes_after_a_kill_and_records_its_costs(pareto_search):
     from conftest import check_resumed
-    from search.records import config_from_row, read_history
+    from search.records import read_history
     from trainable.cost import count_macs
 
     outcome, finished_before = pareto_search
@@ -314,7 +314,7 @@ def test_a_pareto_search_resumes_after_a_kill_and_records_its_costs(pareto_searc
     assert outcome.complete and "search finished: 6 trials run" in outcome.summary
     rows = check_resumed(folder, finished_before, trials=6)
     for row in rows:
-        assert int(row["macs"]) == count_macs(config_from_row(row), 10, 32)
+        assert row.macs == count_macs(row.run_config, 10, 32)
     study = load_study(folder)
     history: dict = {}
     for h in read_history(folder):
@@ -325,8 +325,8 @@ def test_a_pareto_search_resumes_after_a_kill_and_records_its_costs(pareto_searc
         epochs = {int(k.rsplit("_", 1)[1]): v for k, v in trial.user_attrs.items() if k.startswith("val_acc_epoch_")}
         assert epochs == pytest.approx(history[trial.user_attrs["ray_trial_id"]])
         if trial.state == optuna.trial.TrialState.COMPLETE:
-            row = next(r for r in rows if r["trial_id"] == trial.user_attrs["ray_trial_id"])
-            assert trial.values == pytest.approx([float(row["last_val_acc"]), float(row["params"])])
+            row = next(r for r in rows if r.trial_id == trial.user_attrs["ray_trial_id"])
+            assert trial.values == pytest.approx([row.last_val_acc, row.params])
         else:
             assert trial.state == optuna.trial.TrialState.PRUNED
 
@@ -335,8 +335,8 @@ def test_front_json_holds_exactly_the_non_dominated_trials(pareto_search):
     from conftest import rows_of
 
     folder = pareto_search[0].folder
-    rows = [r for r in rows_of(folder) if r["status"] != "diverged"]
-    points = {r["trial_id"]: (float(r["best_val_acc"]), -float(r["params"])) for r in rows}
+    rows = [r for r in rows_of(folder) if r.status != "diverged"]
+    points = {r.trial_id: (r.best_val_acc, -r.params) for r in rows}
     expected = {t for t, p in points.items() if not any(dominates(q, p) for q in points.values())}
     front = json.loads((folder / "front.json").read_text())
     assert front["objective"] == "params" and {m["trial_id"] for m in front["members"]} == expected
@@ -386,7 +386,6 @@ def test_auto_confirms_what_its_pick_names(pareto_search):
 def test_a_latency_search_measures_each_architecture_once_in_its_own_slot(ray_session, tmp_path):
     """--minimize latency end to end: the probe's records in latency.json, trials.csv and the study."""
     from conftest import rows_of, settings
-    from search.records import config_from_row
     from search.run import run_search
 
     space = tmp_path / "space.py"
@@ -396,13 +395,13 @@ def test_a_latency_search_measures_each_architecture_once_in_its_own_slot(ray_se
     measured = json.loads((outcome.folder / "latency.json").read_text())
     by_width = {json.loads(k)["widths"][0]: v for k, v in measured.items()}
     rows = rows_of(outcome.folder)
-    assert len(measured) == len({config_from_row(r)["widths"][0] for r in rows})  # once per architecture
+    assert len(measured) == len({r.config["widths"][0] for r in rows})  # once per architecture
     assert all(v["isolated"] and v["batch1_runs"] >= 3 and v["batch256_ms"] > v["batch1_ms"] for v in measured.values())
     for row in rows:
-        assert float(row["latency_ms"]) == by_width[config_from_row(row)["widths"][0]]["batch1_ms"]
+        assert row.latency_ms == by_width[row.config["widths"][0]]["batch1_ms"]
     study = load_study(outcome.folder)
     for trial in study.trials:
         if trial.state == optuna.trial.TrialState.COMPLETE:
-            row = next(r for r in rows if r["trial_id"] == trial.user_attrs["ray_trial_id"])
-            assert trial.values[1] == float(row["latency_ms"])
+            row = next(r for r in rows if r.trial_id == trial.user_attrs["ray_trial_id"])
+            assert trial.values[1] == row.latency_ms
     assert json.loads((outcome.folder / "front.json").read_text())["objective"] == "latency"

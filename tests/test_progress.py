@@ -5,15 +5,16 @@ import re
 import types
 
 from conftest import BUDGET
+from search.records import Status, TrialRow
 from search.tune.progress import Progress
 
 
 def rows():
-    return {
-        "a": {"trial_id": "a", "status": "completed", "best_val_acc": "0.41", "params": "151234"},
-        "b": {"trial_id": "b", "status": "stopped", "best_val_acc": "0.52", "params": "98000"},
-        "c": {"trial_id": "c", "status": "running", "best_val_acc": "", "params": "120000"},
-    }
+    return {row.trial_id: row for row in (
+        TrialRow("a", Status.COMPLETED, best_val_acc=0.41, params=151234),
+        TrialRow("b", Status.STOPPED, best_val_acc=0.52, params=98000),
+        TrialRow("c", Status.RUNNING, params=120000),
+    )}
 
 
 def test_the_progress_line_counts_trials_and_names_the_best():

@@ -61,16 +61,16 @@ def test_divergence_and_oom_end_their_trials_and_the_search_goes_on(ray_session,
     outcome = run_search(settings(tmp_path, space, name="faults", trials=6, max_epochs=3, param_budget=10**6,
                                   max_failures=2),
                          trial_cls=TrialThatRunsOutOfMemory)
-    rows = {r["trial_id"]: r for r in rows_of(outcome.folder)}
-    diverged = next(r for r in rows.values() if r["lr"] == str(1e12))
-    assert diverged["status"] == "diverged" and diverged["epochs_trained"] == "1"
-    errored = [r for r in rows.values() if r["status"] == "errored"]
-    assert errored and all("out of memory" in r["error"].lower() for r in errored)
-    assert {r["batch_size"] for r in errored} == {"16", "32"}  # training and upload both caught
-    assert all(r["restarts"] == "0" for r in errored), [r["restarts"] for r in errored]
-    healthy = [r for r in rows.values() if r["batch_size"] == "64" and float(r["lr"]) < 1.0]
+    rows = {r.trial_id: r for r in rows_of(outcome.folder)}
+    diverged = next(r for r in rows.values() if r.config["lr"] == 1e12)
+    assert diverged.status == "diverged" and diverged.epochs_trained == 1
+    errored = [r for r in rows.values() if r.status == "errored"]
+    assert errored and all("out of memory" in r.error.lower() for r in errored)
+    assert {r.config["batch_size"] for r in errored} == {16, 32}  # training and upload both caught
+    assert all(r.restarts == 0 for r in errored), [r.restarts for r in errored]
+    healthy = [r for r in rows.values() if r.config["batch_size"] == 64 and r.config["lr"] < 1.0]
     assert len(rows) == 6
-    assert all(r["status"] in ("completed", "stopped") for r in healthy)
+    assert all(r.status in ("completed", "stopped") for r in healthy)
     table = analysis.load(outcome.folder)
     assert set(table["status"]) >= {"diverged", "errored"}
     assert table.loc[table["status"] == "errored", "error"].str.contains("out of memory").all()
@@ -122,11 +122,11 @@ def test_a_lost_node_costs_only_the_epochs_since_the_checkpoint(ray_cluster, tmp
         ray_cluster.add_node(num_cpus=1, num_gpus=0)  # keep two workers for the other tests
     assert killed, "no trial ran on a worker node long enough to lose it"
     rows = rows_of(outcome.folder)
-    ids = [r["trial_id"] for r in rows]
+    ids = [r.trial_id for r in rows]
     assert len(ids) == len(set(ids)) == 3
-    assert all(r["status"] == "completed" for r in rows)
-    lost = next(r for r in rows if r["trial_id"] == killed["trial_id"])
-    assert int(lost["restarts"]) >= 1 and lost["epochs_trained"] == "4"
+    assert all(r.status == "completed" for r in rows)
+    lost = next(r for r in rows if r.trial_id == killed["trial_id"])
+    assert lost.restarts >= 1 and lost.epochs_trained == 4
     history = analysis.curves(outcome.folder)
     epochs = history.loc[history["trial_id"] == killed["trial_id"], "epoch"].tolist()
     assert epochs.count(1) == 1, f"the lost trial started over instead of resuming: {epochs}"
@@ -154,7 +154,7 @@ def test_a_killed_driver_resumes_and_its_files_stay_readable(ray_session, tmp_pa
         rows = rows_of(folder)  # must parse at every moment
         reads.append(len(rows))
         finished_before.clear()
-        finished_before.update({r["trial_id"]: r for r in rows if r["status"] in ("completed", "stopped")})
+        finished_before.update({r.trial_id: r for r in rows if r.status in ("completed", "stopped")})
         # The earliest kill: the first trial has started and not finished an epoch (before
         # Ray could snapshot anything); the later one, between finished trials.
         return bool(rows) if when == "first_trial_running" else len(finished_before) >= 2
@@ -251,5 +251,5 @@ def test_a_worker_is_reused_after_a_slow_teardown(ray_session, space_file, tmp_p
     outcome = run_search(settings(tmp_path, space_file, name="reuse", trials=5, max_epochs=2, grace_epochs=1,
                                   time_budget="150s"), trial_cls=TrialWithSlowTeardown)
     rows = rows_of(outcome.folder)
-    assert len(rows) == 5 and all(r["status"] in ("completed", "stopped") for r in rows), \
-        [(r["trial_id"], r["status"], r["error"]) for r in rows]
+    assert len(rows) == 5 and all(r.status in ("completed", "stopped") for r in rows), \
+        [(r.trial_id, r.status, r.error) for r in rows]

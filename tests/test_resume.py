@@ -165,19 +165,19 @@ def test_trials_cut_by_the_deadline_are_continued_to_the_horizon(ray_session, tm
     args = dict(name="deadline", trials=2, max_epochs=8, scheduler="fifo", param_budget=10**6, subset=1600,
                 checkpoint_every=1)
     first = run_search(settings(tmp_path, space, time_budget="12s", **args))
-    rows = {r["trial_id"]: r for r in rows_of(first.folder)}
-    cut = [r for r in rows.values() if r["status"] == "cut"]
+    rows = {r.trial_id: r for r in rows_of(first.folder)}
+    cut = [r for r in rows.values() if r.status == "cut"]
     # On a slow machine a trial on a cold worker is cut before its first report (no epochs):
     # it has nothing to continue, but at least one cut trial must have trained some.
-    before = {r["trial_id"]: int(r["epochs_trained"] or 0) for r in cut}
+    before = {r.trial_id: r.epochs_trained for r in cut}
     assert cut and all(epochs < 8 for epochs in before.values()) and max(before.values()) > 0, rows
     assert "cut by the time budget" in first.summary and not first.counts.get("stopped")
 
     time.sleep(3)  # the driver is down for a while before the resume
     second = run_search(settings(tmp_path, space, resume=True, **args))
-    after = {r["trial_id"]: r for r in rows_of(second.folder)}
+    after = {r.trial_id: r for r in rows_of(second.folder)}
     assert set(after) == set(rows)  # the same trials, no new ones
-    assert all(r["status"] == "completed" and r["epochs_trained"] == "8" for r in after.values())
+    assert all(r.status == "completed" and r.epochs_trained == 8 for r in after.values())
     history = analysis.curves(second.folder)
     for trial_id, epochs_before in before.items():
         epochs = history.loc[history["trial_id"] == trial_id, "epoch"].tolist()
@@ -197,15 +197,15 @@ def test_a_row_the_table_never_closed_is_settled_from_optuna(finished_search, sp
     shutil.copytree(finished_search.folder, folder)
     text = (folder / "trials.csv").read_text()
     rows = rows_of(folder)
-    phantom = next(r for r in rows if r["status"] == "stopped")
+    phantom = next(r for r in rows if r.status == "stopped")
     # A driver killed after Ray told the searcher and before it told the table.
     lines = text.splitlines()
-    index = next(i for i, line in enumerate(lines) if line.startswith(phantom["trial_id"] + ","))
+    index = next(i for i, line in enumerate(lines) if line.startswith(phantom.trial_id + ","))
     lines[index] = lines[index].replace(",stopped,", ",running,", 1)
     (folder / "trials.csv").write_text("\n".join(lines) + "\n")
     outcome = run_search(settings(tmp_path, space_file, name="exp", trials=8, resume=True))
-    after = {r["trial_id"]: r for r in rows_of(folder)}
-    assert len(after) == 8 and after[phantom["trial_id"]]["status"] == "stopped"
+    after = {r.trial_id: r for r in rows_of(folder)}
+    assert len(after) == 8 and after[phantom.trial_id].status == "stopped"
     study = load_study(folder)
     assert len([t for t in study.trials if "ray_trial_id" in t.user_attrs]) == 8  # no trial launched
     assert outcome.complete
@@ -244,7 +244,7 @@ def test_an_epoch_trained_again_keeps_its_newest_figures_everywhere(tmp_path):
         result = {"epoch": epoch, "val_acc": value, "time_total_s": float(epoch), "params": 1}
         table.on_trial_result(0, [], first, result)
         searcher.on_trial_result("r1", result)
-    assert table.rows["r1"]["best_val_acc"] == 0.6
+    assert table.rows["r1"].best_val_acc == 0.6
     # The driver stopped; the trial continues from its epoch-1 checkpoint under a new Ray id
     # and trains epochs 2 and 3 again, worse this time.
     searcher.pending.append((searcher.numbers.pop("r1"), "r1", None))
@@ -258,5 +258,5 @@ def test_an_epoch_trained_again_keeps_its_newest_figures_everywhere(tmp_path):
     assert {h["epoch"]: h["val_acc"] for h in read_history(tmp_path)} == newest
     assert study.trials[0].intermediate_values == newest
     row = table.rows["r1"]
-    assert (row["best_val_acc"], row["best_epoch"]) == (0.45, 3)
+    assert (row.best_val_acc, row.best_epoch) == (0.45, 3)
     assert table.best()["val_acc"] == 0.45 and table.best()["metrics"]["epoch"] == 3

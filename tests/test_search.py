@@ -32,10 +32,10 @@ def test_search_writes_the_experiment(finished_search):
         assert (folder / name).is_file(), name
     rows = rows_of(folder)
     assert len(rows) == 8
-    assert {r["status"] for r in rows} <= {"completed", "stopped"}
-    assert sum(r["status"] == "stopped" for r in rows) >= 1, "ASHA stopped no trial"
+    assert {r.status for r in rows} <= {"completed", "stopped"}
+    assert sum(r.status == "stopped" for r in rows) >= 1, "ASHA stopped no trial"
     best = json.loads((folder / "best.json").read_text())
-    assert best["val_acc"] == max(float(r["best_val_acc"]) for r in rows)
+    assert best["val_acc"] == max(r.best_val_acc for r in rows)
     assert best["params"] == count_params(best["config"])
     assert "torch" in best["versions"] and best["seed"] == 0
     assert "search.retrain" in finished_search.summary and "rejected" in finished_search.summary
@@ -44,8 +44,8 @@ def test_search_writes_the_experiment(finished_search):
 def test_no_trial_over_the_budget_ran(finished_search):
     rows = rows_of(finished_search.folder)
     for row in rows:
-        config = {"blocks": json.loads(row["blocks"]), "widths": json.loads(row["widths"])}
-        assert int(row["params"]) == count_params(config) < BUDGET
+        config = {"blocks": row.config["blocks"], "widths": row.config["widths"]}
+        assert row.params == count_params(config) < BUDGET
     assert finished_search.rejected > 0
 
 
@@ -54,11 +54,11 @@ def test_optuna_study_matches_the_trials(finished_search):
     study = load_study(folder)
     by_ray_id = {t.user_attrs["ray_trial_id"]: t for t in study.trials if "ray_trial_id" in t.user_attrs}
     rows = rows_of(folder)
-    assert set(by_ray_id) == {r["trial_id"] for r in rows}
+    assert set(by_ray_id) == {r.trial_id for r in rows}
     for row in rows:
-        state = by_ray_id[row["trial_id"]].state
-        expected = optuna.trial.TrialState.COMPLETE if row["status"] == "completed" else optuna.trial.TrialState.PRUNED
-        assert state == expected, row["trial_id"]
+        state = by_ray_id[row.trial_id].state
+        expected = optuna.trial.TrialState.COMPLETE if row.status == "completed" else optuna.trial.TrialState.PRUNED
+        assert state == expected, row.trial_id
     rejected = [t for t in study.trials if t.user_attrs.get("status") == "rejected"]
     assert len(rejected) == finished_search.rejected
     # Rejected configs carry their excess as an Optuna constraint (> 0 means infeasible).
@@ -107,7 +107,7 @@ def test_set_fixes_keys_and_takes_them_out_of_the_search(ray_session, tmp_path):
                                   param_budget=500_000, warm_start=False,
                                   overrides={"augment_policy": "trivialaugment", "cutout": 16}))
     rows = rows_of(outcome.folder)
-    assert len(rows) == 2 and {(r["augment_policy"], r["cutout"]) for r in rows} == {("trivialaugment", "16")}
+    assert len(rows) == 2 and {(r.config["augment_policy"], r.config["cutout"]) for r in rows} == {("trivialaugment", 16)}
     saved = json.loads((outcome.folder / "settings.json").read_text())
     assert saved["overrides"] == {"augment_policy": "trivialaugment", "cutout": 16}
     study = load_study(outcome.folder)
@@ -197,14 +197,14 @@ def test_resume_takes_the_resources_and_time_budget_it_is_given(finished_search,
 
 def test_search_checkpoints_every_second_epoch(finished_search):
     rows = rows_of(finished_search.folder)
-    assert len(rows) == 8 and any(int(r["epochs_trained"]) >= 2 for r in rows)  # the rule below is exercised
+    assert len(rows) == 8 and any(r.epochs_trained >= 2 for r in rows)  # the rule below is exercised
     for row in rows:
         # Default --checkpoint-every 2 over a 3-epoch horizon: a checkpoint after epoch 2 only
         # (none after the last epoch, when nothing is left to continue).
-        trained = int(row["epochs_trained"])
-        assert bool(row["checkpoint"]) == (trained >= 2), row
-        if row["checkpoint"]:
-            assert Path(row["checkpoint"]).name == "checkpoint_000000" and Path(row["checkpoint"]).is_dir()
+        trained = row.epochs_trained
+        assert bool(row.checkpoint) == (trained >= 2), row
+        if row.checkpoint:
+            assert Path(row.checkpoint).name == "checkpoint_000000" and Path(row.checkpoint).is_dir()
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -244,7 +244,7 @@ def test_resume_after_interrupt_keeps_finished_trials(ray_session, space_file, t
     while time.time() < deadline and proc.poll() is None:
         if (folder / "trials.csv").is_file():
             rows = rows_of(folder)
-            finished_before = {r["trial_id"]: r for r in rows if r["status"] in ("completed", "stopped")}
+            finished_before = {r.trial_id: r for r in rows if r.status in ("completed", "stopped")}
             if len(finished_before) >= 2:
                 break
         time.sleep(0.5)
@@ -256,7 +256,7 @@ def test_resume_after_interrupt_keeps_finished_trials(ray_session, space_file, t
     # Ctrl-C ends with this tool's advice, not Ray's (Tuner.restore is not how a search resumes).
     assert "Tuner.restore" not in out and f"continue with --resume --name cut --storage {tmp_path}" in out, out
     interrupted = rows_of(folder)
-    assert len({r["trial_id"] for r in interrupted if r["status"] in ("completed", "stopped")}) < 6
+    assert len({r.trial_id for r in interrupted if r.status in ("completed", "stopped")}) < 6
 
     outcome = run_search(settings(tmp_path, space_file, name="cut", resume=True, trials=6))
     check_resumed(folder, finished_before, trials=6)
@@ -274,7 +274,7 @@ def test_time_budget_ends_the_search_gracefully(ray_session, space_file, tmp_pat
     rows = rows_of(outcome.folder)
     assert 0 < len(rows) < 1000  # it stopped early, keeping what finished
     # Trials running at the deadline are `cut` (tests/test_resume.py continues them); none is "stopped" by it.
-    assert all(r["status"] in ("completed", "stopped", "cut") for r in rows)
+    assert all(r.status in ("completed", "stopped", "cut") for r in rows)
     assert (outcome.folder / "best.json").is_file() and "stopped at its time budget" in outcome.summary
     assert outcome.complete  # a deadline is an ending the user asked for
     # A resume runs for the budget it is given, counted from the resume: not the first
@@ -307,7 +307,7 @@ def test_trials_get_the_data_from_the_driver_not_the_disk(ray_session, space_fil
                          trial_cls=TrialThatDeletesTheDataFirst)
     assert not (tmp_path / "images").exists()
     rows = rows_of(outcome.folder)
-    assert len(rows) == 3 and all(r["status"] in ("completed", "stopped") for r in rows), rows
+    assert len(rows) == 3 and all(r.status in ("completed", "stopped") for r in rows), rows
 
 
 def test_storage_uri_keeps_the_experiment_readable(ray_session, space_file, tmp_path):

@@ -208,8 +208,8 @@ def test_a_study_made_with_the_first_space_resumes_with_it(first_space_search, t
     # Every launched trial, before and after the resume, has version 1's parameters.
     assert all("width_base" in t.params and "budget_shortfall" not in t.params for t in launched)
     for trial in launched:
-        assert space_v1(optuna.trial.FixedTrial(trial.params), {"epochs": 1})["widths"] == json.loads(
-            next(r["widths"] for r in rows if r["trial_id"] == trial.user_attrs["ray_trial_id"]))
+        assert space_v1(optuna.trial.FixedTrial(trial.params), {"epochs": 1})["widths"] == next(
+            r.config["widths"] for r in rows if r.trial_id == trial.user_attrs["ray_trial_id"])
 
 
 def test_warm_from_the_first_space_queues_configs_in_the_new_terms(first_space_search, tmp_path):
@@ -220,7 +220,8 @@ def test_warm_from_the_first_space_queues_configs_in_the_new_terms(first_space_s
     assert searcher.warm.enqueued == 2 and searcher.warm.added == 0
     queued = [t for t in searcher.study.trials if t.state == optuna.trial.TrialState.WAITING]
     assert len(queued) == 2
-    old_configs = [(json.loads(r["blocks"]), r["block"], r["optimizer"], float(r["lr"])) for r in rows_of(old.folder)]
+    old_configs = [(r.config["blocks"], r.config["block"], r.config["optimizer"], r.config["lr"])
+                   for r in rows_of(old.folder)]
     for trial in queued:
         config = searcher.suggest(f"w{trial.number}")
         # Version 1 named the lr sgd_lr or adamw_lr: queued as they were, version 2 would draw

@@ -37,7 +37,7 @@ def test_mlflow_holds_a_run_per_trial_with_its_config_and_every_epoch(tracked):
     client = mlflow.tracking.MlflowClient()
     from conftest import rows_of
 
-    lr_of = {r["trial_id"]: float(r["lr"]) for r in rows_of(folder)}
+    lr_of = {r.trial_id: r.config["lr"] for r in rows_of(folder)}
     expected = {tuple(round(v, 6) for _, v in sorted(h.items())): lr_of[t] for t, h in history.items()}
     seen = {}
     for run_id, lr in zip(runs["run_id"], runs["params.lr"]):

@@ -39,9 +39,9 @@ def test_a_search_over_another_space_runs_the_old_top_configs_first(finished_sea
     from search.records import rank, read_trials
     from search.run import run_search
 
-    old_rows = {r["trial_id"]: r for r in read_trials(finished_search.folder)}
+    old_rows = {r.trial_id: r for r in read_trials(finished_search.folder)}
     old = {t.user_attrs.get("ray_trial_id"): t.params for t in load_study(finished_search.folder).trials}
-    top = [old[r["trial_id"]] for r in rank(old_rows.values())][:2]
+    top = [old[r.trial_id] for r in rank(old_rows.values())][:2]
     # Another space file (one more fixed key) with the same parameter names.
     from conftest import TINY_SPACE
 

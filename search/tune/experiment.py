@@ -15,9 +15,9 @@ from typing import Any
 
 from ray.tune import Callback
 
-from search.records import (COST_COLUMN, CONFIG_COLUMNS, CONTINUES, ENDED, FRONT, HistoryLog, Status, cell,
-                            config_from_row, count_statuses, ended_status, front_member, front_rows, number, rank,
-                            read_history, read_trials, record_driver, row_id, write_best, write_front, write_trials)
+from search.records import (COST_COLUMN, CONTINUES, ENDED, FRONT, HistoryLog, Status, TrialRow, count_statuses,
+                            ended_status, front_member, front_rows, rank, read_history, read_trials, record_driver,
+                            row_id, write_best, write_front, write_trials)
 
 
 def library_versions() -> str:
@@ -77,7 +77,9 @@ class TrialTable(Callback):
         self.num_classes, self.in_channels = num_classes, in_channels
         self.costs = costs  # `search.tune.costs.Costs`: MACs and latency per row; with an objective, front.json
         self.versions = library_versions()
-        self.rows: dict[str, dict[str, Any]] = {r["trial_id"]: dict(r) for r in read_trials(self.folder)}
+        self.rows: dict[str, TrialRow] = {r.trial_id: r for r in read_trials(self.folder)}
+        # A continued trial's wall time before this run: its time counts on over every run.
+        self.wall_before: dict[str, float] = {}
         # Every epoch's figures per trial, the newest of an epoch trained twice: best_val_acc
         # and best.json's metrics come from these, so they always agree with history.csv.
         self.epochs: dict[str, dict[int, dict[str, Any]]] = {}
@@ -96,37 +98,38 @@ class TrialTable(Callback):
 
     # --- Ray Tune callback hooks -------------------------------------------------------
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._row(trial)["status"] = Status.RUNNING.value
+        self._row(trial).status = Status.RUNNING
         self.write(force=False)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         row = self._row(trial)
         if result.get("status") == Status.ERRORED:  # it raised inside the trial: nothing was trained
-            row["status"], row["error"] = Status.ERRORED.value, result.get("error") or "unknown error"
+            row.status, row.error = Status.ERRORED, result.get("error") or "unknown error"
             self.write(force=False)
             return
-        row["status"] = Status.RUNNING.value
-        row["params"] = result.get("params", row.get("params"))
-        if self.costs is not None and self.costs.probe is not None and number(row.get("latency_ms")) is None:
-            row.update(self.costs.figures(config_from_row(row)))  # its latency, once measured
-        row["epochs_trained"] = result.get("epoch", 0)
-        row["last_val_acc"] = result.get("val_acc")
+        row.status = Status.RUNNING
+        if result.get("params") is not None:
+            row.params = int(result["params"])
+        if self.costs is not None and self.costs.probe is not None and row.latency_ms is None:
+            self._set_costs(row, self.costs.figures(row.run_config))  # its latency, once measured
+        row.epochs_trained = int(result.get("epoch", 0))
+        row.last_val_acc = result.get("val_acc")
         # Time over every run of the trial: what it had when continued, plus this run's.
-        row["wall_seconds"] = round(float(row.get("_wall_before") or 0) + result.get("time_total_s", 0.0), 2)
-        row["gpu_seconds"] = round(row["wall_seconds"] * self.gpus_per_trial, 2)
+        row.wall_seconds = round(self.wall_before.get(row.trial_id, 0.0) + result.get("time_total_s", 0.0), 2)
+        row.gpu_seconds = round(row.wall_seconds * self.gpus_per_trial, 2)
         figures = {k: v for k, v in result.items() if k != "config"}
-        epochs = self.epochs.setdefault(row["trial_id"], {})
+        epochs = self.epochs.setdefault(row.trial_id, {})
         epochs[int(result.get("epoch", 0))] = figures
         best = best_epoch(epochs)
         if best is not None:
-            row["best_val_acc"], row["best_epoch"] = epochs[best]["val_acc"], best
+            row.best_val_acc, row.best_epoch = epochs[best]["val_acc"], best
         if result.get("status") == Status.DIVERGED:
-            row["status"] = Status.DIVERGED.value
-        self.history.append({**result, "trial_id": row["trial_id"], "time_total_s": row["wall_seconds"]})
+            row.status = Status.DIVERGED
+        self.history.append({**result, "trial_id": row.trial_id, "time_total_s": row.wall_seconds})
         self.write(force=False)
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
-        self._row(trial)["checkpoint"] = checkpoint_uri(checkpoint)
+        self._row(trial).checkpoint = checkpoint_uri(checkpoint)
         self.write()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -135,15 +138,14 @@ class TrialTable(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         row = self._row(trial)
-        row["status"] = Status.ERRORED.value
-        row["error"] = _error_line(trial, info.get("error"))
+        row.status, row.error = Status.ERRORED, _error_line(trial, info.get("error"))
         self.write(force=False)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         # Its worker died (a node was lost, say); Ray restarts it from its last checkpoint.
         row = self._row(trial)
-        row["restarts"] = int(row.get("restarts") or 0) + 1
-        row["status"] = Status.RUNNING.value
+        row.restarts += 1
+        row.status = Status.RUNNING
         self.write(force=False)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
@@ -156,16 +158,16 @@ class TrialTable(Callback):
         # as TERMINATED); an interrupt leaves them to --resume. Both are continued by a resume.
         for trial in trials:
             row = self.rows.get(self.ids.get(trial.trial_id, trial.trial_id))
-            if row is None or row.get("status") != Status.RUNNING:
+            if row is None or row.status != Status.RUNNING:
                 continue
             if trial.status == "ERROR":
-                row["status"], row["error"] = Status.ERRORED.value, _error_line(trial)
-            elif trial.status == "TERMINATED" and int(float(row.get("epochs_trained") or 0)) >= self.horizon:
-                row["status"] = Status.COMPLETED.value
+                row.status, row.error = Status.ERRORED, _error_line(trial)
+            elif trial.status == "TERMINATED" and row.epochs_trained >= self.horizon:
+                row.status = Status.COMPLETED
             elif trial.status == "TERMINATED" and self.deadline is not None and time.time() >= self.deadline - 1:
-                row["status"] = Status.CUT.value
+                row.status = Status.CUT
             else:
-                row["status"] = Status.INTERRUPTED.value
+                row.status = Status.INTERRUPTED
         self.write()
 
     # --- the rows -------------------------------------------------------------------------
@@ -178,31 +180,36 @@ class TrialTable(Callback):
         row, last = self.rows[trial_id], max(epochs)
         figures = {"epochs_trained": last, "last_val_acc": epochs[last].get("val_acc"),
                    "best_val_acc": epochs[best]["val_acc"], "best_epoch": best}
-        if number(row.get("params")) is None:  # written at its start, before its first result
+        if row.params is None:  # written at its start, before its first result
             from trainable.model import count_params
 
-            figures["params"] = count_params(config_from_row(row), self.num_classes, self.in_channels)
-        changed = any(number(row.get(k)) != number(v) for k, v in figures.items())
-        row.update(figures)
+            figures["params"] = count_params(row.run_config, self.num_classes, self.in_channels)
+        changed = any(getattr(row, k) != v for k, v in figures.items())
+        for key, value in figures.items():
+            setattr(row, key, value)
         return changed
 
-    def _end(self, row: dict[str, Any]) -> None:
-        if row.get("status") not in (Status.DIVERGED, Status.ERRORED):
-            row["status"] = ended_status(int(float(row.get("epochs_trained") or 0)), self.horizon).value
+    def _end(self, row: TrialRow) -> None:
+        if row.status not in (Status.DIVERGED, Status.ERRORED):
+            row.status = ended_status(row.epochs_trained, self.horizon)
 
-    def _row(self, trial: Any) -> dict[str, Any]:
+    @staticmethod
+    def _set_costs(row: TrialRow, figures: dict[str, Any]) -> None:
+        """A row's params, MACs and latency from `search.tune.costs.Costs.figures`."""
+        for key, value in figures.items():
+            setattr(row, key, value if value is None or key == "latency_ms" else int(value))
+
+    def _row(self, trial: Any) -> TrialRow:
         if trial.trial_id not in self.ids:
             own = row_id(trial)
             self.ids[trial.trial_id] = own
             if own in self.rows:  # continued: keep its figures, count its time on
-                self.rows[own]["_wall_before"] = self.rows[own].get("wall_seconds") or 0
+                self.wall_before[own] = self.rows[own].wall_seconds or 0.0
             else:
                 config = {k: v for k, v in trial.config.items() if k != CONTINUES}
-                row = {"trial_id": own, "horizon": self.horizon, "versions": self.versions, "restarts": 0}
-                # Config cells as trials.csv holds them, so live rows and rows read back parse alike.
-                row.update({key: str(cell(config.get(key))) for key in CONFIG_COLUMNS})
+                row = TrialRow.of_config(own, config, horizon=self.horizon, versions=self.versions)
                 if self.costs is not None:
-                    row.update(self.costs.figures(config))
+                    self._set_costs(row, self.costs.figures(config))
                 self.rows[own] = row
         return self.rows[self.ids[trial.trial_id]]
 
@@ -246,27 +253,27 @@ class TrialTable(Callback):
         if not ranked:
             return None
         row = ranked[0]
-        config = config_from_row(row)
+        config = row.run_config
         return {
-            "trial_id": row["trial_id"],
+            "trial_id": row.trial_id,
             "config": config,
-            "params": int(float(row["params"])),
-            "val_acc": float(row["best_val_acc"]),
-            "epoch": int(float(row["best_epoch"])),
-            "status": str(row["status"]),
-            "metrics": self.epochs.get(row["trial_id"], {}).get(int(float(row["best_epoch"])), {}),
+            "params": row.params,
+            "val_acc": row.best_val_acc,
+            "epoch": row.best_epoch,
+            "status": Status(row.status).value,
+            "metrics": self.epochs.get(row.trial_id, {}).get(row.best_epoch, {}),
             "seed": config.get("seed"),
             "versions": self.versions,
         }
 
 
-def summary(folder: Path, rows: list[dict[str, Any]], best: dict[str, Any] | None, rejected: int,
+def summary(folder: Path, rows: list[TrialRow], best: dict[str, Any] | None, rejected: int,
             wall_seconds: float, ran_seconds: float, on_gpu: bool, requested: int, deadline_hit: bool) -> str:
     """The end-of-search report: counts, the best trial, time spent, and what to run next."""
     counts = count_statuses(rows)
     ended = sum(counts.get(s.value, 0) for s in ENDED)
     cut = counts.get(Status.CUT.value, 0)
-    gpu_hours = sum(float(r.get("gpu_seconds") or 0) for r in rows) / 3600
+    gpu_hours = sum(r.gpu_seconds or 0.0 for r in rows) / 3600
     if ended >= requested:
         head = f"search finished: {ended} trials run"
     elif deadline_hit:

@@ -20,7 +20,7 @@ from typing import Any, Callable, TextIO
 
 from ray.tune import Callback
 
-from search.records import Status, number
+from search.records import Status, TrialRow
 from trainable.cli import short_count
 
 INTERVAL_S = 15.0
@@ -34,7 +34,7 @@ class Progress(Callback):
     `rows()` gives the trial table's rows (`search.tune.experiment.TrialTable.rows`), and
     `rejected()` the configs the searcher refused for the budget so far."""
 
-    def __init__(self, rows: Callable[[], dict[str, dict[str, Any]]], rejected: Callable[[], int],
+    def __init__(self, rows: Callable[[], dict[str, TrialRow]], rejected: Callable[[], int],
                  verbose: int = 1, budget_s: float | None = None, stage: str = "search",
                  interval_s: float = INTERVAL_S, stall_s: float = STALL_S, out: TextIO | None = None):
         self.rows, self.rejected = rows, rejected
@@ -50,13 +50,13 @@ class Progress(Callback):
     def line(self) -> str:
         """The state now, in one line."""
         rows = list(self.rows().values())
-        counts = {status: sum(r.get("status") == status.value for r in rows) for status in (Status.RUNNING, *SHOWN)}
+        counts = {status: sum(r.status == status for r in rows) for status in (Status.RUNNING, *SHOWN)}
         elapsed = (time.time() - self.started) / 60
         clock = f"{elapsed:.1f} of {self.budget_s / 60:.1f} min" if self.budget_s else f"{elapsed:.1f} min"
-        scored = [r for r in rows if number(r.get("best_val_acc")) is not None]
-        best = max(scored, key=lambda r: number(r["best_val_acc"]), default=None)
-        best_text = (f"best {number(best['best_val_acc']):.4f} (trial {best['trial_id']}, "
-                     f"{short_count(number(best.get('params')))} params)" if best else "no epoch finished yet")
+        scored = [r for r in rows if r.best_val_acc is not None]
+        best = max(scored, key=lambda r: r.best_val_acc, default=None)
+        best_text = (f"best {best.best_val_acc:.4f} (trial {best.trial_id}, "
+                     f"{short_count(best.params)} params)" if best else "no epoch finished yet")
         states = ", ".join(f"{counts[s]} {s.value}" for s in (Status.RUNNING, *SHOWN))
         return f"[{self.stage} {clock}] {states}; {self.rejected()} rejected for the budget; {best_text}"
 

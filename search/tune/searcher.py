@@ -44,7 +44,7 @@ from ray.tune.search import Searcher
 
 from search.tune.budget import complete_config, over_budget
 from search.tune.costs import Costs
-from search.records import CONTINUABLE, CONTINUES, ENDED, Status, ended_status
+from search.records import CONTINUABLE, CONTINUES, ENDED, Status, TrialRow, ended_status
 from search.tune.space import SpaceFn
 from search.tune.rung_model import RungModel
 from search.tune.sampler import launched
@@ -236,7 +236,7 @@ class BudgetedOptunaSearch(Searcher):
         return [value, cost]
 
     # --- resuming --------------------------------------------------------------------------
-    def settle(self, rows: list[dict[str, str]]) -> tuple[list[tuple[int, str, str | None]], dict[str, str]]:
+    def settle(self, rows: list[TrialRow]) -> tuple[list[tuple[int, str, str | None]], dict[str, str]]:
         """Reconcile the Optuna study with the trial table (trials.csv's `rows`), both ways.
 
         Ray tells the searcher that a trial ended before it tells the trial table, and the
@@ -251,7 +251,7 @@ class BudgetedOptunaSearch(Searcher):
           told, the table was not) gets the status Optuna recorded: `fixed` maps its trial
           id to that status, for the caller to write.
         """
-        by_id = {r["trial_id"]: r for r in rows}
+        by_id = {r.trial_id: r for r in rows}
         interrupted = []
         fixed: dict[str, str] = {}
         for frozen in self.study.get_trials(deepcopy=False):
@@ -260,16 +260,15 @@ class BudgetedOptunaSearch(Searcher):
             if frozen.state == TrialState.RUNNING:
                 if original is None:
                     self._close(frozen.number, Status.ERRORED, None)
-                elif row is not None and row.get("status") in ENDED:
-                    value = row.get("last_val_acc")
-                    self._close(frozen.number, Status(row["status"]), float(value) if value else None)
+                elif row is not None and row.status in ENDED:
+                    self._close(frozen.number, Status(row.status), row.last_val_acc)
                 else:
-                    interrupted.append((frozen.number, original, (row or {}).get("checkpoint") or None))
-            elif row is not None and row.get("status") in CONTINUABLE and frozen.state != TrialState.WAITING:
+                    interrupted.append((frozen.number, original, (row.checkpoint or None) if row else None))
+            elif row is not None and row.status in CONTINUABLE and frozen.state != TrialState.WAITING:
                 fixed[original] = frozen.user_attrs.get("status") or FINISHED_AS[frozen.state].value
         return interrupted, fixed
 
-    def continue_interrupted(self, rows: list[dict[str, str]]) -> tuple[int, dict[str, str]]:
+    def continue_interrupted(self, rows: list[TrialRow]) -> tuple[int, dict[str, str]]:
         """After a driver stopped: settle the study, and queue the interrupted and cut trials
         so the next launches continue them (same Optuna trial, same row) from their
         checkpoints. Returns (how many were queued, the rows `settle` fixed)."""

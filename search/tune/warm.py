@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from search.records import Status, config_from_row, load_study, number, rank, read_settings, read_trials
+from search.records import Status, load_study, rank, read_settings, read_trials
 from trainable.errors import UserError
 
 # How many of the old search's best configs run first when the spaces differ.
@@ -86,10 +86,10 @@ def warm_start(study: Any, old: str | Path, new_settings: dict[str, Any],
     numbers = {t.user_attrs.get("ray_trial_id"): t for t in old_study.get_trials(deepcopy=False)}
     queued = 0
     for row in rank(read_trials(folder)):
-        frozen = numbers.get(row["trial_id"])
-        if frozen is None or number(row.get("best_val_acc")) is None or row["status"] == Status.DIVERGED:
+        frozen = numbers.get(row.trial_id)
+        if frozen is None or row.best_val_acc is None or row.status == Status.DIVERGED:
             continue
-        params = convert(config_from_row(row)) if convert else None
+        params = convert(row.run_config) if convert else None
         study.enqueue_trial(params or frozen.params, user_attrs={"warm_from": folder.name}, skip_if_exists=True)
         queued += 1
         if queued == ENQUEUED:
