@@ -47,7 +47,7 @@ from search.confirm import RECIPE_ID, parse_pick, stage_confirm  # noqa: E402
 from search.ledger import Record, total_seconds  # noqa: E402
 from search.plan import (CONFIRM_MULTIPLE, MAX_RETRAIN_EPOCHS, PREDICT_MARGIN, STAGES, Plan,  # noqa: E402
                          epoch_seconds, make_plan, planned_concurrency, predict_seconds, probe_epoch_seconds,
-                         ray_overhead, sized_recipe, space_epoch_seconds)
+                         ray_overhead, search_trials, sized_recipe, space_epoch_seconds)
 from search.settings import SearchSettings, build_parser, settings_from_parsed  # noqa: E402
 from trainable.cli import parse_duration, run_main  # noqa: E402
 from trainable.errors import UserError  # noqa: E402
@@ -101,8 +101,9 @@ def stage_search(s: SearchSettings, plan: Plan, seconds: float, resume: bool) ->
     # The fixed recipe runs first in the search (where the space can build it): the search's
     # best is then weighed against a known-good config at the same horizon.
     extra = {**s.extra, "warm_configs": [plan.recipe] if plan.recipe else [], "stage": "auto: search"}
+    trials = plan.trials or search_trials(s.trials, s.extra.get("given"), plan.expected_trials)  # 0: a --shares plan
     return run_search(replace(s, max_epochs=plan.max_epochs, time_budget=f"{max(1.0, seconds - overhead):.0f}s",
-                              resume=resume, extra={**extra, "given": None} if resume else extra))
+                              trials=trials, resume=resume, extra={**extra, "given": None} if resume else extra))
 
 
 def stage_retrain(s: SearchSettings, seconds: float, order: list[str], configs: dict[str, dict[str, Any]],

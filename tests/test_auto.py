@@ -54,6 +54,8 @@ def test_auto_goes_from_data_to_a_submission_within_its_deadline(auto_run):
     assert sum(st["used_s"] for st in record["stages"].values()) <= DEADLINE * 1.05
     assert [record["stages"][s]["status"] for s in ("search", "confirm", "retrain", "predict")] == ["done"] * 4
     assert all(record["stages"][s]["planned_s"] > 0 and "used_s" in record["stages"][s] for s in record["stages"])
+    # Without --trials the search is ended by its time, not by the default 50 trials.
+    assert json.loads((folder / "settings.json").read_text())["trials"] >= 2 * record["plan"]["expected_trials"]
     confirm = record["stages"]["confirm"]
     # The search's top 2 and the fixed recipe (scaled into the budget) compete at length.
     assert len(confirm["search_order"]) == 2
@@ -470,6 +472,9 @@ def test_the_plan_respects_trials_and_the_horizon_follows_the_deadline():
     s_few, _ = plan_settings(trials=8)
     few = make_plan(s_few, a, 30 * 60, 2, 5.0, 0, predict_s=20, retrain_epoch_s=3.0)
     assert few.expected_trials == 8 < free.expected_trials
+    # Given, --trials is what the search launches; not given, its time ends it, not the default
+    # 50 (benchmark 11: 50 trials ended a 25-minute search after 14 minutes).
+    assert few.trials == 8 and free.trials == max(50, 2 * free.expected_trials) > 50
     assert few.seconds["search"] < free.seconds["search"] and few.seconds["retrain"] > free.seconds["retrain"]
     # A shorter deadline gets a shorter ASHA horizon rather than fewer trials.
     shorter = make_plan(s, a, 45 * 60, 2, 8.0, 0, predict_s=20, retrain_epoch_s=3.0)
