@@ -316,7 +316,10 @@ class Trainer:
             # and at least fast enough to reach the end in the steps that still fit before
             # the stop (after a stall, e.g. the process descheduled, few steps are left).
             pace = step_s / max(training_s, step_s)
-            steps_left = max(1.0, (end - budget.tail_s - used) / max(step_s, 1e-9))
+            # Steps left at the slower of this step and the recent average: one quick step on a
+            # busy machine must not promise more steps than will fit.
+            typical_s = max(step_s, self.clock.smoothed or step_s)
+            steps_left = max(1.0, (end - budget.tail_s - used) / max(typical_s, 1e-9))
             step_up = max(4 * pace, (1 - self.progress) / 10 + 0.005, (1 - self.progress) / steps_left)
             target = min(target, self.progress + step_up)
         else:
