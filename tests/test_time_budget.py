@@ -36,7 +36,9 @@ def test_a_time_budget_ends_on_time_and_annealed():
     assert 6.0 - slowdown - 0.5 <= wall <= 6.0, (wall, slowdown)
     assert len(history) >= 3  # several epochs: the cap (500) was not what ended it
     assert trainer.progress == 1.0
-    assert history[-1]["lr"] <= 0.05 * CONFIG["lr"]  # annealed, not cut at a high learning rate
+    # Annealed, not cut at a high learning rate (the message shows each epoch's clock).
+    assert history[-1]["lr"] <= 0.05 * CONFIG["lr"], [
+        {k: m[k] for k in ("epoch", "lr", "epoch_seconds", "time_used_s", "slowdown")} for m in history]
     lrs = [m["lr"] for m in history[1:]]
     assert lrs == sorted(lrs, reverse=True)  # after warm-up it only decays
 
@@ -83,6 +85,28 @@ def test_a_stall_late_in_the_budget_still_ends_annealed(monkeypatch):
     assert clock["stalled"] and clock["now"] <= 10.2, clock
     assert trainer.progress == 1.0
     assert history[-1]["lr"] <= 0.05 * CONFIG["lr"], history[-1]
+
+
+def test_a_machine_faster_than_when_the_tail_was_timed_anneals_to_the_shorter_tail(monkeypatch):
+    """The reference steps ran on a busy machine (0.1 s a clock reading), the rest on an
+    idle one (0.04 s): the tail scales down with the machine's speed (0.4x), so training runs
+    to 10 - 2 x 0.4 = 9.2 s of a 10 s budget and its schedule ends annealed there. A stop
+    kept at the unscaled tail (8 s) cuts the schedule at about 87% of its course."""
+    data = to_device(make_synthetic(n_train=640, n_test=50), "cpu")
+    clock = {"now": 0.0, "readings": 0}
+
+    def perf_counter() -> float:
+        clock["readings"] += 1
+        clock["now"] += 0.1 if clock["readings"] <= 40 else 0.04
+        return clock["now"]
+
+    monkeypatch.setattr(time, "perf_counter", perf_counter)
+    trainer = Trainer(CONFIG, data, time_budget=TimeBudget(10.0, tail_s=2.0))
+    history = list(trainer.epochs())
+    monkeypatch.undo()
+    assert history[-1]["slowdown"] < 0.5, history[-1]
+    assert 9.0 <= clock["now"] <= 9.6, clock  # 9.2 s, then the last validation
+    assert history[-1]["lr"] <= 0.01 * CONFIG["lr"], history[-1]
 
 
 def test_an_epoch_cap_that_comes_first_also_ends_annealed():

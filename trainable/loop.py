@@ -310,7 +310,11 @@ class Trainer:
         end = self.clock.used_before + budget.seconds
         training_s = end - budget.tail_s * self.clock.slowdown()
         target = min(1.0, used / training_s) if training_s > 0 else 1.0
-        if used < end - budget.tail_s:
+        # The hard stop: the unscaled tail, or later where the machine now runs faster than
+        # when the tail was timed (its scaled tail is shorter: the schedule ends there, and a
+        # stop at the unscaled tail would cut it short of annealed).
+        stop = max(training_s, end - budget.tail_s)
+        if used < stop:
             # A sudden slowdown grows the kept-back tail and the target jumps: move on at up to
             # 4x the clock's pace, or a tenth of what is left a step, so the last steps anneal;
             # and at least fast enough to reach the end in the steps that still fit before
@@ -319,11 +323,11 @@ class Trainer:
             # Steps left at the slower of this step and the recent average: one quick step on a
             # busy machine must not promise more steps than will fit.
             typical_s = max(step_s, self.clock.smoothed or step_s)
-            steps_left = max(1.0, (end - budget.tail_s - used) / max(typical_s, 1e-9))
+            steps_left = max(1.0, (stop - used) / max(typical_s, 1e-9))
             step_up = max(4 * pace, (1 - self.progress) / 10 + 0.005, (1 - self.progress) / steps_left)
             target = min(target, self.progress + step_up)
         else:
-            target = 1.0  # the unscaled tail is reached: stop now whatever the schedule says
+            target = 1.0  # the stop is reached: end now whatever the schedule says
         self.progress = max(self.progress, by_steps, target)
 
     def finished(self) -> bool:
