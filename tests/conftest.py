@@ -126,7 +126,8 @@ def finished_search(ray_session, space_file, tmp_path_factory):
     from search.run import run_search
 
     tmp = tmp_path_factory.mktemp("runs")
-    return run_search(settings(tmp, space_file, trials=8))
+    # Its storage is a file:// URI, as a user may give it: the experiment is still the folder.
+    return run_search(settings(f"file://{tmp}", space_file, trials=8))
 
 
 def rows_of(folder):

@@ -39,6 +39,12 @@ def test_search_writes_the_experiment(finished_search):
     assert best["params"] == count_params(best["config"])
     assert "torch" in best["versions"] and best["seed"] == 0
     assert "search.retrain" in finished_search.summary and "rejected" in finished_search.summary
+    # A file:// storage URI (the session's search was given one) keeps the experiment in that folder.
+    storage = json.loads((folder / "settings.json").read_text())["storage"]
+    assert storage.startswith("file://") and folder == Path(storage[len("file://"):]) / "exp"
+    table, history = analysis.load(folder), analysis.curves(folder)
+    assert len(table) == 8 and set(history["trial_id"]) == set(table["trial_id"])
+    assert len(history) == table["epochs_trained"].sum()
 
 
 def test_no_trial_over_the_budget_ran(finished_search):
@@ -308,15 +314,6 @@ def test_trials_get_the_data_from_the_driver_not_the_disk(ray_session, space_fil
     assert not (tmp_path / "images").exists()
     rows = rows_of(outcome.folder)
     assert len(rows) == 3 and all(r.status in ("completed", "stopped") for r in rows), rows
-
-
-def test_storage_uri_keeps_the_experiment_readable(ray_session, space_file, tmp_path):
-    outcome = run_search(settings(tmp_path, space_file, name="uri", storage=f"file://{tmp_path / 'store'}",
-                                  trials=3, max_epochs=2))
-    assert outcome.folder == tmp_path / "store" / "uri"
-    table, history = analysis.load(outcome.folder), analysis.curves(outcome.folder)
-    assert len(table) == 3 and set(history["trial_id"]) == set(table["trial_id"])
-    assert len(history) == table["epochs_trained"].sum()
 
 
 def test_a_resume_that_changes_what_is_searched_names_the_old_and_new_values(finished_search):
