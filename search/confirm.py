@@ -282,9 +282,9 @@ def stage_confirm(s: Any, pick: str, count: int, epochs: int, seconds: float, re
     by_config = {config_key(c): t for t, c, _ in entries}
     confirm_rows = read_trials(folder)
     finished = {r.trial_id for r in confirm_rows if r.status == Status.COMPLETED}
-    confirmed = [(by_config.get(config_key(c), t), v, t in finished) for t, c, v in ranked_configs(confirm_rows)]
     # Each confirm trial's id mapped back to the search trial (or "recipe") it trained again.
     mapping = {r.trial_id: by_config.get(config_key(r.run_config), r.trial_id) for r in confirm_rows}
+    confirmed = [(mapping[t], v, t in finished) for t, _, v in ranked_configs(confirm_rows)]
     ended = [t for t, _, done in confirmed if done]
     order = ended + [t for t, _, _ in entries if t not in ended]
     confirm_val = {t: v for t, v, done in confirmed if done}
