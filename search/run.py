@@ -289,7 +289,9 @@ def quiet_ray(verbose: int) -> Iterator[None]:
     summary's `--resume` line says how. At the end, Tune warns "Failed to fetch metrics" for
     each trial the deadline cut before its first report; the trial table records those. Its
     notice that the experiment's state was saved often (a trial checkpointing every epoch or
-    two does that) is about Tune's own files, with nothing for a user to do."""
+    two does that) is about Tune's own files, with nothing for a user to do; so are its
+    notices that an operation "may be a performance bottleneck" (one slow result on a busy
+    machine, half a second, prints three of them)."""
     if verbose >= 2:
         yield
         return
@@ -297,7 +299,7 @@ def quiet_ray(verbose: int) -> Iterator[None]:
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     try:
         with muted("ray.tune.tune"), muted("ray.tune.analysis.experiment_analysis"), \
-                muted("ray.tune.execution.experiment_state"):
+                muted("ray.tune.execution.experiment_state"), muted("ray.tune.utils.util"):
             yield
     finally:
         if before is None:

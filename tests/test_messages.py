@@ -63,3 +63,34 @@ def test_the_param_budget_is_taken_as_people_write_it(cli, tmp_path):
     code, _, err = cli(main, ["--param-budget", "5X", "--storage", tmp_path])
     assert code == 2 and "not a count like 5M" in err
     assert not any(tmp_path.iterdir())  # nothing written for a refused command
+
+
+def test_tunes_notices_about_its_own_speed_are_muted_below_verbose_2():
+    """Tune's `warn_if_slow` notices ("... may be a performance bottleneck") go through its
+    utilities' logger: muted while a search runs quietly, shown at --verbose 2."""
+    import logging
+
+    from ray.tune.utils import util
+
+    from search.run import quiet_ray
+
+    class Kept(logging.Handler):  # Ray's loggers do not propagate to the root's (pytest's) handlers
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.messages: list[str] = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    kept = Kept()
+    util.logger.addHandler(kept)
+    notice = "The `process_trial_result` operation took 0.513 s, which may be a performance bottleneck."
+    try:
+        with quiet_ray(1):
+            util.logger.warning(notice)
+        assert kept.messages == []
+        with quiet_ray(2):
+            util.logger.warning(notice)
+        assert kept.messages == [notice]
+    finally:
+        util.logger.removeHandler(kept)
