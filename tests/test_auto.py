@@ -16,8 +16,11 @@ from trainable.model import count_params
 
 TOY = ["--gpus", "0", "--dataset", "synthetic", "--subset", "400", "--max-epochs", "2", "--grace-epochs", "1",
        "--reduction-factor", "2", "--param-budget", str(BUDGET), "--confirm", "2", "--verbose", "0",
-       "--shares", "0.35,0.35,0.27,0.03"]  # the confirm stage keeps room on a slow machine: a resumed search overruns
-DEADLINE = 55
+       "--shares", "0.3,0.45,0.22,0.03"]
+# The confirm stage gets the largest share: it is the stage a slow machine squeezes. A resumed
+# search starts Tune and its workers again and overran by 11 s on a busy CI machine; the confirm
+# stage, another Ray start after it, then skipped as too short (at 55 s with 30-35% of it).
+DEADLINE = 60
 
 
 def unlabelled(path: Path) -> Path:
