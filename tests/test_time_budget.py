@@ -29,7 +29,14 @@ def run_to_budget(seconds: float, tail_s: float = 0.0, on_start=None) -> tuple[T
 
 @pytest.mark.slow  # runs against a clock
 def test_a_time_budget_ends_on_time_and_annealed():
-    trainer, history, wall = run_to_budget(6.0, tail_s=1.0)
+    for _ in range(2):
+        trainer, history, wall = run_to_budget(6.0, tail_s=1.0)
+        # A steady machine is this test's premise. Other processes of the suite stalled the last
+        # steps 4x in about 1 full run in 3 on a busy CI machine (then the stop comes before the
+        # schedule's end; test_a_stall_late_in_the_budget_still_ends_annealed covers stalls on a
+        # fake clock): run once more. The assertions below hold for the run kept, either way.
+        if history[-1]["slowdown"] < 2:
+            break
     # The tail is kept back, scaled by the machine's speed at the end against its start (a
     # busy CI machine changes it): training ends near 6 - 1 s x slowdown, never after 6.
     slowdown = history[-1]["slowdown"]
