@@ -47,7 +47,7 @@ from search.confirm import RECIPE_ID, parse_pick, stage_confirm  # noqa: E402
 from search.ledger import Record, total_seconds  # noqa: E402
 from search.plan import (CONFIRM_MULTIPLE, MAX_RETRAIN_EPOCHS, PREDICT_MARGIN, STAGES, Plan,  # noqa: E402
                          epoch_seconds, make_plan, planned_concurrency, predict_seconds, probe_epoch_seconds,
-                         ray_overhead, search_trials, sized_recipe, space_epoch_seconds)
+                         ray_overhead, ray_stop_seconds, search_trials, sized_recipe, space_epoch_seconds)
 from search.settings import SearchSettings, build_parser, settings_from_parsed  # noqa: E402
 from trainable.cli import parse_duration, run_main  # noqa: E402
 from trainable.errors import UserError  # noqa: E402
@@ -97,12 +97,12 @@ def check_inputs(a: AutoSettings, channels: int = 3) -> Any:
 def stage_search(s: SearchSettings, plan: Plan, seconds: float, resume: bool) -> Any:
     from search.run import run_search
 
-    overhead = ray_overhead(s.address)
+    after = ray_stop_seconds(s.address)  # the search's budget counts Ray's start, not its stop
     # The fixed recipe runs first in the search (where the space can build it): the search's
     # best is then weighed against a known-good config at the same horizon.
     extra = {**s.extra, "warm_configs": [plan.recipe] if plan.recipe else [], "stage": "auto: search"}
     trials = plan.trials or search_trials(s.trials, s.extra.get("given"), plan.expected_trials)  # 0: a --shares plan
-    return run_search(replace(s, max_epochs=plan.max_epochs, time_budget=f"{max(1.0, seconds - overhead):.0f}s",
+    return run_search(replace(s, max_epochs=plan.max_epochs, time_budget=f"{max(1.0, seconds - after):.1f}s",
                               trials=trials, resume=resume, extra={**extra, "given": None} if resume else extra))
 
 

@@ -229,7 +229,7 @@ def stage_confirm(s: Any, pick: str, count: int, epochs: int, seconds: float, re
     """Train the search's top `count` configs (by `pick`) and `recipe` for `epochs` epochs (fewer
     if the measured epoch times say they would not finish in `seconds`), then rank them on
     `val_images` validation images (the recipe first within their noise, for `--pick best`)."""
-    from search.plan import CONFIRM_MULTIPLE, ray_overhead
+    from search.plan import CONFIRM_MULTIPLE, ray_overhead, ray_stop_seconds
     from search.records import Status, read_trials
     from search.run import run_search
     from search.settings import SearchSettings
@@ -274,7 +274,7 @@ def stage_confirm(s: Any, pick: str, count: int, epochs: int, seconds: float, re
         scheduler="fifo", sampler="random", param_budget=s.param_budget, space=str(space), seed=s.seed,
         dataset=s.dataset, data_dir=s.data_dir, val_fraction=s.val_fraction, subset=s.subset, compile=s.compile,
         checkpoint_every=s.checkpoint_every, max_failures=s.max_failures, verbose=s.verbose,
-        time_budget=f"{max(1.0, seconds - overhead):.0f}s",
+        time_budget=f"{max(1.0, seconds - ray_stop_seconds(s.address)):.1f}s",
         resume=resume and (folder / "settings.json").exists(), extra={"stage": "auto: confirm"})
     run_search(replace(confirm))
 

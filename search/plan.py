@@ -88,13 +88,30 @@ RAY_CONNECT_S = 2.0
 WEEK_S = 7 * 24 * 3600.0
 
 
+# Of that, what comes after the stage's time budget has stopped its trials (the budget counts
+# Ray's start, `search.tune.deadline`): Tune ends its workers (0.7 s here) and a Ray the stage
+# started shuts down (1.4 s); a running cluster is only left.
+RAY_STOP_S = 3.0
+RAY_LEAVE_S = 1.0
+
+
 def ray_overhead(address: str | None) -> float:
-    """Seconds a search stage spends starting and stopping Ray, outside its time budget."""
+    """Seconds a search stage spends starting and stopping Ray, beside its trials."""
     import ray
 
     if ray.is_initialized():
         return 0.0
     return RAY_CONNECT_S if address else RAY_OVERHEAD_S
+
+
+def ray_stop_seconds(address: str | None) -> float:
+    """Seconds a search stage takes after its time budget has ended (`RAY_STOP_S`): what it
+    keeps out of the budget it gives its search so that the stage ends within its share."""
+    import ray
+
+    if ray.is_initialized():
+        return RAY_LEAVE_S / 2  # Tune's end of its workers only
+    return RAY_LEAVE_S if address else RAY_STOP_S
 # The timed pass is a slice of the input; the stage also reads the input, loads the model and
 # writes the CSV. A slowdown of the machine is not in the margin: the retrain scales what it
 # keeps back with the machine's speed now (`trainable.loop`).

@@ -33,6 +33,7 @@ from trainable.errors import UserError
 
 if TYPE_CHECKING:
     from search.tune.costs import Costs
+    from search.tune.deadline import DeadlineStopper
     from search.tune.searcher import BudgetedOptunaSearch
 
 
@@ -165,8 +166,9 @@ def build_scheduler(s: SearchSettings, costs: "Costs | None" = None) -> Any:
 
 
 def build_tuner(s: SearchSettings, searcher: Any, trainable: Any, resources: Resources, remaining: int,
-                table: Any, costs: "Costs | None" = None) -> Any:
-    """One Ray Tune experiment (a `run-*` folder) for what is left of the search."""
+                table: Any, costs: "Costs | None" = None, stopper: "DeadlineStopper | None" = None) -> Any:
+    """One Ray Tune experiment (a `run-*` folder) for what is left of the search; `stopper`
+    ends it at the time budget's deadline."""
     from ray import tune
 
     from search.tune.progress import Progress
@@ -183,11 +185,11 @@ def build_tuner(s: SearchSettings, searcher: Any, trainable: Any, resources: Res
             scheduler=build_scheduler(s, costs),
             max_concurrent_trials=resources.concurrent, reuse_actors=True,
             trial_dirname_creator=trial_dirname,
-            time_budget_s=budget,
         ),
         run_config=tune.RunConfig(
             # Ray's own output only for debugging (--verbose 2 and up); this tool's is `progress`.
             name=table.driver["run"], storage_path=s.ray_storage, verbose=s.verbose if s.verbose >= 2 else 0,
+            stop=stopper,
             callbacks=[table, progress, *search_callbacks(parse_track(s.track), s.folder, s.name)],
             # Two per trial: trials.csv names the newest, and the one before stays until a
             # newer one is on record, so a driver killed at any moment finds one to continue.
@@ -215,8 +217,13 @@ def run_search(s: SearchSettings, trial_cls: type | None = None) -> SearchOutcom
     from search.tune.experiment import TrialTable, summary
     from search.records import (ENDED, count_statuses, ran_seconds, read_best, read_settings, read_trials,
                                 rejected_count, write_settings)
+    from search.tune.deadline import DeadlineStopper
     from search.tune.trial import SearchTrial, TrialOptions
 
+    # The time budget counts from here: the data, Ray's start and Tune's set-up take from it.
+    start = time.time()
+    budget = parse_duration(s.time_budget) if s.time_budget else None
+    stopper = DeadlineStopper(start + budget) if budget else None
     check_settings(s)
     if not s.address and os.environ.get("RAY_ADDRESS"):
         # Ray itself would connect there anyway (e.g. on a node started with `ray start`).
@@ -237,6 +244,7 @@ def run_search(s: SearchSettings, trial_cls: type | None = None) -> SearchOutcom
         channels, size = int(data.images.shape[1]), int(data.images.shape[-1])
         costs = Costs(s.folder, num_classes, size, s.minimize, resources.probe, in_channels=channels)
         searcher = build_searcher(s, num_classes, costs, in_channels=channels)
+        searcher.launch_open = stopper.can_launch if stopper else None
         if not s.resume:
             from search.tune.space import SPACE_VERSION
 
@@ -252,25 +260,22 @@ def run_search(s: SearchSettings, trial_cls: type | None = None) -> SearchOutcom
         options = TrialOptions(threads=s.cpus_per_trial, compile=s.compile, checkpoint_every=s.checkpoint_every,
                                gpu_share=resources.gpus_per_trial)
         trainable = tune.with_parameters(trial_cls or SearchTrial, data=data, spec=s.data_spec, options=options)
-        start = time.time()
-        budget = parse_duration(s.time_budget) if s.time_budget else None
         table = TrialTable(s.folder, resources.gpus_per_trial, s.max_epochs, time.strftime("run-%Y%m%d-%H%M%S"),
-                           deadline=start + budget if budget else None, num_classes=num_classes, costs=costs,
-                           in_channels=channels)
+                           stopper=stopper, num_classes=num_classes, costs=costs, in_channels=channels)
         if remaining:
             print(f"{s.extra.get('stage', 'search')} {s.name}: {remaining} trial(s) to run, {resources.concurrent} at "
                   f"once, under {s.param_budget:,} params, "
                   + (f"ASHA to {s.max_epochs} epochs" if s.scheduler == "asha" else f"each to {s.max_epochs} epochs")
                   + (f", for at most {s.time_budget}" if s.time_budget else "") + f" -> {s.folder}", flush=True)
             with quiet_ray(s.verbose):
-                build_tuner(s, searcher, trainable, resources, remaining, table, costs).fit()
+                build_tuner(s, searcher, trainable, resources, remaining, table, costs, stopper).fit()
         wall = time.time() - start
         fix_rows(s.folder, searcher.settle(read_trials(s.folder))[1])
 
     rows, best = read_trials(s.folder), read_best(s.folder)
     counts = count_statuses(rows)
     ended = sum(counts.get(e.value, 0) for e in ENDED)
-    deadline_hit = bool(s.time_budget) and wall >= parse_duration(s.time_budget) * 0.95
+    deadline_hit = stopper is not None and stopper.reached
     rejected = rejected_count(s.folder) or 0
     text = summary(s.folder, rows, best, rejected, wall, ran_seconds(s.folder), resources.gpus_per_trial > 0,
                    s.trials, deadline_hit)

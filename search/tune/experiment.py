@@ -69,11 +69,11 @@ class TrialTable(Callback):
     """
 
     def __init__(self, folder: str | Path, gpus_per_trial: float, horizon: int, run_name: str = "run",
-                 deadline: float | None = None, num_classes: int = 10, costs: Any = None, in_channels: int = 3):
+                 stopper: Any = None, num_classes: int = 10, costs: Any = None, in_channels: int = 3):
         self.folder = Path(folder)
         self.gpus_per_trial = gpus_per_trial
         self.horizon = horizon
-        self.deadline = deadline  # time.time() at which --time-budget ends this driver run
+        self.stopper = stopper  # `search.tune.deadline.DeadlineStopper` of --time-budget, if one is given
         self.num_classes, self.in_channels = num_classes, in_channels
         self.costs = costs  # `search.tune.costs.Costs`: MACs and latency per row; with an objective, front.json
         self.versions = library_versions()
@@ -164,7 +164,7 @@ class TrialTable(Callback):
                 row.status, row.error = Status.ERRORED, _error_line(trial)
             elif trial.status == "TERMINATED" and row.epochs_trained >= self.horizon:
                 row.status = Status.COMPLETED
-            elif trial.status == "TERMINATED" and self.deadline is not None and time.time() >= self.deadline - 1:
+            elif trial.status == "TERMINATED" and self.stopper is not None and self.stopper.fired:
                 row.status = Status.CUT
             else:
                 row.status = Status.INTERRUPTED

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import pickle
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 from optuna.trial import TrialState
@@ -96,6 +96,9 @@ class BudgetedOptunaSearch(Searcher):
         self.pending: list[tuple[int, str, str | None]] = []  # (number, original id, checkpoint) to continue
         self.rejected = 0
         self.exhausted = False
+        # With a time budget: whether a trial launched now could still train an epoch
+        # (`search.tune.deadline.DeadlineStopper.can_launch`); none is launched after that.
+        self.launch_open: Callable[[], bool] | None = None
 
     def _trial(self, number: int) -> optuna.Trial:
         """A live handle on trial `number`, through the storage's public lookups."""
@@ -105,6 +108,11 @@ class BudgetedOptunaSearch(Searcher):
     # --- Ray's Searcher interface ----------------------------------------------------------
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         if self.exhausted:
+            return Searcher.FINISHED
+        if self.launch_open is not None and not self.launch_open():
+            # Too close to the time budget's end for a trial to train, now and later in this
+            # driver run. Finished, not None: with no trial running, Tune would wait for a
+            # suggestion (up to 10 minutes) without asking the stopper. A resume launches again.
             return Searcher.FINISHED
         if self.pending:
             number, original, checkpoint = self.pending.pop(0)
