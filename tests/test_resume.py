@@ -165,7 +165,10 @@ def test_a_deadline_ends_the_search_gracefully_and_a_resume_continues_its_cut_tr
                 checkpoint_every=1)
     start = time.time()
     first = run_search(settings(tmp_path, space, time_budget="12s", **args))
-    assert time.time() - start < 100
+    # The budget counts from the call (data and Tune's set-up take from it) and the trials stop
+    # one epoch before its end; 2 s is for Tune to end its workers. (Tune's own time_budget_s
+    # starts after its set-up and lets running epochs finish: 3-4 s over a 10 s budget here.)
+    assert time.time() - start < 12 + 2
     rows = {r.trial_id: r for r in rows_of(first.folder)}
     cut = [r for r in rows.values() if r.status == "cut"]
     # On a slow machine a trial on a cold worker is cut before its first report (no epochs):
@@ -180,7 +183,7 @@ def test_a_deadline_ends_the_search_gracefully_and_a_resume_continues_its_cut_tr
     # A resume runs for the budget it is given, counted from the resume: not the first run's
     # 12 s, and not nothing (the cut trials remain).
     short = run_search(settings(tmp_path, space, resume=True, time_budget="6s", **args))
-    assert 5 < short.wall_seconds < 14, short.wall_seconds
+    assert 5 < short.wall_seconds < 6 + 2, short.wall_seconds
     second = run_search(settings(tmp_path, space, resume=True, **args))
     after = {r.trial_id: r for r in rows_of(second.folder)}
     assert set(after) == set(rows)  # the same trials, no new ones
