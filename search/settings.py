@@ -244,8 +244,9 @@ def check_same_data(s: SearchSettings, data: TrainArrays) -> str:
     return digest
 
 
-def build_parser(time_budget_help: str = "stop gracefully after this long, e.g. 90m, 2h (default: none)"
-                 ) -> ArgumentParser:
+def build_parser(time_budget_help: str = "end within this long of the command's start, e.g. 90m, 2h: running "
+                 "trials stop one epoch before it (as 'cut'; --resume continues them) and none starts that could "
+                 "not train an epoch (default: none)") -> ArgumentParser:
     d = SearchSettings()
     p = ArgumentParser(prog="python -m search.run", description=DESCRIPTION,
                        epilog="The search space is documented in README.md ('The search space').")
