@@ -47,8 +47,9 @@ from search.confirm import RECIPE_ID, parse_pick, stage_confirm  # noqa: E402
 from search.ledger import Record, total_seconds  # noqa: E402
 from search.plan import (CONFIRM_MULTIPLE, MAX_RETRAIN_EPOCHS, PREDICT_MARGIN, STAGES, Plan,  # noqa: E402
                          epoch_seconds, make_plan, planned_concurrency, predict_seconds, probe_epoch_seconds,
-                         ray_overhead, ray_stop_seconds, search_trials, sized_recipe, space_epoch_seconds)
+                         search_trials, sized_recipe, space_epoch_seconds)
 from search.settings import SearchSettings, build_parser, settings_from_parsed  # noqa: E402
+from search.tune.resources import ray_overhead, ray_stop_seconds  # noqa: E402
 from trainable.cli import parse_duration, run_main  # noqa: E402
 from trainable.errors import UserError  # noqa: E402
 

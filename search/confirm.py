@@ -229,7 +229,8 @@ def stage_confirm(s: Any, pick: str, count: int, epochs: int, seconds: float, re
     """Train the search's top `count` configs (by `pick`) and `recipe` for `epochs` epochs (fewer
     if the measured epoch times say they would not finish in `seconds`), then rank them on
     `val_images` validation images (the recipe first within their noise, for `--pick best`)."""
-    from search.plan import CONFIRM_MULTIPLE, ray_overhead, ray_stop_seconds
+    from search.plan import CONFIRM_MULTIPLE
+    from search.tune.resources import ray_overhead, ray_stop_seconds
     from search.records import Status, read_trials
     from search.run import run_search
     from search.settings import SearchSettings

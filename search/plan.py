@@ -50,6 +50,7 @@ from typing import Any, Sequence
 
 import torch
 
+from search.tune.resources import RAY_OVERHEAD_S
 from search.tune.sampler import STARTUP_LAUNCHED
 
 
@@ -80,38 +81,9 @@ MIN_SEARCH_TRIALS = STARTUP_LAUNCHED + MIN_MODEL_PROPOSALS  # the ASHA horizon s
 # Not below this: a ranking after fewer epochs ranks how fast configs start, and in benchmark
 # 11 (20 minutes) a pick at 12 epochs lost to the recipe at 80 (a judgement, not a measured edge).
 MIN_HORIZON = 10
-# Starting and stopping Ray around a search stage, which Tune's time budget does not count
-# (measured here: 8-12 s on 2 cores); connecting to a running cluster (--address): about 2 s;
-# nothing when Ray is already up in this process (a notebook).
-RAY_OVERHEAD_S = 10.0
-RAY_CONNECT_S = 2.0
 WEEK_S = 7 * 24 * 3600.0
 
 
-# Of that, what comes after the stage's time budget has stopped its trials (the budget counts
-# Ray's start, `search.tune.deadline`): Tune ends its workers (0.7 s here) and a Ray the stage
-# started shuts down (1.4 s); a running cluster is only left.
-RAY_STOP_S = 3.0
-RAY_LEAVE_S = 1.0
-
-
-def ray_overhead(address: str | None) -> float:
-    """Seconds a search stage spends starting and stopping Ray, beside its trials."""
-    import ray
-
-    if ray.is_initialized():
-        return 0.0
-    return RAY_CONNECT_S if address else RAY_OVERHEAD_S
-
-
-def ray_stop_seconds(address: str | None) -> float:
-    """Seconds a search stage takes after its time budget has ended (`RAY_STOP_S`): what it
-    keeps out of the budget it gives its search so that the stage ends within its share."""
-    import ray
-
-    if ray.is_initialized():
-        return RAY_LEAVE_S / 2  # Tune's end of its workers only
-    return RAY_LEAVE_S if address else RAY_STOP_S
 # The timed pass is a slice of the input; the stage also reads the input, loads the model and
 # writes the CSV. A slowdown of the machine is not in the margin: the retrain scales what it
 # keeps back with the machine's speed now (`trainable.loop`).

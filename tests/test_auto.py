@@ -403,7 +403,7 @@ def test_a_confirm_stage_short_of_time_drops_candidates_then_trusts_the_recipe(t
                + read_drivers(late))
     assert start_seconds(late, read_history(late)) == pytest.approx(4.0)
 
-    monkeypatch.setattr("search.plan.ray_overhead", lambda address: 0.0)  # the skip starts no Ray
+    monkeypatch.setattr("search.tune.resources.ray_overhead", lambda address: 0.0)  # the skip starts no Ray
     s = SearchSettings(name="s", storage=str(tmp_path / "runs"), max_epochs=4, seed=0)
     recipe = {"blocks": [2, 2, 2], "widths": [16, 32, 64]}
     best = stage_confirm(s, "best", 2, 12, 8, False, recipe, 1.0, 2)

@@ -1,5 +1,6 @@
 """What a search runs on: starting Ray (the project's one way, used by the search, the
-benchmarks and the tests' helpers), the GPUs it may use, and how many trials run at once."""
+benchmarks and the tests' helpers) and the seconds that takes a stage, the GPUs it may use,
+and how many trials run at once."""
 
 from __future__ import annotations
 
@@ -14,6 +15,36 @@ from trainable.errors import UserError
 
 if TYPE_CHECKING:
     from search.tune.costs import Probe
+
+# Starting and stopping Ray around a search stage: 8-12 s on 2 cores here; about 2 s to
+# connect to a running cluster (--address); nothing when Ray is already up in this process (a
+# notebook). Of that, what comes after a stage's time budget has stopped its trials (the budget
+# counts Ray's start, `search.tune.deadline`): Tune ends its workers (0.7 s here) and a Ray the
+# stage started shuts down (1.4 s); a running cluster is only left.
+RAY_OVERHEAD_S = 10.0
+RAY_CONNECT_S = 2.0
+RAY_STOP_S = 3.0
+RAY_LEAVE_S = 1.0
+
+
+def ray_overhead(address: str | None) -> float:
+    """Seconds a search stage spends starting and stopping Ray, beside its trials."""
+    import ray
+
+    if ray.is_initialized():
+        return 0.0
+    return RAY_CONNECT_S if address else RAY_OVERHEAD_S
+
+
+def ray_stop_seconds(address: str | None) -> float:
+    """Seconds a search stage takes after its time budget has ended (`RAY_STOP_S`): what it
+    keeps out of the budget it gives its search so that the stage ends within its share."""
+    import ray
+
+    if ray.is_initialized():
+        return RAY_LEAVE_S / 2  # Tune's end of its workers only
+    return RAY_LEAVE_S if address else RAY_STOP_S
+
 
 @contextmanager
 def muted(logger: str, mute: bool = True) -> Iterator[None]:
