@@ -174,9 +174,10 @@ def build_tuner(s: SearchSettings, searcher: Any, trainable: Any, resources: Res
     from search.tune.progress import Progress
     from search.tune.tracking import parse_track, search_callbacks
 
-    budget = parse_duration(s.time_budget) if s.time_budget else None
-    progress = Progress(lambda: table.rows, lambda: searcher.rejected, s.verbose, budget,
-                        stage=s.extra.get("stage", "search"))
+    # Its clock is the time budget's, which started with the driver run.
+    progress = Progress(lambda: table.rows, lambda: searcher.rejected, s.verbose,
+                        stopper.budget_s if stopper else None, stage=s.extra.get("stage", "search"),
+                        started=stopper.started if stopper else None)
 
     return tune.Tuner(
         tune.with_resources(trainable, {"cpu": s.cpus_per_trial, "gpu": resources.gpus_per_trial}),

@@ -28,6 +28,14 @@ def test_the_progress_line_counts_trials_and_names_the_best():
                                "7 rejected for the budget; best 0.5200 (trial b, 98k params)")
 
 
+def test_the_progress_clock_is_the_time_budgets_which_began_before_tune_did():
+    import time
+
+    # The budget started with the driver run, 2 minutes before Tune (data, Ray's start).
+    progress = Progress(rows, lambda: 0, verbose=1, budget_s=600, started=time.time() - 120)
+    assert progress.line().startswith("[search 2.0 of 10.0 min]")
+
+
 def test_the_last_trial_ending_after_long_epochs_is_no_stall():
     out = io.StringIO()
     progress = Progress(rows, lambda: 0, verbose=0, interval_s=0, stall_s=60, out=out)

@@ -41,6 +41,7 @@ class DeadlineStopper(Stopper):
 
     def __init__(self, deadline: float, clock: Callable[[], float] = time.time):
         self.deadline, self.clock = deadline, clock
+        self.started = clock()  # made when the driver run starts: its budget counts from here
         self.recent: deque[float] = deque(maxlen=RECENT_EPOCHS)
         self.fired = False
         self.closed = False  # can_launch has said no
@@ -50,6 +51,10 @@ class DeadlineStopper(Stopper):
         if took:
             self.recent.append(float(took))
         return False  # no single trial is stopped for the time: all of them are, together
+
+    @property
+    def budget_s(self) -> float:
+        return self.deadline - self.started
 
     def margin(self) -> float:
         """Seconds before the deadline at which the trials are stopped: the longest recent epoch."""

@@ -36,14 +36,16 @@ class Progress(Callback):
 
     def __init__(self, rows: Callable[[], dict[str, TrialRow]], rejected: Callable[[], int],
                  verbose: int = 1, budget_s: float | None = None, stage: str = "search",
-                 interval_s: float = INTERVAL_S, stall_s: float = STALL_S, out: TextIO | None = None):
+                 interval_s: float = INTERVAL_S, stall_s: float = STALL_S, out: TextIO | None = None,
+                 started: float | None = None):
         self.rows, self.rejected = rows, rejected
         self.verbose, self.budget_s, self.stage = verbose, budget_s, stage
         self.interval_s, self.stall_s = interval_s, stall_s
         self.out = out  # None: sys.stdout at the time of printing (a notebook's, pytest's)
         # The last launch or end of a trial: a stall is a while with neither and nothing running
         # (every proposal rejected, or no resources), not the last trial's long epochs.
-        self.started = self.last_line = self.last_event = time.time()
+        self.last_line = self.last_event = time.time()
+        self.started = started or self.last_line  # the clock shown: the time budget's, when given
         self.shown = ""  # the last line printed: a line that says nothing new is not repeated
         self.stall_reported = False
 
