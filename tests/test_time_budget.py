@@ -116,6 +116,28 @@ def test_a_machine_faster_than_when_the_tail_was_timed_anneals_to_the_shorter_ta
     assert history[-1]["lr"] <= 0.01 * CONFIG["lr"], history[-1]
 
 
+def test_a_machine_slower_than_when_the_tail_was_timed_keeps_back_the_longer_tail(monkeypatch):
+    """The mirror case: the reference steps ran on an idle machine (0.04 s a clock reading),
+    the rest 3x slower (0.12 s). The tail will run 3x slower too, so training stops at
+    10 - 1 x 3 = 7 s of a 10 s budget, annealed. A stop kept at the unscaled tail trains on
+    to 9 s, and the slow tail then ends 2 s past the budget."""
+    data = to_device(make_synthetic(n_train=640, n_test=50), "cpu")
+    clock = {"now": 0.0, "readings": 0}
+
+    def perf_counter() -> float:
+        clock["readings"] += 1
+        clock["now"] += 0.04 if clock["readings"] <= 40 else 0.12
+        return clock["now"]
+
+    monkeypatch.setattr(time, "perf_counter", perf_counter)
+    trainer = Trainer(CONFIG, data, time_budget=TimeBudget(10.0, tail_s=1.0))
+    history = list(trainer.epochs())
+    monkeypatch.undo()
+    assert history[-1]["slowdown"] == pytest.approx(3.0, rel=0.05), history[-1]
+    assert 6.5 <= clock["now"] <= 7.5, clock  # 7 s, then the last validation (a few readings)
+    assert history[-1]["lr"] <= 0.01 * CONFIG["lr"], history[-1]
+
+
 def test_an_epoch_cap_that_comes_first_also_ends_annealed():
     data = to_device(make_synthetic(n_train=400, n_test=50), "cpu")
     trainer = Trainer({**CONFIG, "epochs": 3}, data, time_budget=TimeBudget(600.0))
