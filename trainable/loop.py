@@ -325,12 +325,15 @@ class Trainer:
         # The tail runs at the machine's speed now, like the steps: on a machine 3x slower than
         # when the tail was timed, 3x the tail is kept back, and training stops there, not at
         # the unscaled tail (the slow tail would then run past the end).
-        stop = end - budget.tail_s * self.clock.slowdown()
-        target = min(1.0, used / stop) if stop > 0 else 1.0
         # Steps left at the slower of this step and the recent average: one quick step on a
         # busy machine must not promise more steps than will fit.
         typical_s = max(step_s, self.clock.smoothed or step_s)
-        if used + max(typical_s, self.clock.slowest_recent()) < stop:  # another step ends before the stop
+        # And the last step may stall as the slowest recent one did: what that took beyond a
+        # typical step is kept back too, and the schedule ends before it.
+        stall_s = max(0.0, self.clock.slowest_recent() - typical_s)
+        stop = end - budget.tail_s * self.clock.slowdown() - stall_s
+        target = min(1.0, used / stop) if stop > 0 else 1.0
+        if used + typical_s < stop:  # another step ends before the stop
             # A sudden slowdown grows the kept-back tail and the target jumps: move on at up to
             # 4x the clock's pace, or a tenth of what is left a step, so the last steps anneal;
             # and at least fast enough to reach the end in the steps that still fit before
