@@ -43,6 +43,9 @@ from typing import Any, Sequence
 
 IMPORTED = time.time()  # the command's start-up counts from here
 
+from trainable.cli import sleep_when_waiting  # noqa: E402
+sleep_when_waiting()  # before torch loads: a deadline on a shared CPU
+
 from search.confirm import RECIPE_ID, parse_pick, stage_confirm  # noqa: E402
 from search.ledger import Record, total_seconds  # noqa: E402
 from search.plan import (CONFIRM_MULTIPLE, MAX_RETRAIN_EPOCHS, PREDICT_MARGIN, STAGES, Plan,  # noqa: E402

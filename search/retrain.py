@@ -26,9 +26,12 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from trainable.checkpoint import write_json
-from search.records import read_settings
-from trainable.cli import ArgumentParser, param_count, parse_duration, read_json, run_main
+from trainable.cli import ArgumentParser, param_count, parse_duration, read_json, run_main, sleep_when_waiting
+
+sleep_when_waiting()  # before torch loads: --time-budget on a shared CPU
+
+from trainable.checkpoint import write_json  # noqa: E402
+from search.records import read_settings  # noqa: E402
 from trainable.config import parse_overrides, validate_config
 from trainable.data import DATASETS, DataSpec
 from trainable.errors import UserError

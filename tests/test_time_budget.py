@@ -194,3 +194,25 @@ def test_a_resumed_time_budget_counts_the_time_used_before(tmp_path):
     after = list(again.epochs())
     assert after[0]["epoch"] == 3 and after[0]["lr"] <= before[-1]["lr"] * 1.01
     assert after[-1]["lr"] <= 0.02 * CONFIG["lr"]
+
+
+@pytest.mark.parametrize("module", ["search.auto", "search.retrain"])
+def test_the_deadline_commands_let_idle_threads_sleep_before_torch_loads(module):
+    """OpenMP reads its wait policy when torch's libraries load: the commands that keep a
+    deadline set it first (spinning threads stalled a prediction 15x on a shared CPU), and a
+    policy the user set is kept."""
+    import os
+    import subprocess
+    import sys
+
+    probe = ("import sys, trainable.cli as cli\n"
+             "real, seen = cli.sleep_when_waiting, []\n"
+             "cli.sleep_when_waiting = lambda: (seen.append('torch' in sys.modules), real())\n"
+             f"import {module}, os\n"
+             "print(seen, os.environ.get('OMP_WAIT_POLICY'))\n")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    for given, expected in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                              env=env if given is None else {**env, "OMP_WAIT_POLICY": given})
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.split() == ["[False]", expected], done.stdout
