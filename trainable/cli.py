@@ -39,7 +39,7 @@ def sleep_when_waiting() -> None:
     when its libraries load). On a CPU that other processes share, spinning threads take the
     cores the thread they wait for needs: with two CPU-bound processes on 2 cores a 40-image
     prediction took 3.7 s instead of 0.25 s, and steps stalled for seconds. Idle, small models
-    train up to a quarter slower this way (20k params: 27%; 0.7 M: 2%); a GPU run does not notice.
+    train up to a quarter slower this way (20k params: 27%; 0.7 M: 2%); a GPU run should not notice.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
