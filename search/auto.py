@@ -43,9 +43,10 @@ from typing import Any, Sequence
 
 IMPORTED = time.time()  # the command's start-up counts from here
 
-from trainable.cli import sleep_when_waiting  # noqa: E402
-sleep_when_waiting()  # before torch loads: a deadline on a shared CPU
+from trainable.cli import parse_duration, run_main, sleep_when_waiting  # noqa: E402
 
+if __name__ == "__main__":  # the command, not an import: before torch loads, for its deadline
+    sleep_when_waiting()
 from search.confirm import RECIPE_ID, parse_pick, stage_confirm  # noqa: E402
 from search.ledger import Record, total_seconds  # noqa: E402
 from search.plan import (CONFIRM_MULTIPLE, MAX_RETRAIN_EPOCHS, PREDICT_MARGIN, STAGES, Plan,  # noqa: E402
@@ -53,7 +54,6 @@ from search.plan import (CONFIRM_MULTIPLE, MAX_RETRAIN_EPOCHS, PREDICT_MARGIN, S
                          search_trials, sized_recipe, space_epoch_seconds)
 from search.settings import SearchSettings, build_parser, settings_from_parsed  # noqa: E402
 from search.tune.resources import ray_overhead, ray_stop_seconds  # noqa: E402
-from trainable.cli import parse_duration, run_main  # noqa: E402
 from trainable.errors import UserError  # noqa: E402
 
 MIN_DEADLINE_S = 10.0  # under this nothing useful fits: the retrain alone loads data and builds a model

@@ -28,16 +28,17 @@ from typing import Any, Callable, Sequence
 
 from trainable.cli import ArgumentParser, param_count, parse_duration, read_json, run_main, sleep_when_waiting
 
-sleep_when_waiting()  # before torch loads: --time-budget on a shared CPU
+if __name__ == "__main__":  # the command, not an import: before torch loads, for --time-budget
+    sleep_when_waiting()
 
 from trainable.checkpoint import write_json  # noqa: E402
 from search.records import read_settings  # noqa: E402
-from trainable.config import parse_overrides, validate_config
-from trainable.data import DATASETS, DataSpec
-from trainable.errors import UserError
-from trainable.model import count_params
-from trainable.train import format_epoch, train_to_folder
-from trainable.zoo import PARAM_BUDGET
+from trainable.config import parse_overrides, validate_config  # noqa: E402
+from trainable.data import DATASETS, DataSpec  # noqa: E402
+from trainable.errors import UserError  # noqa: E402
+from trainable.model import count_params  # noqa: E402
+from trainable.train import format_epoch, train_to_folder  # noqa: E402
+from trainable.zoo import PARAM_BUDGET  # noqa: E402
 
 # Long training with the learning rate decayed fully matters most for these models: one
 # published run went 91.3 -> 94.1 at its first decay and reached 95.0 only near epoch 180;

@@ -19,7 +19,6 @@ import math
 import statistics
 import time
 import warnings
-from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -168,15 +167,9 @@ class StepClock:
     than at the start. The tail scales with the machine's speed now against then, up or down
     (clamped to 1/4..4x): a reference taken from the fastest stretch seen would count a
     slowdown twice when the tail itself was measured on a busy machine.
-
-    The slowest of the last `RECENT_STEPS` steps (the first left out) is what the next step
-    may take: on a machine shared with other processes single steps stall for seconds (10x
-    the average here, with two CPU-bound processes on 2 cores), and a run that starts one
-    just before its stop ends that late.
     """
 
     REFERENCE_STEPS = (2, 10)
-    RECENT_STEPS = 16
 
     def __init__(self, used_s: float = 0.0):
         self.used_before = used_s
@@ -185,7 +178,6 @@ class StepClock:
         self.smoothed: float | None = None
         self.reference: float | None = None
         self.early: list[float] = []
-        self.recent: deque[float] = deque(maxlen=self.RECENT_STEPS)
         self.steps = 0
 
     def used(self) -> float:
@@ -198,18 +190,12 @@ class StepClock:
         self.steps += 1
         # The average starts after the first step too, for the same reason.
         self.smoothed = dt if self.smoothed is None or self.steps == 2 else 0.8 * self.smoothed + 0.2 * dt
-        if self.steps > 1:
-            self.recent.append(dt)
         first, last = self.REFERENCE_STEPS
         if first <= self.steps <= last:
             self.early.append(dt)
             if self.steps == last:
                 self.reference = statistics.median(self.early)
         return dt
-
-    def slowest_recent(self) -> float:
-        """Seconds of the slowest recent step (0 before the second step)."""
-        return max(self.recent, default=0.0)
 
     def resync(self) -> None:
         """Start the next step's time now (after validation or a checkpoint, which are not steps)."""
@@ -322,28 +308,26 @@ class Trainer:
         used = self.clock.used()
         # The budget counts from this run's start; time a resumed run used before adds to both sides.
         end = self.clock.used_before + budget.seconds
-        # The tail runs at the machine's speed now, like the steps: on a machine 3x slower than
-        # when the tail was timed, 3x the tail is kept back, and training stops there, not at
-        # the unscaled tail (the slow tail would then run past the end).
-        # Steps left at the slower of this step and the recent average: one quick step on a
-        # busy machine must not promise more steps than will fit.
-        typical_s = max(step_s, self.clock.smoothed or step_s)
-        # And the last step may stall as the slowest recent one did: what that took beyond a
-        # typical step is kept back too, and the schedule ends before it.
-        stall_s = max(0.0, self.clock.slowest_recent() - typical_s)
-        stop = end - budget.tail_s * self.clock.slowdown() - stall_s
-        target = min(1.0, used / stop) if stop > 0 else 1.0
-        if used + typical_s < stop:  # another step ends before the stop
+        training_s = end - budget.tail_s * self.clock.slowdown()
+        target = min(1.0, used / training_s) if training_s > 0 else 1.0
+        # The hard stop: the unscaled tail, or later where the machine now runs faster than
+        # when the tail was timed (its scaled tail is shorter: the schedule ends there, and a
+        # stop at the unscaled tail would cut it short of annealed).
+        stop = max(training_s, end - budget.tail_s)
+        if used < stop:
             # A sudden slowdown grows the kept-back tail and the target jumps: move on at up to
             # 4x the clock's pace, or a tenth of what is left a step, so the last steps anneal;
             # and at least fast enough to reach the end in the steps that still fit before
             # the stop (after a stall, e.g. the process descheduled, few steps are left).
-            pace = step_s / max(stop, step_s)
+            pace = step_s / max(training_s, step_s)
+            # Steps left at the slower of this step and the recent average: one quick step on a
+            # busy machine must not promise more steps than will fit.
+            typical_s = max(step_s, self.clock.smoothed or step_s)
             steps_left = max(1.0, (stop - used) / max(typical_s, 1e-9))
             step_up = max(4 * pace, (1 - self.progress) / 10 + 0.005, (1 - self.progress) / steps_left)
             target = min(target, self.progress + step_up)
         else:
-            target = 1.0  # the next step would end past the stop: end now whatever the schedule says
+            target = 1.0  # the stop is reached: end now whatever the schedule says
         self.progress = max(self.progress, by_steps, target)
 
     def finished(self) -> bool:
