@@ -35,33 +35,33 @@ def files_of(folder: Path) -> set:
             and not any(part.startswith("run-") or part == "tensorboard" for part in p.relative_to(folder).parts)}
 
 
-@pytest.fixture(scope="module")
-def auto_run(ray_session, space_file, tmp_path_factory):
-    from search.auto import main
+# What a whole run writes, less Ray's run-* folders and TensorBoard's event files (named by
+# the clock): a run killed and resumed in every stage must end with these files and no others.
+WHOLE_RUN_FILES = {
+    "auto.json", "best.json", "confirm_candidates.json", "drivers.json", "history.csv", "optuna.db",
+    "settings.json", "trials.csv",
+    *(f"confirm/{name}" for name in ("best.json", "drivers.json", "history.csv", "optuna.db", "settings.json",
+                                     "trials.csv")),
+    *(f"final/{name}" for name in ("checkpoint.pt", "config.json", "curves.png", "metrics.json", "model.json",
+                                   "summary.txt", "weights.pt", "weights_ema.pt")),
+}
 
-    tmp = tmp_path_factory.mktemp("auto")
-    args = TOY + ["--space", str(space_file), "--storage", str(tmp / "runs"), "--name", "whole",
-                  "--time-budget", f"{DEADLINE}s", "--input", str(unlabelled(tmp / "test.npy")),
-                  "--out", str(tmp / "submission.csv")]
-    start = time.time()
-    assert main([str(a) for a in args]) == 0
-    return tmp, time.time() - start
 
-
-def test_auto_goes_from_data_to_a_submission_within_its_deadline(auto_run):
-    tmp, wall = auto_run
-    folder = tmp / "runs" / "whole"
+def check_a_whole_run(folder: Path, tmp: Path) -> None:
+    """What every finished run must hold: four stages done, the confirm stage's comparison,
+    the submission, the report and the notebook API's summary of it."""
     record = json.loads((folder / "auto.json").read_text())
-    startup = record["runs"][0]["startup_s"]
-    assert wall - startup <= DEADLINE * 1.05, (wall, startup)
-    assert sum(st["used_s"] for st in record["stages"].values()) <= DEADLINE * 1.05
     assert [record["stages"][s]["status"] for s in ("search", "confirm", "retrain", "predict")] == ["done"] * 4
     assert all(record["stages"][s]["planned_s"] > 0 and "used_s" in record["stages"][s] for s in record["stages"])
     # Without --trials the search is ended by its time, not by the default 50 trials.
     assert json.loads((folder / "settings.json").read_text())["trials"] >= 2 * record["plan"]["expected_trials"]
     confirm = record["stages"]["confirm"]
-    # The search's top 2 and the fixed recipe (scaled into the budget) compete at length.
-    assert len(confirm["search_order"]) == 2
+    # The search's top 2 (1 where the epoch times the search measured leave room for one) and
+    # the fixed recipe (scaled into the budget) compete at length.
+    from search.confirm import ranked_configs
+
+    ranking = [trial_id for trial_id, _, _ in ranked_configs(rows_of(folder))]
+    assert 1 <= len(confirm["search_order"]) <= 2 and confirm["search_order"] == ranking[:len(confirm["search_order"])]
     assert sorted(confirm["confirm_order"]) == sorted(confirm["search_order"] + ["recipe"])
     # Each confirm trial (an id of its own in confirm/trials.csv) maps back to what it trained again.
     confirm_rows = {r.trial_id for r in rows_of(folder / "confirm")}
@@ -101,7 +101,7 @@ def test_auto_goes_from_data_to_a_submission_within_its_deadline(auto_run):
     # The confirm stage is an experiment of its own, read like any other.
     import analysis
 
-    assert len(analysis.load(folder / "confirm")) == 3
+    assert len(analysis.load(folder / "confirm")) == len(confirm["confirm_order"])
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -172,7 +172,9 @@ def _running(folder: Path, stage: str) -> bool:
     return record.get("running") == stage and (stage != "search" or (folder / "history.csv").is_file())
 
 
-def test_auto_resumes_after_a_kill_in_each_stage_to_the_same_files(auto_run, ray_session, space_file, tmp_path):
+def test_auto_resumes_after_a_kill_in_each_stage_and_ends_as_a_whole_run(ray_session, space_file, tmp_path):
+    """Killed as each of search, confirm and retrain begins, then resumed: the fourth run ends
+    with a whole run's files and results, and its summary counts all four runs' time."""
     args = [sys.executable, "-m", "search.auto", "--address", ray_session.address] + TOY + [
         "--space", str(space_file), "--storage", str(tmp_path / "runs"), "--name", "whole",
         "--time-budget", f"{DEADLINE}s", "--input", str(unlabelled(tmp_path / "test.npy")),
@@ -198,8 +200,7 @@ def test_auto_resumes_after_a_kill_in_each_stage_to_the_same_files(auto_run, ray
     assert "submission:" in done.stdout
     record = json.loads((folder / "auto.json").read_text())
     assert all(record["stages"][s]["status"] == "done" for s in ("search", "confirm", "retrain", "predict"))
-    assert files_of(folder) == files_of(auto_run[0] / "runs" / "whole")
-    assert len((tmp_path / "submission.csv").read_text().splitlines()) == 41
+    assert files_of(folder) == WHOLE_RUN_FILES
     # Every run is counted: a killed one up to its last heartbeat (2 s), and the summary's
     # total is their sum, not the last run's time.
     runs = record["runs"]
@@ -214,15 +215,17 @@ def test_auto_resumes_after_a_kill_in_each_stage_to_the_same_files(auto_run, ray
     assert "Experiment state snapshotting" not in printed
     # The stages' time over all runs stays within the deadline that the runs shared.
     assert sum(st["used_s"] for st in record["stages"].values()) <= DEADLINE * 1.05
+    check_a_whole_run(folder, tmp_path)
 
 
 def test_auto_holds_its_deadline_when_the_machine_slows_down_midway(ray_session, space_file, tmp_path, cpu_hogs):
     """Two CPU-bound processes (real ones) start midway through the search stage and run to
     the end: the command still ends within its deadline + 5%, start-up excluded."""
-    # 90 s: under this load the retrain's last steps and the prediction run late by seconds,
-    # not by a share of the deadline (4.4 s past a 40 s deadline in one run of three here), and
-    # 5% of 90 s leaves room for that; the command's exit is in the wall time too.
-    deadline = 90
+    # 60 s: under this load the command's last seconds (the retrain's last steps, the
+    # prediction, the exit) run late by a fraction of a second since the commands let idle
+    # threads sleep (59.8 s after start-up, twice, here); before, by up to 4.4 s past a 40 s
+    # deadline. 5% of 60 s is 3 s.
+    deadline = 60
     # --shares: a search plan whatever this machine's speed, with about the plan's own half for
     # the retrain. A Ray stage ends late by what Tune waits for its trial workers to stop: up
     # to 15 s for a worker still starting up, under this load (a confirm stage's new workers
