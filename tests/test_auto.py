@@ -58,7 +58,7 @@ def check_a_whole_run(folder: Path, tmp: Path) -> None:
     confirm = record["stages"]["confirm"]
     # The search's top 2 (1 where the epoch times the search measured leave room for one) and
     # the fixed recipe (scaled into the budget) compete at length.
-    from search.confirm import ranked_configs
+    from search.confirm import noise_margin, ranked_configs
 
     ranking = [trial_id for trial_id, _, _ in ranked_configs(rows_of(folder))]
     assert 1 <= len(confirm["search_order"]) <= 2 and confirm["search_order"] == ranking[:len(confirm["search_order"])]
@@ -71,8 +71,6 @@ def check_a_whole_run(folder: Path, tmp: Path) -> None:
     # The recipe stays first unless the confirmed first beats it by more than the noise of the
     # validation set (40 images here: the split of --subset 400).
     val, first = confirm["confirm_val_acc"], confirm["confirm_order"][0]
-    from search.confirm import noise_margin
-
     if "recipe" in val:
         assert confirm["noise_margin"] == pytest.approx(noise_margin(val["recipe"], 40))
         assert first == "recipe" or val[first] - val["recipe"] > confirm["noise_margin"]
@@ -83,7 +81,6 @@ def check_a_whole_run(folder: Path, tmp: Path) -> None:
     assert retrained["trial_id"] == confirm["confirm_order"][0] and 1 <= retrained["epochs"] <= 300
     rows = (tmp / "submission.csv").read_text().splitlines()
     assert rows[0] == "ID,Labels" and len(rows) == 41
-    assert (folder / "final" / "weights_ema.pt").is_file()
     # The report is the user's next command (search never imports analysis), and reads auto.json.
     from analysis.report import main as report_main
     from search.auto import summary
@@ -203,7 +200,6 @@ def test_auto_resumes_after_a_kill_in_each_stage_and_ends_as_a_whole_run(ray_ses
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "submission:" in done.stdout
     record = json.loads((folder / "auto.json").read_text())
-    assert all(record["stages"][s]["status"] == "done" for s in ("search", "confirm", "retrain", "predict"))
     assert files_of(folder) == WHOLE_RUN_FILES
     # Every run is counted: a killed one up to its last heartbeat (2 s), and the summary's
     # total is their sum, not the last run's time.

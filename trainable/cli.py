@@ -36,10 +36,11 @@ def sleep_when_waiting() -> None:
     """Let idle OpenMP threads sleep instead of spinning, unless OMP_WAIT_POLICY is set.
 
     The commands that keep a deadline call it when run as commands (an import from Python
-    changes nothing), before torch is imported: the policy is read when its libraries load. On a CPU that other processes share, spinning threads take the
-    cores the thread they wait for needs: with two CPU-bound processes on 2 cores a 40-image
-    prediction took 3.7 s instead of 0.25 s, and steps stalled for seconds. Idle, small models
-    train up to a quarter slower this way (20k params: 27%; 0.7 M: 2%); a GPU run should not notice.
+    changes nothing), before torch is imported: the policy is read when its libraries load.
+    On a CPU that other processes share, spinning threads take the cores the thread they wait
+    for needs: with two CPU-bound processes on 2 cores a 40-image prediction took 3.7 s
+    instead of 0.25 s, and steps stalled for seconds. Idle, small models train up to a
+    quarter slower this way (20k params: 27%; 0.7 M: 2%); a GPU run should not notice.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
