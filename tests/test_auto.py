@@ -19,8 +19,10 @@ TOY = ["--gpus", "0", "--dataset", "synthetic", "--subset", "400", "--max-epochs
        "--shares", "0.3,0.45,0.22,0.03"]
 # The confirm stage gets the largest share: it starts Tune and its trial workers anew (3-5 s
 # before a first epoch here, more on a busy machine) and then trains three configs to twice
-# the search's horizon; with less it is skipped as too short.
-DEADLINE = 40
+# the search's horizon; with less it is skipped as too short. 50 s: a search resumed after a
+# kill starts Tune and its workers again, and on a slow day here that took its 12 s share to
+# 18 s and left the confirm stage too little to run (at a 40 s deadline).
+DEADLINE = 50
 
 
 def unlabelled(path: Path) -> Path:
