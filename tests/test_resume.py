@@ -158,7 +158,10 @@ def test_rungs_after_a_resume_decide_as_an_uninterrupted_run(seed):
 
 
 # ----------------------------------------------------------------------------- the deadline
-def test_a_deadline_ends_the_search_gracefully_and_a_resume_continues_its_cut_trials(ray_session, tmp_path):
+def test_a_deadline_ends_the_search_gracefully_and_a_resume_continues_its_cut_trials(finished_search, tmp_path):
+    # finished_search: this process's first search pays one-off imports (Tune's tracker
+    # integrations, torch._dynamo for the MAC counts: 3-4 s here) that would come out of the
+    # 12 s below and leave the trials no time for an epoch; in the suite it is already built.
     space = tmp_path / "slow_space.py"
     space.write_text(SLOW_SPACE)
     args = dict(name="deadline", trials=2, max_epochs=8, scheduler="fifo", param_budget=10**6, subset=1600,
@@ -183,7 +186,7 @@ def test_a_deadline_ends_the_search_gracefully_and_a_resume_continues_its_cut_tr
     # A resume runs for the budget it is given, counted from the resume: not the first run's
     # 12 s, and not nothing (the cut trials remain).
     short = run_search(settings(tmp_path, space, resume=True, time_budget="6s", **args))
-    assert 5 < short.wall_seconds < 6 + 2, short.wall_seconds
+    assert 5 < short.wall_seconds < 6 + 2.5, short.wall_seconds  # 8.04 s once, on a busy machine
     second = run_search(settings(tmp_path, space, resume=True, **args))
     after = {r.trial_id: r for r in rows_of(second.folder)}
     assert set(after) == set(rows)  # the same trials, no new ones
