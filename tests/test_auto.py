@@ -225,8 +225,8 @@ def test_auto_holds_its_deadline_when_the_machine_slows_down_midway(ray_session,
     the end: the command still ends within its deadline + 5%, start-up excluded."""
     # 50 s: under this load the command's last seconds (the retrain's last steps, the
     # prediction, the exit) run late by a fraction of a second since the commands let idle
-    # threads sleep (at 60 s: 59.8 to 60.3 s after start-up, in four runs here); before, by up
-    # to 4.4 s past a 40 s deadline. 5% of 50 s is 2.5 s.
+    # threads sleep (at 60 s: 59.8 to 60.3 s after start-up, in four runs here; at 50 s: 50.3 s,
+    # the confirm stage skipped); before, by up to 4.4 s past a 40 s deadline. 5% of 50 s is 2.5 s.
     deadline = 50
     # --shares: a search plan whatever this machine's speed, with about the plan's own half for
     # the retrain. A Ray stage ends late by what Tune waits for its trial workers to stop: up
