@@ -31,9 +31,12 @@ def unlabelled(path: Path) -> Path:
 
 
 def files_of(folder: Path) -> set:
-    """The experiment's files by name, less Ray's own run-* folders (named by the clock) and
-    TensorBoard's event files (named by trial id, clock and process)."""
+    """The experiment's files by name, less Ray's own run-* folders (named by the clock),
+    TensorBoard's event files (named by trial id, clock and process) and the temp file a write
+    killed midway may leave (`.name.XXXX.tmp`: a kill leaves the old file or the new one and at
+    most that, test_reliability's contract; a kill as the confirm stage begins met one once)."""
     return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()
+            and not (p.name.startswith(".") and p.name.endswith(".tmp"))
             and not any(part.startswith("run-") or part == "tensorboard" for part in p.relative_to(folder).parts)}
 
 
