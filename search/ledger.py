@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from search.records import write_auto
+from trainable.checkpoint import remove_temp_files
 
 
 class Record:
@@ -16,12 +17,16 @@ class Record:
     run of the command (its start-up and wall time; a --resume adds a run).
 
     A heartbeat adds the running stage's time every few seconds, so a kill loses at most
-    that much of the account, and a resume knows how much of the deadline is left.
+    that much of the account, and a resume knows how much of the deadline is left. A resume
+    also removes the temp files that the killed runs' writes left half-done, so it ends
+    with the files an uninterrupted run writes.
     """
 
     def __init__(self, folder: Path, data: dict[str, Any], started: float, startup_s: float):
         self.folder, self.data = folder, data
         self.started = started
+        if data.get("runs"):  # a resume, before this run writes anything
+            remove_temp_files(folder)
         self.run = {"startup_s": round(startup_s, 1), "wall_s": round(time.time() - started, 1)}
         data.setdefault("runs", []).append(self.run)
         self.lock = threading.Lock()

@@ -31,7 +31,7 @@ from trainable.cli import ArgumentParser, param_count, parse_duration, read_json
 if __name__ == "__main__":  # the command, not an import: before torch loads, for --time-budget
     sleep_when_waiting()
 
-from trainable.checkpoint import write_json  # noqa: E402
+from trainable.checkpoint import copy_file, write_json  # noqa: E402
 from search.records import read_settings  # noqa: E402
 from trainable.config import parse_overrides, validate_config  # noqa: E402
 from trainable.data import DATASETS, DataSpec  # noqa: E402
@@ -155,7 +155,7 @@ def retrain(
         for name in ("weights.pt", "weights_ema.pt", "config.json", "model.json", "summary.txt", "curves.png"):
             source = folders[0] / name
             if source.is_file():
-                (out / name).write_bytes(source.read_bytes())
+                copy_file(source, out / name)
     healthy = [r for r in results if r["status"] == "ok"]
     diverged = [r["seed"] for r in results if r["status"] != "ok"]
     if diverged:

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from search.records import OBJECTIVES
+from trainable.checkpoint import remove_temp_files
 from trainable.cli import ArgumentParser, param_count, parse_duration
 from trainable.config import parse_overrides
 from trainable.data import DATA_DIR_HELP, DATASETS, DataSpec, TrainArrays
@@ -211,6 +212,7 @@ def prepare_folder(s: SearchSettings) -> SearchSettings:
         if changed:
             raise UserError(f"--resume cannot change what is searched ({'; '.join(changed)}; the saved settings are "
                             f"in {folder / SETTINGS})")
+        remove_temp_files(folder)  # what the stopped run's killed writes left half-done
         # Resources and the time budget are this run's (given, or the defaults), counted from
         # now; what defines the search is the saved one; the folder is where it was found.
         defaults = SearchSettings()

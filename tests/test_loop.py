@@ -80,7 +80,12 @@ def test_train_to_folder_resumes_as_if_never_stopped(tmp_path, tiny_config):
 
     with pytest.raises(Interrupt):
         train_to_folder(cfg, DataSpec("synthetic"), tmp_path / "cut", on_epoch=stop_after_first)
+    # What a write killed with the run would leave, and a file of the user's that only looks alike.
+    stale, theirs = tmp_path / "cut" / ".checkpoint.pt.k1ll3d_w.tmp", tmp_path / "cut" / "notes.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    theirs.write_text("mine")
     resumed = train_to_folder(cfg, DataSpec("synthetic"), tmp_path / "cut", resume=True)
+    assert not stale.exists() and theirs.read_text() == "mine"
     assert [m["train_loss"] for m in resumed["epochs"]] == [m["train_loss"] for m in straight["epochs"]]
     a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")["model"]
     b = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["model"]

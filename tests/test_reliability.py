@@ -226,6 +226,13 @@ def test_a_writer_killed_at_any_moment_leaves_old_or_new(tmp_path, kind, kills):
     assert seen, "the writer never finished a single file"
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != path.name]
     assert all(name.endswith(".tmp") for name in leftovers)  # a killed write leaves at most a temp file
+    # A resume removes exactly those (`remove_temp_files`); the file itself stays as it was.
+    from trainable.checkpoint import remove_temp_files
+
+    kept = path.read_bytes() if path.exists() else None
+    assert sorted(p.name for p in remove_temp_files(tmp_path, before=time.time())) == sorted(leftovers)
+    assert [p.name for p in tmp_path.iterdir()] == ([path.name] if kept is not None else [])
+    assert kept is None or path.read_bytes() == kept
 
 
 class TrialWithSlowTeardown(SearchTrial):

@@ -1,6 +1,7 @@
 """Resume and records that hold anywhere: the folder, the rungs, the deadline, both ledgers."""
 
 import json
+import os
 import shutil
 import time
 import types
@@ -70,6 +71,25 @@ def test_settings_hold_absolute_paths_and_a_changed_space_file_is_refused(finish
     space.unlink()
     with pytest.raises(UserError, match="gone"):
         prepare_folder(settings(str(copy), space, name="exp", resume=True))
+
+
+def test_a_resume_removes_the_temp_files_of_writes_killed_with_the_search(finished_search, space_file, tmp_path):
+    """Temp files of writes killed with the search (older than this process's writer) go on a
+    resume, in its trial folders too; a newer one may be this process's own write in flight."""
+    from trainable.checkpoint import PROCESS_STARTED
+
+    folder = tmp_path / "exp"
+    shutil.copytree(finished_search.folder, folder)
+    trial = next(p for p in folder.iterdir() if p.is_dir())
+    stale = [folder / ".trials.csv.abcd_123.tmp", trial / ".checkpoint.pt.zz9yx8w7.tmp"]
+    live = folder / ".best.json.n0w_writ.tmp"
+    for path in stale + [live]:
+        path.write_text("half")
+    for path in stale:
+        os.utime(path, (PROCESS_STARTED - 60, PROCESS_STARTED - 60))
+    before = {p for p in folder.rglob("*") if p not in stale}
+    prepare_folder(settings(tmp_path, space_file, name="exp", resume=True))
+    assert {p for p in folder.rglob("*")} == before  # the stale two gone, nothing else
 
 
 def test_a_dataset_that_changed_is_refused_on_resume(tmp_path):

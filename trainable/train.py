@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from trainable.checkpoint import load_checkpoint, save_checkpoint, write_json, write_text
+from trainable.checkpoint import load_checkpoint, remove_temp_files, save_checkpoint, write_json, write_text
 from trainable.cli import ArgumentParser, read_json, run_main
 from trainable.config import validate_config, with_defaults
 from trainable.data import DATA_DIR_HELP, DATASETS, DataSpec
@@ -131,6 +131,8 @@ def train_to_folder(
         raise UserError(f"{out} already holds a training run; pass --resume to continue it, or another --out")
     if resume and not ckpt_path.exists():
         raise UserError(f"nothing to resume: {ckpt_path} does not exist")
+    if resume:  # nothing of this run writes here yet: a temp file is a killed write's
+        remove_temp_files(out, before=time.time())
     loaded = spec.load(download=False)
     data = spec.to_device(loaded, device or default_device())
     trainer = Trainer(cfg, data, compile_model=compile_model, ema_decay=ema_decay)
